@@ -1,0 +1,234 @@
+package vmm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Guest-physical layout of what the VMM writes before the first KVM_RUN.
+// Everything sits below 1 MiB, in RAM the kernel may reuse once booted,
+// except setup_data, which the kernel reserves itself.
+const (
+	gdtAddr       = 0x500
+	zeroPageAddr  = 0x7000
+	setupDataAddr = 0x8000
+	pml4Addr      = 0x9000
+	pdptAddr      = 0xa000
+	pdAddr        = 0xb000 // four page directories: 4 GiB identity map
+	cmdlineAddr   = 0x20000
+	cmdlineMax    = 4096
+	bootStackTop  = 0x6ff0
+
+	lowRAMEnd       = 0x9fc00 // classic PC: EBDA and BIOS area above
+	highRAMStart    = 0x100000
+	initrdAddrMax   = 0x7fffffff
+	kernelAlignment = 0x200000
+)
+
+// boot_params / setup_header offsets (arch/x86/include/uapi/asm/bootparam.h).
+const (
+	bpExtRamdiskImage = 0x0c0
+	bpExtRamdiskSize  = 0x0c4
+	bpExtCmdLinePtr   = 0x0c8
+	bpE820Entries     = 0x1e8
+	bpE820Table       = 0x2d0
+	e820MaxEntries    = 128
+
+	hdrBootFlag        = 0x1fe
+	hdrHeader          = 0x202
+	hdrVersion         = 0x206
+	hdrTypeOfLoader    = 0x210
+	hdrLoadFlags       = 0x211
+	hdrRamdiskImage    = 0x218
+	hdrRamdiskSize     = 0x21c
+	hdrHeapEndPtr      = 0x224
+	hdrCmdLinePtr      = 0x228
+	hdrInitrdAddrMax   = 0x22c
+	hdrKernelAlignment = 0x230
+	hdrRelocatable     = 0x234
+	hdrCmdlineSize     = 0x238
+	hdrSetupData       = 0x250
+
+	loadFlagLoadedHigh = 1 << 0
+	loadFlagKASLR      = 1 << 1
+	loadFlagCanUseHeap = 1 << 7
+
+	setupRNGSeed = 9
+	bootProtocol = 0x020f
+
+	e820RAM      = 1
+	e820Reserved = 2
+)
+
+// E820Entry is one entry of the memory map given to the guest.
+type E820Entry struct {
+	Addr, Size uint64
+	Type       uint32
+}
+
+// BootSpec is everything the boot writer needs, already loaded and
+// checked by the caller.
+type BootSpec struct {
+	MemSize  uint64
+	Reserved uint64 // bytes at the top of RAM kept from the guest (e820 reserved)
+	Cmdline  string
+	Initrd   []byte
+	RNGSeed  []byte // SETUP_RNG_SEED payload; empty = none
+	KASLR    bool   // tell the kernel its placement was randomized
+}
+
+// ErrBoot wraps every boot-layout failure.
+var ErrBoot = errors.New("boot")
+
+// e820Map is the memory map for the spec: low RAM, the BIOS hole, high
+// RAM, and hvprobe's reserved top.
+func e820Map(memSize, reserved uint64) []E820Entry {
+	top := memSize - reserved
+	m := []E820Entry{
+		{0, lowRAMEnd, e820RAM},
+		{lowRAMEnd, highRAMStart - lowRAMEnd, e820Reserved},
+		{highRAMStart, top - highRAMStart, e820RAM},
+	}
+	if reserved > 0 {
+		m = append(m, E820Entry{top, reserved, e820Reserved})
+	}
+	return m
+}
+
+// initrdPlacement puts the initrd at the highest page-aligned address that
+// fits below the reserved top and initrd_addr_max.
+func initrdPlacement(memSize, reserved uint64, size int, kernelEnd uint64) (uint64, error) {
+	limit := memSize - reserved
+	if limit > initrdAddrMax+1 {
+		limit = initrdAddrMax + 1
+	}
+	if uint64(size) > limit {
+		return 0, fmt.Errorf("placing a %d-byte initrd: %w: larger than guest RAM", size, ErrBoot)
+	}
+	addr := (limit - uint64(size)) &^ 0xfff
+	if addr < kernelEnd {
+		return 0, fmt.Errorf("placing a %d-byte initrd above the kernel (ends at %#x) in %d MiB of RAM: %w: too little memory",
+			size, kernelEnd, memSize>>20, ErrBoot)
+	}
+	return addr, nil
+}
+
+// writeBootParams fills the zero page, cmdline, setup_data, GDT and the
+// identity page tables that the 64-bit boot protocol requires.
+// kernelEnd is the first byte above the loaded kernel image.
+func writeBootParams(ram []byte, spec BootSpec, kernelEnd uint64) error {
+	if len(spec.Cmdline)+1 > cmdlineMax {
+		return fmt.Errorf("kernel command line is %d bytes, at most %d: %w", len(spec.Cmdline), cmdlineMax-1, ErrBoot)
+	}
+	if uint64(len(ram)) != spec.MemSize {
+		return fmt.Errorf("RAM is %d bytes, spec says %d: %w", len(ram), spec.MemSize, ErrBoot)
+	}
+	zp := ram[zeroPageAddr : zeroPageAddr+4096]
+	// The kernel proper reads only the loader-filled fields below; a
+	// bzImage's own setup header is for its real-mode and decompressor
+	// stages, which hvprobe skips.
+	clear(zp)
+	le := binary.LittleEndian
+	le.PutUint16(zp[hdrBootFlag:], 0xaa55)
+	copy(zp[hdrHeader:], "HdrS")
+	le.PutUint16(zp[hdrVersion:], bootProtocol)
+	zp[hdrTypeOfLoader] = 0xff
+	flags := zp[hdrLoadFlags] | loadFlagLoadedHigh | loadFlagCanUseHeap
+	flags &^= loadFlagKASLR
+	if spec.KASLR {
+		flags |= loadFlagKASLR
+	}
+	zp[hdrLoadFlags] = flags
+	le.PutUint16(zp[hdrHeapEndPtr:], 0xfe00)
+	le.PutUint32(zp[hdrKernelAlignment:], kernelAlignment)
+	zp[hdrRelocatable] = 1
+	le.PutUint32(zp[hdrInitrdAddrMax:], initrdAddrMax)
+
+	clear(ram[cmdlineAddr : cmdlineAddr+cmdlineMax])
+	copy(ram[cmdlineAddr:], spec.Cmdline)
+	le.PutUint32(zp[hdrCmdLinePtr:], cmdlineAddr)
+	le.PutUint32(zp[bpExtCmdLinePtr:], 0)
+	le.PutUint32(zp[hdrCmdlineSize:], cmdlineMax-1)
+
+	if len(spec.Initrd) > 0 {
+		addr, err := initrdPlacement(spec.MemSize, spec.Reserved, len(spec.Initrd), kernelEnd)
+		if err != nil {
+			return err
+		}
+		copy(ram[addr:], spec.Initrd)
+		le.PutUint32(zp[hdrRamdiskImage:], uint32(addr))
+		le.PutUint32(zp[hdrRamdiskSize:], uint32(len(spec.Initrd)))
+		le.PutUint32(zp[bpExtRamdiskImage:], uint32(addr>>32))
+		le.PutUint32(zp[bpExtRamdiskSize:], uint32(uint64(len(spec.Initrd))>>32))
+	}
+
+	le.PutUint64(zp[hdrSetupData:], 0)
+	if len(spec.RNGSeed) > 0 {
+		// struct setup_data { u64 next; u32 type; u32 len; u8 data[]; }
+		sd := ram[setupDataAddr:]
+		if 16+len(spec.RNGSeed) > 0x1000 {
+			return fmt.Errorf("RNG seed of %d bytes: %w: too large", len(spec.RNGSeed), ErrBoot)
+		}
+		le.PutUint64(sd[0:], 0)
+		le.PutUint32(sd[8:], setupRNGSeed)
+		le.PutUint32(sd[12:], uint32(len(spec.RNGSeed)))
+		copy(sd[16:], spec.RNGSeed)
+		le.PutUint64(zp[hdrSetupData:], setupDataAddr)
+	}
+
+	m := e820Map(spec.MemSize, spec.Reserved)
+	zp[bpE820Entries] = uint8(len(m))
+	for i, e := range m {
+		off := bpE820Table + 20*i
+		le.PutUint64(zp[off:], e.Addr)
+		le.PutUint64(zp[off+8:], e.Size)
+		le.PutUint32(zp[off+16:], e.Type)
+	}
+
+	// GDT: null, null, __BOOT_CS (0x10, 64-bit code), __BOOT_DS (0x18).
+	gdt := []uint64{0, 0, 0x00af9b000000ffff, 0x00cf93000000ffff}
+	for i, d := range gdt {
+		le.PutUint64(ram[gdtAddr+8*i:], d)
+	}
+
+	// Identity map of the first 4 GiB with 2 MiB pages: the kernel's
+	// startup_64 only needs its own image and the zero page mapped.
+	clear(ram[pml4Addr : pdAddr+4*0x1000])
+	le.PutUint64(ram[pml4Addr:], pdptAddr|0x3)
+	for i := uint64(0); i < 4; i++ {
+		le.PutUint64(ram[pdptAddr+8*i:], (pdAddr+i*0x1000)|0x3)
+		for j := uint64(0); j < 512; j++ {
+			pa := (i*512 + j) << 21
+			le.PutUint64(ram[pdAddr+i*0x1000+8*j:], pa|0x83) // present, writable, 2 MiB
+		}
+	}
+	return nil
+}
+
+// bootSregs are the segment and control registers for the 64-bit entry.
+func bootSregs(s *Sregs) {
+	code := Segment{Base: 0, Limit: 0xffffffff, Selector: 0x10, Type: 0xb, Present: 1, S: 1, L: 1, G: 1}
+	data := Segment{Base: 0, Limit: 0xffffffff, Selector: 0x18, Type: 0x3, Present: 1, S: 1, DB: 1, G: 1}
+	s.CS = code
+	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
+	s.TR = Segment{Base: 0, Limit: 0x67, Selector: 0x20, Type: 0xb, Present: 1}
+	s.LDT = Segment{Selector: 0, Type: 0x2, Present: 1, Limit: 0xffff}
+	s.GDT = DTable{Base: gdtAddr, Limit: 4*8 - 1}
+	s.IDT = DTable{}
+	const (
+		cr0PE, cr0MP, cr0ET, cr0NE, cr0WP, cr0AM, cr0PG = 1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 18, 1 << 31
+		cr4PAE                                          = 1 << 5
+		eferLME, eferLMA                                = 1 << 8, 1 << 10
+	)
+	s.CR0 = cr0PE | cr0MP | cr0ET | cr0NE | cr0WP | cr0AM | cr0PG
+	s.CR3 = pml4Addr
+	s.CR4 = cr4PAE
+	s.EFER = eferLME | eferLMA
+}
+
+// bootRegs are the general registers for the 64-bit entry: rsi points at
+// the zero page, interrupts off.
+func bootRegs(entry uint64) Regs {
+	return Regs{RIP: entry, RSI: zeroPageAddr, RSP: bootStackTop, RFLAGS: 0x2}
+}

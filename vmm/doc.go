@@ -1,0 +1,27 @@
+// Package vmm is hvprobe's virtual machine monitor on Linux KVM: guest
+// RAM, vCPUs, the 64-bit Linux boot protocol (vmlinux ELF, or the ELF
+// extracted from a bzImage, with host-side KASLR), a 16550 UART, the
+// i8042 reset line, an RTC, the exit loop, guest-debug control and the
+// assists an emulating KVM needs.
+//
+// Layering: vmm imports nothing of hvprobe but vmm/kimage. Every KVM
+// ioctl goes through ioctl() in ioctl_unsafe.go, which with the kvm_run
+// views is the package's only unsafe code; kvm.go mirrors the kernel's
+// structs, and sizes_test.go checks each against its ioctl number.
+//
+// Threading invariants:
+//   - Each vCPU is one goroutine locked to one OS thread for its whole
+//     life; every ioctl on a vCPU fd happens there. Other goroutines use
+//     VM.Do / VCPU.Do, which kick the vCPU out of KVM_RUN (immediate_exit
+//     plus a signal) and run a function on its thread.
+//   - The DebugHook runs on the vCPU's thread with the vCPU stopped; it
+//     must not call Do on that same vCPU.
+//   - Guest memory (Memory) may be read and written from any goroutine. A
+//     one-byte write is a single store, so arming an int3 while other
+//     vCPUs run is safe; multi-byte patches are not atomic to the guest.
+//
+// The only difference between hardware KVM and an emulating KVM that this
+// package acts on is Host (host.go): the kernel command-line masks, and
+// int3/fwait/ldmxcsr arriving as emulation failures (assist.go), which are
+// turned into the same DebugEvent a KVM_EXIT_DEBUG gives.
+package vmm

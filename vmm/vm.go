@@ -1,0 +1,588 @@
+package vmm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hvprobe/hvprobe/vmm/kimage"
+)
+
+// Config describes a VM to boot.
+type Config struct {
+	Kernel   []byte // bzImage or vmlinux ELF
+	Initrd   []byte // optional
+	Cmdline  string
+	MemSize  uint64 // bytes; default 512 MiB
+	CPUs     int    // default 1
+	Reserved uint64 // bytes kept from the guest at the top of RAM for hvprobe; default 2 MiB
+	// KASLR randomizes the kernel's physical and virtual placement the way
+	// the decompressor would (hvprobe boots the ELF directly, skipping it).
+	KASLR bool
+	// Console receives the guest's serial output.
+	Console io.Writer
+	// OnConsoleLine is called with each complete console line (without
+	// the newline), on a vCPU thread: keep it short.
+	OnConsoleLine func(line string)
+	// Symbolize names an address in error reports (symbol+offset).
+	Symbolize func(addr uint64) string
+	// DevKVM is the KVM device path; default /dev/kvm.
+	DevKVM string
+}
+
+// Layout is where the kernel was placed, as the guest will see it.
+type Layout struct {
+	PhysDelta uint64 // physical offset from the ELF's load addresses
+	VirtDelta uint64 // KASLR slide of kernel virtual addresses
+	Entry     uint64 // physical entry point (startup_64)
+	KernelEnd uint64 // first physical byte above the kernel image
+}
+
+// Result is how a Run ended.
+type Result struct {
+	Reason StopReason
+	Err    error
+	// Panicked is set when the console showed "Kernel panic".
+	Panicked bool
+	// Tail is the last console lines, for error reports.
+	Tail []string
+}
+
+// Errors for bad configuration.
+var (
+	ErrNoKVM     = errors.New("KVM is not available")
+	ErrBadConfig = errors.New("bad VM configuration")
+)
+
+const (
+	defaultMem      = 512 << 20
+	defaultReserved = 2 << 20
+	maxMem          = 3 << 30 // below the PCI hole; hvprobe puts no devices there
+	tssAddr         = 0xfffbd000
+	identityMapAddr = 0xfffbc000
+	kernelImageSize = 1 << 30 // KERNEL_IMAGE_SIZE with RANDOMIZE_BASE
+	loadPhysAddr    = 0x1000000
+)
+
+// VM is a booted-but-not-yet-running or running virtual machine.
+type VM struct {
+	cfg     Config
+	kvm     *os.File
+	vmFD    int
+	mem     *Memory
+	vcpus   []*VCPU
+	layout  Layout
+	serial  *Serial
+	console *lineTracker
+	handler *exitHandler
+	stats   ExitStats
+
+	hook    atomic.Pointer[hookBox]
+	stop    atomic.Bool
+	resetCh chan struct{}
+	once    sync.Once
+	closed  bool
+}
+
+type hookBox struct{ h DebugHook }
+
+// New creates the VM, loads the kernel and prepares vCPU 0 for the 64-bit
+// boot protocol. Nothing runs until Run.
+func New(cfg Config) (*VM, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	img, err := kimage.Open(cfg.Kernel)
+	if err != nil {
+		return nil, fmt.Errorf("reading kernel image: %w", err)
+	}
+	vm := &VM{cfg: cfg, vmFD: -1, resetCh: make(chan struct{})}
+	if err := vm.create(); err != nil {
+		vm.Close()
+		return nil, err
+	}
+	if err := vm.load(img); err != nil {
+		vm.Close()
+		return nil, err
+	}
+	return vm, nil
+}
+
+func (c *Config) defaults() error {
+	if c.MemSize == 0 {
+		c.MemSize = defaultMem
+	}
+	if c.CPUs == 0 {
+		c.CPUs = 1
+	}
+	if c.Reserved == 0 {
+		c.Reserved = defaultReserved
+	}
+	if c.DevKVM == "" {
+		c.DevKVM = "/dev/kvm"
+	}
+	switch {
+	case len(c.Kernel) == 0:
+		return fmt.Errorf("%w: no kernel image", ErrBadConfig)
+	case c.MemSize < 64<<20:
+		return fmt.Errorf("%w: %d MiB of memory is too little (at least 64 MiB)", ErrBadConfig, c.MemSize>>20)
+	case c.MemSize > maxMem:
+		return fmt.Errorf("%w: %d MiB of memory is more than the %d MiB hvprobe maps below 4 GiB", ErrBadConfig, c.MemSize>>20, maxMem>>20)
+	case c.MemSize%(2<<20) != 0 || c.Reserved%(2<<20) != 0:
+		return fmt.Errorf("%w: memory and reserved sizes must be multiples of 2 MiB", ErrBadConfig)
+	case c.CPUs < 1 || c.CPUs > 1:
+		return fmt.Errorf("%w: %d vCPUs requested; this build boots 1", ErrBadConfig, c.CPUs)
+	}
+	return nil
+}
+
+func (vm *VM) create() error {
+	f, err := os.OpenFile(vm.cfg.DevKVM, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("%w: opening %s: %v", ErrNoKVM, vm.cfg.DevKVM, err)
+	}
+	vm.kvm = f
+	kfd := int(f.Fd())
+	if v, err := ioctl(kfd, kvmGetAPIVersion, 0); err != nil || v != 12 {
+		return fmt.Errorf("%w: KVM API version %d (%v), want 12", ErrNoKVM, v, err)
+	}
+	fd, err := ioctl(kfd, kvmCreateVM, 0)
+	if err != nil {
+		return fmt.Errorf("KVM_CREATE_VM: %w", err)
+	}
+	vm.vmFD = int(fd)
+	if _, err := ioctl(vm.vmFD, kvmSetTSSAddr, tssAddr); err != nil {
+		return fmt.Errorf("KVM_SET_TSS_ADDR: %w", err)
+	}
+	idmap := uint64(identityMapAddr)
+	if err := ioctlPtr(vm.vmFD, kvmSetIdentityMapAddr, &idmap); err != nil {
+		return fmt.Errorf("KVM_SET_IDENTITY_MAP_ADDR: %w", err)
+	}
+	if _, err := ioctl(vm.vmFD, kvmCreateIRQChip, 0); err != nil {
+		return fmt.Errorf("KVM_CREATE_IRQCHIP: %w", err)
+	}
+	pit := pitConfig{Flags: pitSpeakerDummy}
+	if err := ioctlPtr(vm.vmFD, kvmCreatePIT2, &pit); err != nil {
+		return fmt.Errorf("KVM_CREATE_PIT2: %w", err)
+	}
+	if vm.checkExtension(capExitOnEmulationFailure) > 0 {
+		// Emulation failures then carry the instruction bytes the assists decode.
+		c := enableCap{Cap: capExitOnEmulationFailure, Args: [4]uint64{1}}
+		if err := ioctlPtr(vm.vmFD, kvmEnableCap, &c); err != nil {
+			return fmt.Errorf("enabling KVM_CAP_EXIT_ON_EMULATION_FAILURE: %w", err)
+		}
+	}
+	ram, err := mmapAnon(int(vm.cfg.MemSize))
+	if err != nil {
+		return fmt.Errorf("mapping %d MiB of guest RAM: %w", vm.cfg.MemSize>>20, err)
+	}
+	vm.mem = &Memory{b: ram}
+	region := userspaceMemoryRegion{Slot: 0, GuestPhysAddr: 0, MemorySize: vm.cfg.MemSize, UserspaceAddr: uint64(bytesAddr(ram))}
+	if err := ioctlPtr(vm.vmFD, kvmSetUserMemoryRegion, &region); err != nil {
+		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION: %w", err)
+	}
+
+	vm.console = newLineTracker(vm.cfg.Console, vm.cfg.OnConsoleLine)
+	vm.serial = NewSerial(vm.console, func(level bool) { vm.irqLine(comIRQ, level) })
+	vm.handler = &exitHandler{
+		bus:       &portBus{serial: vm.serial, reset: vm.requestReset},
+		mem:       vm.mem,
+		hook:      vm.currentHook,
+		symbolize: vm.cfg.Symbolize,
+		stats:     &vm.stats,
+	}
+
+	mmapSize, err := ioctl(kfd, kvmGetVCPUMmapSize, 0)
+	if err != nil {
+		return fmt.Errorf("KVM_GET_VCPU_MMAP_SIZE: %w", err)
+	}
+	cpuid, err := vm.supportedCPUID()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < vm.cfg.CPUs; i++ {
+		v, err := vm.createVCPU(i, int(mmapSize), cpuid)
+		if err != nil {
+			return err
+		}
+		vm.vcpus = append(vm.vcpus, v)
+	}
+	return nil
+}
+
+func (vm *VM) checkExtension(c uintptr) int {
+	r, err := ioctl(vm.vmFD, kvmCheckExtension, c)
+	if err != nil {
+		return 0
+	}
+	return int(r)
+}
+
+func (vm *VM) supportedCPUID() ([]CPUIDEntry, error) {
+	for n := 128; n <= 4096; n *= 2 {
+		e, err := cpuidIoctl(int(vm.kvm.Fd()), kvmGetSupportedCPUID, make([]CPUIDEntry, n))
+		if errors.Is(err, unix.E2BIG) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
+		}
+		return e, nil
+	}
+	return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: more than 4096 entries")
+}
+
+func (vm *VM) createVCPU(id, mmapSize int, cpuid []CPUIDEntry) (*VCPU, error) {
+	fd, err := ioctl(vm.vmFD, kvmCreateVCPU, uintptr(id))
+	if err != nil {
+		return nil, fmt.Errorf("KVM_CREATE_VCPU %d: %w", id, err)
+	}
+	buf, err := mmapShared(int(fd), mmapSize)
+	if err != nil {
+		unix.Close(int(fd))
+		return nil, fmt.Errorf("mapping kvm_run of vCPU %d: %w", id, err)
+	}
+	v := &VCPU{id: id, fd: int(fd), runBuf: buf, run: newRunView(buf), reqs: make(chan request), done: make(chan struct{})}
+	if _, err := cpuidIoctl(v.fd, kvmSetCPUID2, vcpuCPUID(cpuid, id)); err != nil {
+		return nil, fmt.Errorf("KVM_SET_CPUID2 on vCPU %d: %w", id, err)
+	}
+	// Legacy interrupts (PIC: PIT and UART) reach the CPU through LINT0 as
+	// ExtINT until the guest programs its APIC; NMIs through LINT1.
+	l, err := v.lapic()
+	if err != nil {
+		return nil, err
+	}
+	setLVTDeliveryMode(&l, 0x350, 7)
+	setLVTDeliveryMode(&l, 0x360, 4)
+	if err := v.setLAPIC(l); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// vcpuCPUID gives each vCPU its own APIC ID in the CPUID leaves that carry it.
+func vcpuCPUID(supported []CPUIDEntry, id int) []CPUIDEntry {
+	out := make([]CPUIDEntry, len(supported))
+	copy(out, supported)
+	for i := range out {
+		switch out[i].Function {
+		case 1:
+			out[i].EBX = out[i].EBX&0x00ffffff | uint32(id)<<24
+		case 0xb, 0x1f:
+			out[i].EDX = uint32(id)
+		}
+	}
+	return out
+}
+
+func setLVTDeliveryMode(l *LAPICState, reg int, mode uint32) {
+	v := binary.LittleEndian.Uint32(l.Regs[reg:])
+	v = v&^0x700 | mode<<8
+	binary.LittleEndian.PutUint32(l.Regs[reg:], v)
+}
+
+// load places the kernel (with KASLR when asked), writes the boot
+// structures and points vCPU 0 at the kernel's 64-bit entry.
+func (vm *VM) load(img *kimage.Image) error {
+	var kernelLow, kernelHigh uint64 = ^uint64(0), 0
+	for _, s := range img.Segments {
+		kernelLow = min(kernelLow, s.Paddr)
+		kernelHigh = max(kernelHigh, s.Paddr+s.Memsz)
+	}
+	if len(img.Segments) == 0 {
+		return fmt.Errorf("kernel image has no loadable segments")
+	}
+	usable := vm.cfg.MemSize - vm.cfg.Reserved
+	var physDelta, virtDelta uint64
+	if vm.cfg.KASLR {
+		span := kernelHigh - kernelLow
+		// Physical: anywhere from the default load address up to where the
+		// image plus the initrd still fit.
+		room := usable - uint64(len(vm.cfg.Initrd)) - kernelHigh
+		if usable > kernelHigh+uint64(len(vm.cfg.Initrd)) && room >= 2<<20 {
+			physDelta = randomAligned(room)
+		}
+		vroom := uint64(kernelImageSize) - (kernelLow + span)
+		virtDelta = randomAligned(vroom)
+	}
+	if kernelHigh+physDelta > usable {
+		return fmt.Errorf("%w: kernel needs %d MiB, guest has %d MiB usable", ErrBadConfig, (kernelHigh+physDelta)>>20, usable>>20)
+	}
+	entry, err := img.Load(vm.mem.b, physDelta, virtDelta)
+	if err != nil {
+		return fmt.Errorf("loading kernel: %w", err)
+	}
+	vm.layout = Layout{PhysDelta: physDelta, VirtDelta: virtDelta, Entry: entry, KernelEnd: kernelHigh + physDelta}
+
+	seed := make([]byte, 32)
+	if _, err := rand.Read(seed); err != nil {
+		return fmt.Errorf("seeding the guest RNG: %w", err)
+	}
+	spec := BootSpec{
+		MemSize: vm.cfg.MemSize, Reserved: vm.cfg.Reserved, Cmdline: vm.cfg.Cmdline,
+		Initrd: vm.cfg.Initrd, RNGSeed: seed, KASLR: vm.cfg.KASLR,
+	}
+	if err := writeBootParams(vm.mem.b, spec, vm.layout.KernelEnd); err != nil {
+		return err
+	}
+	bsp := vm.vcpus[0]
+	s, err := bsp.Sregs()
+	if err != nil {
+		return err
+	}
+	bootSregs(&s)
+	if err := bsp.SetSregs(s); err != nil {
+		return err
+	}
+	if err := bsp.SetRegs(bootRegs(entry)); err != nil {
+		return err
+	}
+	f := FPU{FCW: 0x37f, MXCSR: 0x1f80}
+	return bsp.setFPU(f)
+}
+
+// randomAligned returns a random multiple of 2 MiB in [0, limit).
+func randomAligned(limit uint64) uint64 {
+	slots := limit / (2 << 20)
+	if slots == 0 {
+		return 0
+	}
+	n, err := rand.Int(rand.Reader, new(big.Int).SetUint64(slots))
+	if err != nil {
+		return 0
+	}
+	return n.Uint64() * (2 << 20)
+}
+
+func (vm *VM) irqLine(irq uint32, level bool) {
+	l := irqLevel{IRQ: irq}
+	if level {
+		l.Level = 1
+	}
+	// An IRQ line that cannot be driven shows up as a silent console;
+	// there is no one to report it to from a device callback.
+	_ = ioctlPtr(vm.vmFD, kvmIRQLine, &l)
+}
+
+func (vm *VM) requestReset() {
+	vm.once.Do(func() { close(vm.resetCh) })
+}
+
+func (vm *VM) currentHook() DebugHook {
+	if b := vm.hook.Load(); b != nil {
+		return b.h
+	}
+	return nil
+}
+
+// SetDebugHook installs (or, with nil, removes) the debug hook and turns
+// software-breakpoint interception on every vCPU on or off accordingly.
+// Safe while the VM runs.
+func (vm *VM) SetDebugHook(h DebugHook) error {
+	if h == nil {
+		vm.hook.Store(nil)
+	} else {
+		vm.hook.Store(&hookBox{h})
+	}
+	for _, v := range vm.vcpus {
+		err := vm.doOrDirect(v, func(c CPU) error { return c.(*VCPU).setSoftwareBreakpoints(h != nil) })
+		if err != nil {
+			return fmt.Errorf("setting guest debug on vCPU %d: %w", v.id, err)
+		}
+	}
+	return nil
+}
+
+// doOrDirect runs f on the vCPU's thread if its loop runs, else directly
+// (before Run, the creating goroutine owns the fd).
+func (vm *VM) doOrDirect(v *VCPU, f func(CPU) error) error {
+	if v.tid.Load() == 0 {
+		return f(v)
+	}
+	return v.Do(f)
+}
+
+// Do runs f on vCPU cpu's thread while that vCPU is stopped.
+func (vm *VM) Do(cpu int, f func(CPU) error) error {
+	if cpu < 0 || cpu >= len(vm.vcpus) {
+		return fmt.Errorf("%w: no vCPU %d", ErrBadConfig, cpu)
+	}
+	return vm.doOrDirect(vm.vcpus[cpu], f)
+}
+
+// Mem is guest RAM.
+func (vm *VM) Mem() PhysMem { return vm.mem }
+
+// Memory is guest RAM with its size and raw bytes.
+func (vm *VM) Memory() *Memory { return vm.mem }
+
+// NumCPUs is the number of vCPUs.
+func (vm *VM) NumCPUs() int { return len(vm.vcpus) }
+
+// Reserved is hvprobe's private guest-physical region: e820-reserved,
+// never touched by the guest.
+func (vm *VM) Reserved() (gpa, size uint64) {
+	return vm.cfg.MemSize - vm.cfg.Reserved, vm.cfg.Reserved
+}
+
+// Layout is where the kernel was placed.
+func (vm *VM) Layout() Layout { return vm.layout }
+
+// Stats are the exit counters.
+func (vm *VM) Stats() *ExitStats { return &vm.stats }
+
+// ConsoleInput sends bytes to the guest's serial port.
+func (vm *VM) ConsoleInput(p []byte) { vm.serial.Input(p) }
+
+// Stop makes Run return with StopRequested.
+func (vm *VM) Stop() {
+	vm.stop.Store(true)
+	for _, v := range vm.vcpus {
+		v.kick()
+	}
+}
+
+// Run runs every vCPU until the guest resets or halts, an error occurs, Stop
+// is called or ctx ends.
+func (vm *VM) Run(ctx context.Context) Result {
+	type end struct {
+		reason StopReason
+		err    error
+	}
+	ends := make(chan end, len(vm.vcpus))
+	for _, v := range vm.vcpus {
+		go func(v *VCPU) {
+			r, err := v.loop(vm.handler, &vm.stop)
+			close(v.done)
+			ends <- end{r, err}
+		}(v)
+	}
+	first := end{}
+	select {
+	case e := <-ends:
+		first = e
+	case <-vm.resetCh:
+		first = end{reason: StopReset}
+	case <-ctx.Done():
+		first = end{reason: StopRequested, err: ctx.Err()}
+	}
+	vm.Stop()
+	for range vm.vcpus[1:] {
+		<-ends
+	}
+	if first.reason == StopRequested && first.err == nil {
+		select {
+		case <-vm.resetCh:
+			first.reason = StopReset
+		default:
+		}
+	}
+	vm.console.flush()
+	return Result{Reason: first.reason, Err: first.err, Panicked: vm.console.panicked(), Tail: vm.console.tail()}
+}
+
+// Close releases the VM's file descriptors and memory.
+func (vm *VM) Close() error {
+	if vm.closed {
+		return nil
+	}
+	vm.closed = true
+	for _, v := range vm.vcpus {
+		unix.Munmap(v.runBuf)
+		unix.Close(v.fd)
+	}
+	if vm.vmFD >= 0 {
+		unix.Close(vm.vmFD)
+	}
+	if vm.mem != nil {
+		unix.Munmap(vm.mem.b)
+	}
+	if vm.kvm != nil {
+		vm.kvm.Close()
+	}
+	return nil
+}
+
+// lineTracker splits console output into lines for callbacks, keeps the
+// last few for error reports, and notices a kernel panic.
+type lineTracker struct {
+	mu     sync.Mutex
+	out    io.Writer
+	onLine func(string)
+	cur    []byte
+	last   []string
+	panic  bool
+}
+
+const tailLines = 25
+
+func newLineTracker(out io.Writer, onLine func(string)) *lineTracker {
+	return &lineTracker{out: out, onLine: onLine}
+}
+
+func (t *lineTracker) Write(p []byte) (int, error) {
+	if t.out != nil {
+		t.out.Write(p)
+	}
+	t.mu.Lock()
+	var lines []string
+	for _, b := range p {
+		if b == '\n' {
+			lines = append(lines, strings.TrimRight(string(t.cur), "\r"))
+			t.cur = t.cur[:0]
+			continue
+		}
+		t.cur = append(t.cur, b)
+	}
+	for _, l := range lines {
+		t.addLocked(l)
+	}
+	t.mu.Unlock()
+	if t.onLine != nil {
+		for _, l := range lines {
+			t.onLine(l)
+		}
+	}
+	return len(p), nil
+}
+
+func (t *lineTracker) addLocked(l string) {
+	if strings.Contains(l, "Kernel panic - not syncing") {
+		t.panic = true
+	}
+	t.last = append(t.last, l)
+	if len(t.last) > tailLines {
+		t.last = t.last[len(t.last)-tailLines:]
+	}
+}
+
+func (t *lineTracker) flush() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.cur) > 0 {
+		t.addLocked(string(t.cur))
+		t.cur = nil
+	}
+}
+
+func (t *lineTracker) tail() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]string(nil), t.last...)
+}
+
+func (t *lineTracker) panicked() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.panic
+}
