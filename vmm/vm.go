@@ -20,8 +20,8 @@ import (
 
 // Config describes a VM to boot.
 type Config struct {
-	Kernel   []byte // bzImage or vmlinux ELF
-	Initrd   []byte // optional
+	Kernel   *kimage.Image // opened bzImage or vmlinux ELF
+	Initrd   []byte        // optional
 	Cmdline  string
 	MemSize  uint64 // bytes; default 512 MiB
 	CPUs     int    // default 1
@@ -102,16 +102,12 @@ func New(cfg Config) (*VM, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	img, err := kimage.Open(cfg.Kernel)
-	if err != nil {
-		return nil, fmt.Errorf("reading kernel image: %w", err)
-	}
 	vm := &VM{cfg: cfg, vmFD: -1, resetCh: make(chan struct{})}
 	if err := vm.create(); err != nil {
 		vm.Close()
 		return nil, err
 	}
-	if err := vm.load(img); err != nil {
+	if err := vm.load(cfg.Kernel); err != nil {
 		vm.Close()
 		return nil, err
 	}
@@ -132,7 +128,7 @@ func (c *Config) defaults() error {
 		c.DevKVM = "/dev/kvm"
 	}
 	switch {
-	case len(c.Kernel) == 0:
+	case c.Kernel == nil:
 		return fmt.Errorf("%w: no kernel image", ErrBadConfig)
 	case c.MemSize < 64<<20:
 		return fmt.Errorf("%w: %d MiB of memory is too little (at least 64 MiB)", ErrBadConfig, c.MemSize>>20)

@@ -1,0 +1,242 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+
+	"github.com/hvprobe/hvprobe/kprobes"
+	"github.com/hvprobe/hvprobe/session"
+	"github.com/hvprobe/hvprobe/vmm"
+)
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+func cmdRun(args []string) error {
+	d := defaultPaths()
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	kernel := fs.String("kernel", d.kernel, "guest kernel: bzImage or vmlinux")
+	sysmap := fs.String("system-map", d.systemMap, "the kernel's System.map")
+	initrd := fs.String("initrd", d.initrd, "initramfs (uncompressed cpio recommended); empty for none")
+	mem := fs.String("mem", "512M", "guest memory (M or G suffix)")
+	cpus := fs.Int("cpus", 1, "number of vCPUs")
+	appendCmd := fs.String("cmdline-append", "", "added to the kernel command line")
+	hostKind := fs.String("host", "auto", "KVM kind: auto, hardware, or emulating (adds the instruction masks an emulating KVM needs)")
+	nokaslr := fs.Bool("nokaslr", false, "boot the kernel at its link-time addresses")
+	timeout := fs.Duration("timeout", 0, "stop the guest after this long (0 = never)")
+	consoleOut := fs.String("console", "-", "where the guest console goes: - for stdout, or a file")
+	var kps multiFlag
+	fs.Var(&kps, "kprobe", "probe SYM[+OFF] (repeatable): print a line per hit")
+	fs.Parse(args)
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	memSize, err := parseSize(*mem)
+	if err != nil {
+		return fmt.Errorf("--mem: %w", err)
+	}
+	var host *vmm.Host
+	switch *hostKind {
+	case "auto":
+	case "hardware":
+		host = &vmm.Host{}
+	case "emulating":
+		host = &vmm.Host{Emulating: true}
+	default:
+		return fmt.Errorf("--host: %q is not auto, hardware or emulating", *hostKind)
+	}
+	var console io.Writer = os.Stdout
+	if *consoleOut != "-" {
+		f, err := os.Create(*consoleOut)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		console = f
+	}
+
+	events := newPrinter(os.Stdout)
+	defer events.close()
+
+	s, err := session.New(session.Options{
+		Kernel: *kernel, SystemMap: *sysmap, Initrd: *initrd, MemSize: memSize, CPUs: *cpus,
+		CmdlineAppend: *appendCmd, Host: host, NoKASLR: *nokaslr, Console: console,
+	})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+
+	probes, err := parseKprobeFlags(kps, events)
+	if err != nil {
+		return err
+	}
+	if len(probes) > 0 {
+		s.AtAttach(func(a *session.Attached) error {
+			for _, p := range probes {
+				if err := a.Manager.Register(p); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer cancel()
+	if *timeout > 0 {
+		var c2 context.CancelFunc
+		ctx, c2 = context.WithTimeout(ctx, *timeout)
+		defer c2()
+	}
+	go reportBoot(ctx, s, events)
+	res := s.Run(ctx)
+
+	if err := s.AttachErr(); err != nil {
+		events.printf("hvprobe: attaching probes failed: %v", err)
+	}
+	if len(probes) > 0 {
+		if a, err := s.Attached(); err == nil {
+			printStats(events, a.Manager, probes)
+		}
+	}
+	return endOf(res, ctx)
+}
+
+// endOf maps how the guest ended to the command's exit status.
+func endOf(res vmm.Result, ctx context.Context) error {
+	tail := func() string {
+		if len(res.Tail) == 0 {
+			return ""
+		}
+		return "\nlast console lines:\n  " + strings.Join(res.Tail, "\n  ")
+	}
+	switch {
+	case res.Panicked:
+		return exitError{code: 3, msg: "guest kernel panicked" + tail()}
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return exitError{code: 4, msg: "timed out: the guest was still running" + tail()}
+	case res.Reason == vmm.StopRequested:
+		return exitError{code: 130, msg: "interrupted"}
+	case res.Err != nil:
+		return exitError{code: 1, msg: fmt.Sprintf("guest stopped: %v%s", res.Err, tail())}
+	case res.Reason == vmm.StopReset || res.Reason == vmm.StopShutdown:
+		return nil
+	}
+	return exitError{code: 1, msg: "guest stopped: " + res.Reason.String() + tail()}
+}
+
+func reportBoot(ctx context.Context, s *session.Session, p *printer) {
+	if l, err := s.WaitLineSeen(ctx, ""); err == nil {
+		p.printf("hvprobe: first console line after %.2fs", l.At.Seconds())
+	}
+	if l, err := s.WaitLineSeen(ctx, "HVWL: workload"); err == nil {
+		p.printf("hvprobe: workload started after %.2fs", l.At.Seconds())
+	}
+}
+
+func parseKprobeFlags(specs []string, p *printer) ([]*kprobes.Kprobe, error) {
+	var out []*kprobes.Kprobe
+	for _, spec := range specs {
+		sym, off, err := splitSymOff(spec)
+		if err != nil {
+			return nil, fmt.Errorf("--kprobe %q: %w", spec, err)
+		}
+		out = append(out, &kprobes.Kprobe{
+			Symbol: sym, Offset: off,
+			PreHandler: func(c *kprobes.Context) bool {
+				r := c.Regs()
+				p.printf("%s cpu%d %s+%#x di=%#x si=%#x dx=%#x", c.Time.Format("15:04:05.000000"), c.CPU, c.Symbol, c.Offset, r.RDI, r.RSI, r.RDX)
+				return false
+			},
+		})
+	}
+	return out, nil
+}
+
+func splitSymOff(spec string) (string, uint64, error) {
+	sym, offStr, has := strings.Cut(spec, "+")
+	if sym == "" {
+		return "", 0, errors.New("no symbol")
+	}
+	if !has {
+		return sym, 0, nil
+	}
+	var off uint64
+	if _, err := fmt.Sscanf(offStr, "%v", &off); err != nil {
+		return "", 0, fmt.Errorf("bad offset %q", offStr)
+	}
+	return sym, off, nil
+}
+
+func printStats(p *printer, m *kprobes.Manager, probes []*kprobes.Kprobe) {
+	for _, k := range probes {
+		p.printf("hvprobe: probe %s+%#x: hits=%d nmissed=%d", k.Symbol, k.Offset, k.Hits(), k.NMissed())
+	}
+	st := m.Stats()
+	p.printf("hvprobe: hits=%d exits-per-hit=%v emulated=%d boosted=%d stepped=%d reentered=%d faults=%d",
+		st.Hits, st.ExitsPerHit, st.Emulated, st.Boosted, st.Stepped, st.Reentered, st.Faults)
+}
+
+func parseSize(s string) (uint64, error) {
+	mult := uint64(1)
+	switch {
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1<<30, strings.TrimSuffix(s, "G")
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, strings.TrimSuffix(s, "M")
+	}
+	var n uint64
+	if _, err := fmt.Sscanf(s, "%d", &n); err != nil {
+		return 0, fmt.Errorf("%q is not a size like 512M or 1G", s)
+	}
+	return n * mult, nil
+}
+
+// printer serializes event lines from vCPU threads onto one writer without
+// making a vCPU wait for the terminal.
+type printer struct {
+	ch   chan string
+	done chan struct{}
+}
+
+func newPrinter(w io.Writer) *printer {
+	p := &printer{ch: make(chan string, 65536), done: make(chan struct{})}
+	go func() {
+		bw := bufio.NewWriter(w)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case l, ok := <-p.ch:
+				if !ok {
+					bw.Flush()
+					close(p.done)
+					return
+				}
+				bw.WriteString(l)
+				bw.WriteByte('\n')
+			case <-t.C:
+				bw.Flush()
+			}
+		}
+	}()
+	return p
+}
+
+func (p *printer) printf(format string, args ...any) { p.ch <- fmt.Sprintf(format, args...) }
+
+func (p *printer) close() {
+	close(p.ch)
+	<-p.done
+}

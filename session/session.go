@@ -1,0 +1,202 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hvprobe/hvprobe/guest"
+	"github.com/hvprobe/hvprobe/vmm"
+)
+
+// Options describe a guest to boot.
+type Options struct {
+	Kernel    string // bzImage or vmlinux path
+	SystemMap string // its System.map
+	Initrd    string // optional
+	MemSize   uint64 // default 512 MiB
+	CPUs      int    // default 1
+	// CmdlineAppend is added after hvprobe's base command line.
+	CmdlineAppend string
+	// Host selects the KVM workarounds; DetectHost("/sys/module") by default.
+	Host *vmm.Host
+	// NoKASLR boots the kernel at its link-time addresses (and adds
+	// "nokaslr" to the command line).
+	NoKASLR bool
+	Console io.Writer
+}
+
+// Session is one guest: the VM, its kernel as data, and its console.
+type Session struct {
+	VM     *vmm.VM
+	Kernel *guest.Kernel
+	start  time.Time
+
+	mux        *hookMux
+	attachMu   sync.Mutex
+	attached   *Attached
+	atAttach   []func(*Attached) error
+	attachedCh chan struct{}
+
+	mu      sync.Mutex
+	subs    []*subscriber
+	lines   []Line
+	firstAt time.Duration
+}
+
+// Line is one console line and when it arrived, relative to Run's start.
+type Line struct {
+	Text string
+	At   time.Duration
+}
+
+type subscriber struct {
+	match func(string) bool
+	ch    chan Line
+}
+
+// ErrConsoleTimeout: a console line did not appear in time.
+var ErrConsoleTimeout = errors.New("console line did not appear")
+
+// New opens the kernel and its System.map (refusing a map that does not
+// belong to the image), and creates the VM. Nothing runs until Run.
+func New(o Options) (*Session, error) {
+	k, err := guest.OpenKernel(o.Kernel, o.SystemMap)
+	if err != nil {
+		return nil, err
+	}
+	var initrd []byte
+	if o.Initrd != "" {
+		if initrd, err = os.ReadFile(o.Initrd); err != nil {
+			return nil, fmt.Errorf("reading initrd: %w", err)
+		}
+	}
+	host := vmm.DetectHost("/sys/module")
+	if o.Host != nil {
+		host = *o.Host
+	}
+	extra := []string{o.CmdlineAppend}
+	if o.NoKASLR {
+		extra = append([]string{"nokaslr"}, extra...)
+	}
+	s := &Session{Kernel: k, attachedCh: make(chan struct{})}
+	syms := k.Symbols
+	vm, err := vmm.New(vmm.Config{
+		Kernel:        k.Image,
+		Initrd:        initrd,
+		Cmdline:       host.Cmdline(extra...),
+		MemSize:       o.MemSize,
+		CPUs:          o.CPUs,
+		KASLR:         !o.NoKASLR,
+		Console:       o.Console,
+		OnConsoleLine: s.onLine,
+		Symbolize: func(a uint64) string {
+			return syms.Slid(vmLayoutSlide(s)).FormatAddr(a)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.VM = vm
+	if err := s.armAttach(); err != nil {
+		vm.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func vmLayoutSlide(s *Session) uint64 {
+	if s.VM == nil {
+		return 0
+	}
+	return s.VM.Layout().VirtDelta
+}
+
+// Run runs the guest until it ends or ctx is done.
+func (s *Session) Run(ctx context.Context) vmm.Result {
+	s.mu.Lock()
+	s.start = time.Now()
+	s.mu.Unlock()
+	return s.VM.Run(ctx)
+}
+
+// Close releases the VM.
+func (s *Session) Close() error { return s.VM.Close() }
+
+func (s *Session) onLine(text string) {
+	s.mu.Lock()
+	l := Line{Text: text, At: time.Since(s.start)}
+	if len(s.lines) == 0 {
+		s.firstAt = l.At
+	}
+	s.lines = append(s.lines, l)
+	subs := append([]*subscriber(nil), s.subs...)
+	s.mu.Unlock()
+	for _, sub := range subs {
+		if sub.match(text) {
+			select {
+			case sub.ch <- l:
+			default: // a subscriber that stopped reading loses lines, not the guest
+			}
+		}
+	}
+}
+
+// Lines returns every console line so far.
+func (s *Session) Lines() []Line {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Line(nil), s.lines...)
+}
+
+// Subscribe delivers future console lines for which match is true.
+// cancel stops delivery.
+func (s *Session) Subscribe(match func(string) bool) (lines <-chan Line, cancel func()) {
+	sub := &subscriber{match: match, ch: make(chan Line, 4096)}
+	s.mu.Lock()
+	s.subs = append(s.subs, sub)
+	s.mu.Unlock()
+	return sub.ch, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for i, x := range s.subs {
+			if x == sub {
+				s.subs = append(s.subs[:i], s.subs[i+1:]...)
+				return
+			}
+		}
+	}
+}
+
+// WaitLine waits for a future console line containing substr.
+func (s *Session) WaitLine(ctx context.Context, substr string) (Line, error) {
+	ch, cancel := s.Subscribe(func(l string) bool { return strings.Contains(l, substr) })
+	defer cancel()
+	return s.waitOn(ctx, ch, substr)
+}
+
+// WaitLineSeen is WaitLine that also accepts a line already printed.
+func (s *Session) WaitLineSeen(ctx context.Context, substr string) (Line, error) {
+	ch, cancel := s.Subscribe(func(l string) bool { return strings.Contains(l, substr) })
+	defer cancel()
+	for _, l := range s.Lines() {
+		if strings.Contains(l.Text, substr) {
+			return l, nil
+		}
+	}
+	return s.waitOn(ctx, ch, substr)
+}
+
+func (s *Session) waitOn(ctx context.Context, ch <-chan Line, what string) (Line, error) {
+	select {
+	case l := <-ch:
+		return l, nil
+	case <-ctx.Done():
+		return Line{}, fmt.Errorf("waiting for %q on the console: %w (%v)", what, ErrConsoleTimeout, ctx.Err())
+	}
+}
