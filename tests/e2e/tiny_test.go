@@ -1,4 +1,4 @@
-package vmm
+package e2e
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hvprobe/hvprobe/tests/kvmtest"
+	"github.com/hvprobe/hvprobe/vmm"
 	"github.com/hvprobe/hvprobe/vmm/kimage"
 )
 
@@ -45,15 +46,15 @@ func tinyELF(code []byte) []byte {
 type stepHook struct {
 	mu     sync.Mutex
 	want   uint64
-	events []DebugEvent
+	events []vmm.DebugEvent
 }
 
-func (h *stepHook) HandleDebug(c CPU, ev DebugEvent) bool {
+func (h *stepHook) HandleDebug(c vmm.CPU, ev vmm.DebugEvent) bool {
 	h.mu.Lock()
 	h.events = append(h.events, ev)
 	h.mu.Unlock()
 	switch ev.Kind {
-	case DebugBreakpoint:
+	case vmm.DebugBreakpoint:
 		if ev.RIP != h.want {
 			return false
 		}
@@ -61,7 +62,7 @@ func (h *stepHook) HandleDebug(c CPU, ev DebugEvent) bool {
 		r.RIP++
 		c.SetRegs(r)
 		c.SetSingleStep(true)
-	case DebugSingleStep:
+	case vmm.DebugSingleStep:
 		c.SetSingleStep(false)
 	}
 	return true
@@ -88,7 +89,7 @@ func TestBootTinyGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm, err := New(Config{Kernel: img, MemSize: 64 << 20, Console: lockedWriter{&mu, &out}})
+	vm, err := vmm.New(vmm.Config{Kernel: img, MemSize: 64 << 20, Console: lockedWriter{&mu, &out}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +101,7 @@ func TestBootTinyGuest(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	res := vm.Run(ctx)
-	if res.Reason != StopReset || res.Err != nil {
+	if res.Reason != vmm.StopReset || res.Err != nil {
 		t.Fatalf("run ended with %v (%v), want guest reset; console %q", res.Reason, res.Err, out.String())
 	}
 	mu.Lock()
@@ -108,7 +109,7 @@ func TestBootTinyGuest(t *testing.T) {
 	if out.String() != "KO" {
 		t.Errorf("console = %q, want %q", out.String(), "KO")
 	}
-	want := []DebugEvent{{DebugBreakpoint, 0x1000007}, {DebugSingleStep, 0x100000a}}
+	want := []vmm.DebugEvent{{Kind: vmm.DebugBreakpoint, RIP: 0x1000007}, {Kind: vmm.DebugSingleStep, RIP: 0x100000a}}
 	if len(hook.events) != 2 || hook.events[0] != want[0] || hook.events[1] != want[1] {
 		t.Errorf("debug events %+v, want %+v", hook.events, want)
 	}

@@ -1,0 +1,36 @@
+// Package introspect reads and writes a running Linux/x86-64 guest from the
+// host: it walks the guest's page tables, maps pages into them, accesses
+// guest-virtual memory, recovers the KASLR slide and physical load offset,
+// and finds tasks (the current one per vCPU, and the global task list).
+//
+// Everything here is a pure function of guest-physical memory (vmm.PhysMem),
+// register state (vmm.Sregs and MSRs) and symbol addresses from System.map,
+// so it is tested on synthesized page tables and task structures without
+// KVM.
+//
+// What the package owns:
+//   - the x86-64 4- and 5-level paging format (Translate, MapPage,
+//     UnmapPage), as the CPU interprets it, not as Linux's C macros do;
+//   - VirtMem, a (PhysMem, CR3, LA57) triple that reads and writes across
+//     page boundaries;
+//   - the Linux conventions it relies on: __START_KERNEL_map, the 2 MiB
+//     KASLR alignment, zero-based x86-64 per-cpu symbols, PTI's
+//     kernel/user PGD pair, and circular task lists.
+//
+// It does not own symbol parsing or struct layouts: callers pass a Symbols
+// lookup (unslid System.map values) and a TaskLayout (from BTF or a table).
+//
+// Invariants and preconditions:
+//   - Precondition: every vCPU that can touch the structures being read or
+//     written is stopped. Page tables, per-cpu data and task lists are
+//     changed by the guest without any lock the host could take; a walk
+//     done while a vCPU runs may see torn state. The walkers stay safe
+//     anyway: every loop is bounded and every pointer is checked, so torn
+//     state yields an error, never a hang or a panic.
+//   - Nothing here flushes guest TLBs. Installing a mapping where none was
+//     present needs no flush (x86 never caches non-present translations);
+//     removing or changing one does, and that is the caller's job (see
+//     UnmapPage).
+//   - Addresses named "unslid" are System.map values; "slid" ones are
+//     unslid + KASLR.Slide. Per-cpu symbols are offsets and never slide.
+package introspect

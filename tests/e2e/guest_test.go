@@ -1,0 +1,228 @@
+package e2e
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hvprobe/hvprobe/kprobes"
+	"github.com/hvprobe/hvprobe/session"
+	"github.com/hvprobe/hvprobe/tests/kvmtest"
+	"github.com/hvprobe/hvprobe/vmm"
+)
+
+// bootTimeout bounds the shared guest's boot; kernel mode is emulated on
+// some hosts (docs/QUIRKS.md), so it is generous.
+const bootTimeout = 20 * time.Minute
+
+// scenarioTimeout bounds one workload scenario.
+const scenarioTimeout = 10 * time.Minute
+
+// guest is the one mini guest all tests share.
+type guest struct {
+	s      *session.Session
+	a      *session.Attached
+	ended  chan vmm.Result
+	mu     sync.Mutex // one scenario at a time
+	seq    uint64
+	booted time.Duration
+}
+
+var (
+	sharedOnce sync.Once
+	shared     *guest
+	sharedErr  error
+)
+
+func imagesDir() string {
+	if d := os.Getenv("HVPROBE_IMAGES"); d != "" {
+		return d
+	}
+	return filepath.Join("..", "..", ".cache", "images")
+}
+
+// miniGuest returns the shared guest, booting it on first use.
+func miniGuest(t *testing.T) *guest {
+	t.Helper()
+	kvmtest.RequireKVM(t)
+	sharedOnce.Do(func() { shared, sharedErr = bootMini() })
+	if sharedErr != nil {
+		t.Fatalf("booting the shared mini guest: %v", sharedErr)
+	}
+	select {
+	case r := <-shared.ended:
+		shared.ended <- r
+		t.Fatalf("the shared guest has ended: %v (%v); last console lines:\n%s", r.Reason, r.Err, strings.Join(r.Tail, "\n"))
+	default:
+	}
+	return shared
+}
+
+func bootMini() (*guest, error) {
+	dir := filepath.Join(imagesDir(), "mini")
+	console, err := os.Create(filepath.Join(os.TempDir(), "hvprobe-e2e-console.log"))
+	if err != nil {
+		return nil, err
+	}
+	s, err := session.New(session.Options{
+		Kernel:        filepath.Join(dir, "current", "bzImage"),
+		SystemMap:     filepath.Join(dir, "current", "System.map"),
+		Initrd:        filepath.Join(dir, "initramfs.cpio"),
+		CmdlineAppend: "hvprobe_wl=serve",
+		Console:       console,
+	})
+	if err != nil {
+		return nil, err
+	}
+	g := &guest{s: s, ended: make(chan vmm.Result, 1)}
+	go func() { g.ended <- s.Run(context.Background()) }()
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	ready := make(chan error, 1)
+	go func() {
+		_, err := s.WaitLineSeen(ctx, "HVWL: ready")
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			s.VM.Stop()
+			return nil, fmt.Errorf("%w (console log: %s)", err, console.Name())
+		}
+	case r := <-g.ended:
+		g.ended <- r
+		return nil, fmt.Errorf("guest ended during boot: %v (%v): %s", r.Reason, r.Err, strings.Join(r.Tail, " | "))
+	}
+	if err := s.AttachErr(); err != nil {
+		return nil, fmt.Errorf("attaching the probe engine: %w", err)
+	}
+	a, err := s.Attached()
+	if err != nil {
+		return nil, err
+	}
+	g.a = a
+	for _, l := range s.Lines() {
+		if strings.Contains(l.Text, "HVWL: ready") {
+			g.booted = l.At
+		}
+	}
+	return g, nil
+}
+
+// run sends one scenario to the workload and returns its "HVWL:" lines.
+func (g *guest) run(t *testing.T, cmd string) []string {
+	t.Helper()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	k := g.a.Kernel
+	box, err := k.Resolve("hvwl_mailbox", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqVA, err := k.Resolve("hvwl_mailbox_seq", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.seq++
+	done := fmt.Sprintf("HVWL: done seq=%d", g.seq)
+	lines, cancel := g.s.Subscribe(func(l string) bool { return strings.Contains(l, "HVWL: ") })
+	defer cancel()
+	if err := k.WriteVirt(box, append([]byte(cmd), 0)); err != nil {
+		t.Fatalf("writing the mailbox: %v", err)
+	}
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], g.seq)
+	if err := k.WriteVirt(seqVA, b[:]); err != nil {
+		t.Fatalf("writing the mailbox sequence: %v", err)
+	}
+	timeout := time.After(scenarioTimeout)
+	var out []string
+	for {
+		select {
+		case l := <-lines:
+			text := l.Text[strings.Index(l.Text, "HVWL: "):]
+			out = append(out, text)
+			if text == done {
+				for _, o := range out {
+					if strings.HasPrefix(o, "HVWL: error") || strings.Contains(o, " fail ") {
+						t.Fatalf("workload reported a failure running %q: %v", cmd, out)
+					}
+				}
+				return out
+			}
+		case r := <-g.ended:
+			g.ended <- r
+			t.Fatalf("guest ended while running %q: %v (%v); last lines:\n%s", cmd, r.Reason, r.Err, strings.Join(r.Tail, "\n"))
+		case <-timeout:
+			t.Fatalf("scenario %q did not finish in %v; got %v", cmd, scenarioTimeout, out)
+		}
+	}
+}
+
+var kv = regexp.MustCompile(`(\w+)=("[^"]*"|\S+)`)
+
+// report finds the workload line "HVWL: <what> k=v ..." and returns its fields.
+func report(t *testing.T, lines []string, what string) map[string]string {
+	t.Helper()
+	for _, l := range lines {
+		if strings.HasPrefix(l, "HVWL: "+what+" ") {
+			m := map[string]string{}
+			for _, f := range kv.FindAllStringSubmatch(l, -1) {
+				m[f[1]] = strings.Trim(f[2], `"`)
+			}
+			return m
+		}
+	}
+	t.Fatalf("no %q report in %v", what, lines)
+	return nil
+}
+
+func num(t *testing.T, m map[string]string, k string) int64 {
+	t.Helper()
+	v, err := strconv.ParseInt(m[k], 0, 64)
+	if err != nil {
+		t.Fatalf("field %s=%q: %v", k, m[k], err)
+	}
+	return v
+}
+
+func register(t *testing.T, m *kprobes.Manager, p *kprobes.Kprobe) {
+	t.Helper()
+	if err := m.Register(p); err != nil {
+		t.Fatalf("registering %s+%#x: %v", p.Symbol, p.Offset, err)
+	}
+}
+
+func unregister(t *testing.T, m *kprobes.Manager, p *kprobes.Kprobe) {
+	t.Helper()
+	if err := m.Unregister(p); err != nil {
+		t.Fatalf("unregistering %s+%#x: %v", p.Symbol, p.Offset, err)
+	}
+}
+
+// text returns the guest's kernel text, read through its page tables.
+func (g *guest) text(t *testing.T) []byte {
+	t.Helper()
+	k := g.a.Kernel
+	start, err := k.Resolve("_stext", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end, err := k.Resolve("_etext", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, end-start)
+	if err := k.ReadVirt(start, b); err != nil {
+		t.Fatalf("reading kernel text: %v", err)
+	}
+	return b
+}
