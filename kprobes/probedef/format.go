@@ -1,0 +1,192 @@
+package probedef
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Event is one probe hit, ready to print.
+type Event struct {
+	Def *Def
+	// Comm and PID name the current task; an empty Comm prints as
+	// ftrace's "<...>" (a task whose name was not recorded).
+	Comm string
+	PID  int
+	CPU  int
+	// IRQsOff is !RFLAGS.IF of the probed code: the first flags column.
+	IRQsOff bool
+	// Time is the guest's time since boot.
+	Time time.Duration
+	// Where is the probe site as Symbols.Format renders it
+	// ("do_sys_open+0x0/0xd6"); for a return probe, the return address.
+	Where string
+	// Func is the probed function's name, shown by return probes as
+	// "(WHERE <- FUNC)".
+	Func   string
+	Values []Value
+}
+
+// FormatTrace renders ev as one trace_pipe line, without the newline:
+//
+//	bash-1447    [001] d.... 1038282.286875: myprobe: (do_sys_open+0x0/0xd6) dfd=0x3
+//
+// The layout is trace_print_context()'s: comm right-aligned in 16, pid
+// left-aligned in 7, the CPU in 3 digits, the five irq-info flag columns
+// (irqs-off, need-resched, hardirq/softirq, preempt-depth,
+// migrate-disable) and seconds.microseconds. From outside the guest only
+// irqs-off is known ('d' or '.'); the other four are always '.'.
+// Values print as ftrace's print_type_* do; bytes outside printable
+// ASCII in strings and chars print as \xNN so an event stays one line.
+// Numeric faults print "(fault)" like string faults: ftrace leaves such
+// fields undefined, and a made-up 0 would read as data.
+func FormatTrace(ev Event) string {
+	var b strings.Builder
+	comm := ev.Comm
+	if comm == "" {
+		comm = "<...>"
+	}
+	flags := "....."
+	if ev.IRQsOff {
+		flags = "d...."
+	}
+	us := (ev.Time.Nanoseconds() + 500) / 1000 // ns2usecs rounds
+	fmt.Fprintf(&b, "%16s-%-7d [%03d] %s %5d.%06d: %s: (%s", comm, ev.PID, ev.CPU, flags,
+		us/1e6, us%1e6, ev.Def.Event, ev.Where)
+	if ev.Def.Kind == Retprobe {
+		b.WriteString(" <- " + ev.Func)
+	}
+	b.WriteByte(')')
+	for _, v := range ev.Values {
+		b.WriteString(" " + v.Name + "=")
+		writeValue(&b, v)
+	}
+	return b.String()
+}
+
+func writeValue(b *strings.Builder, v Value) {
+	if v.Fault {
+		b.WriteString("(fault)")
+		return
+	}
+	if v.Type.Array > 0 {
+		b.WriteByte('{')
+		for i, el := range v.Elems {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			writeValue(b, el)
+		}
+		b.WriteByte('}')
+		return
+	}
+	switch t := v.Type; {
+	case t.IsString():
+		b.WriteString(`"` + escape(v.Str) + `"`)
+	case t.Base == Char:
+		b.WriteString("'" + escape(string([]byte{byte(v.U64)})) + "'")
+	case t.Base == Symbol:
+		b.WriteString(v.Str)
+	case t.Signed():
+		b.WriteString(strconv.FormatInt(v.S64, 10))
+	case t.Base >= X8 && t.Base <= X64:
+		b.WriteString("0x" + strconv.FormatUint(v.U64, 16))
+	default:
+		b.WriteString(strconv.FormatUint(v.U64, 10))
+	}
+}
+
+func escape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c < 0x7f {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, `\x%02x`, c)
+		}
+	}
+	return b.String()
+}
+
+// jsonEvent fixes the key order of FormatJSON's objects.
+type jsonEvent struct {
+	Comm    string   `json:"comm"`
+	PID     int      `json:"pid"`
+	CPU     int      `json:"cpu"`
+	IRQsOff bool     `json:"irqs_off"`
+	TimeNS  int64    `json:"time_ns"`
+	Group   string   `json:"group"`
+	Event   string   `json:"event"`
+	Kind    string   `json:"kind"`
+	Where   string   `json:"where"`
+	Func    string   `json:"func,omitempty"`
+	Args    jsonArgs `json:"args"`
+}
+
+// jsonArgs is an object whose keys keep the definition's order.
+type jsonArgs []Value
+
+func (a jsonArgs) MarshalJSON() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, v := range a {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, err := json.Marshal(v.Name)
+		if err != nil {
+			return nil, err
+		}
+		val, err := json.Marshal(jsonValue(v))
+		if err != nil {
+			return nil, err
+		}
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(val)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+// jsonValue types a value for JSON: decimal types as numbers, hex types
+// as "0x…" strings (64-bit addresses do not survive float64 readers),
+// text and symbols as strings, arrays as arrays and faults as null.
+func jsonValue(v Value) any {
+	if v.Fault {
+		return nil
+	}
+	if v.Type.Array > 0 {
+		out := make([]any, len(v.Elems))
+		for i, el := range v.Elems {
+			out[i] = jsonValue(el)
+		}
+		return out
+	}
+	switch t := v.Type; {
+	case t.IsString(), t.Base == Symbol:
+		return v.Str
+	case t.Base == Char:
+		return string([]byte{byte(v.U64)})
+	case t.Signed():
+		return v.S64
+	case t.Base >= X8 && t.Base <= X64:
+		return "0x" + strconv.FormatUint(v.U64, 16)
+	}
+	return v.U64
+}
+
+// FormatJSON renders ev as one JSON object, without a newline. Strings
+// that are not UTF-8 have their bad bytes replaced by U+FFFD.
+func FormatJSON(ev Event) ([]byte, error) {
+	return json.Marshal(jsonEvent{
+		Comm: ev.Comm, PID: ev.PID, CPU: ev.CPU, IRQsOff: ev.IRQsOff,
+		TimeNS: ev.Time.Nanoseconds(),
+		Group:  ev.Def.Group, Event: ev.Def.Event, Kind: ev.Def.Kind.String(),
+		Where: ev.Where, Func: ev.Func, Args: jsonArgs(ev.Values),
+	})
+}
