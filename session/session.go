@@ -37,6 +37,7 @@ type Session struct {
 	Kernel *guest.Kernel
 	start  time.Time
 
+	scenarioMu sync.Mutex
 	mux        *hookMux
 	attachMu   sync.Mutex
 	attached   *Attached

@@ -13,6 +13,7 @@ const usage = `usage: hvprobe <command> [flags]
 commands:
   run       boot a guest kernel, optionally with probes, and print events
   symbols   look up symbols in a System.map (name -> address, address -> sym+off)
+  bench     measure probe-hit cost against a bare VM exit on the mini guest
 
 Run 'hvprobe <command> -h' for the command's flags.
 `
@@ -28,6 +29,8 @@ func main() {
 		err = cmdRun(os.Args[2:])
 	case "symbols":
 		err = cmdSymbols(os.Args[2:])
+	case "bench":
+		err = cmdBench(os.Args[2:])
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

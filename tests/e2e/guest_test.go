@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,8 +29,6 @@ type guest struct {
 	s      *session.Session
 	a      *session.Attached
 	ended  chan vmm.Result
-	mu     sync.Mutex // one scenario at a time
-	seq    uint64
 	booted time.Duration
 }
 
@@ -120,69 +116,38 @@ func bootMini() (*guest, error) {
 // run sends one scenario to the workload and returns its "HVWL:" lines.
 func (g *guest) run(t *testing.T, cmd string) []string {
 	t.Helper()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	k := g.a.Kernel
-	box, err := k.Resolve("hvwl_mailbox", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seqVA, err := k.Resolve("hvwl_mailbox_seq", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.seq++
-	done := fmt.Sprintf("HVWL: done seq=%d", g.seq)
-	lines, cancel := g.s.Subscribe(func(l string) bool { return strings.Contains(l, "HVWL: ") })
+	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
 	defer cancel()
-	if err := k.WriteVirt(box, append([]byte(cmd), 0)); err != nil {
-		t.Fatalf("writing the mailbox: %v", err)
+	type res struct {
+		lines []string
+		err   error
 	}
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], g.seq)
-	if err := k.WriteVirt(seqVA, b[:]); err != nil {
-		t.Fatalf("writing the mailbox sequence: %v", err)
-	}
-	timeout := time.After(scenarioTimeout)
-	var out []string
-	for {
-		select {
-		case l := <-lines:
-			text := l.Text[strings.Index(l.Text, "HVWL: "):]
-			out = append(out, text)
-			if text == done {
-				for _, o := range out {
-					if strings.HasPrefix(o, "HVWL: error") || strings.Contains(o, " fail ") {
-						t.Fatalf("workload reported a failure running %q: %v", cmd, out)
-					}
-				}
-				return out
-			}
-		case r := <-g.ended:
-			g.ended <- r
-			t.Fatalf("guest ended while running %q: %v (%v); last lines:\n%s", cmd, r.Reason, r.Err, strings.Join(r.Tail, "\n"))
-		case <-timeout:
-			t.Fatalf("scenario %q did not finish in %v; got %v", cmd, scenarioTimeout, out)
+	ch := make(chan res, 1)
+	go func() {
+		l, err := g.s.Scenario(ctx, cmd)
+		ch <- res{l, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatal(r.err)
 		}
+		return r.lines
+	case r := <-g.ended:
+		g.ended <- r
+		t.Fatalf("guest ended while running %q: %v (%v); last lines:\n%s", cmd, r.Reason, r.Err, strings.Join(r.Tail, "\n"))
 	}
+	return nil
 }
-
-var kv = regexp.MustCompile(`(\w+)=("[^"]*"|\S+)`)
 
 // report finds the workload line "HVWL: <what> k=v ..." and returns its fields.
 func report(t *testing.T, lines []string, what string) map[string]string {
 	t.Helper()
-	for _, l := range lines {
-		if strings.HasPrefix(l, "HVWL: "+what+" ") {
-			m := map[string]string{}
-			for _, f := range kv.FindAllStringSubmatch(l, -1) {
-				m[f[1]] = strings.Trim(f[2], `"`)
-			}
-			return m
-		}
+	r, err := session.FindReport(lines, what)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no %q report in %v", what, lines)
-	return nil
+	return r.Fields
 }
 
 func num(t *testing.T, m map[string]string, k string) int64 {

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hvprobe/hvprobe/session"
+	"github.com/hvprobe/hvprobe/vmm"
+)
+
+func cmdBench(args []string) error {
+	d := defaultPaths()
+	fs := flag.NewFlagSet("bench", flag.ExitOnError)
+	kernel := fs.String("kernel", d.kernel, "guest kernel (must carry the hvprobe workload)")
+	sysmap := fs.String("system-map", d.systemMap, "the kernel's System.map")
+	initrd := fs.String("initrd", d.initrd, "initramfs")
+	calls := fs.Int("calls", 2000, "probed calls per measurement")
+	bootTimeout := fs.Duration("boot-timeout", 20*time.Minute, "how long the guest may take to reach its workload")
+	fs.Parse(args)
+
+	s, err := session.New(session.Options{
+		Kernel: *kernel, SystemMap: *sysmap, Initrd: *initrd,
+		CmdlineAppend: "hvprobe_wl=serve", Console: nil,
+	})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	ended := make(chan vmm.Result, 1)
+	go func() { ended <- s.Run(context.Background()) }()
+	ctx, cancel := context.WithTimeout(context.Background(), *bootTimeout)
+	defer cancel()
+	ready, err := s.WaitLineSeen(ctx, "HVWL: ready")
+	if err != nil {
+		s.VM.Stop()
+		r := <-ended
+		return fmt.Errorf("guest did not reach its workload: %v (guest: %v %v)", err, r.Reason, r.Err)
+	}
+	fmt.Printf("guest ready after %.2fs\n", ready.At.Seconds())
+	res, err := s.Bench(context.Background(), *calls)
+	s.VM.Stop()
+	<-ended
+	if err != nil {
+		return err
+	}
+	w := os.Stdout
+	fmt.Fprintf(w, "calls per measurement: %d\n", res.Calls)
+	fmt.Fprintf(w, "bare exit round trip:  %v\n", res.BareExit)
+	fmt.Fprintf(w, "unprobed call:         %v\n", res.PerCall)
+	fmt.Fprintf(w, "%-42s %12s %14s %12s\n", "probe", "cost/hit", "÷ bare exit", "exits/hit")
+	for _, c := range res.Cases {
+		fmt.Fprintf(w, "%-42s %12v %14.2f %12.2f\n", c.Name, c.PerHit, float64(c.PerHit)/float64(res.BareExit), c.ExitsPerHit)
+	}
+	return nil
+}

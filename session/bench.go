@@ -1,0 +1,92 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hvprobe/hvprobe/kprobes"
+)
+
+// BenchCase is one probe configuration measured by Bench.
+type BenchCase struct {
+	Name        string
+	PerHit      time.Duration // added cost per probed call
+	ExitsPerHit float64       // VM exits per call above the unprobed run
+}
+
+// BenchResult is what Bench measured, all in one run on one VM.
+type BenchResult struct {
+	Calls    int
+	BareExit time.Duration // one guest→host→guest round trip (port I/O)
+	PerCall  time.Duration // one unprobed workload call
+	Cases    []BenchCase
+}
+
+// Bench measures, on this session's guest, the cost of a bare VM exit and
+// of probe hits of each kind on the workload's hvwl_target_add, as host
+// wall-clock time per call over n calls. Ratios between them are what to
+// compare across machines; absolute numbers depend on the host.
+func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
+	a, err := s.Attached()
+	if err != nil {
+		return BenchResult{}, err
+	}
+	m := a.Manager
+	res := BenchResult{Calls: n}
+	timed := func(cmd string) (time.Duration, uint64, error) {
+		e0 := s.VM.Stats().Total.Load()
+		t0 := time.Now()
+		_, err := s.Scenario(ctx, cmd)
+		return time.Since(t0), s.VM.Stats().Total.Load() - e0, err
+	}
+	calls := fmt.Sprintf("calls:%d", n)
+	// Warm up (first-touch page faults, caches) before measuring.
+	if _, _, err := timed(calls); err != nil {
+		return res, err
+	}
+	tExit, exits, err := timed(fmt.Sprintf("exits:%d", n))
+	if err != nil {
+		return res, err
+	}
+	tBase, baseExits, err := timed(calls)
+	if err != nil {
+		return res, err
+	}
+	res.BareExit = tExit / time.Duration(exits)
+	res.PerCall = tBase / time.Duration(n)
+
+	nop := func(*kprobes.Context) bool { return false }
+	type probeCase struct {
+		name       string
+		add, remov func() error
+	}
+	kp := &kprobes.Kprobe{Symbol: "hvwl_target_add", PreHandler: nop}
+	kpPost := &kprobes.Kprobe{Symbol: "hvwl_target_add", PreHandler: nop, PostHandler: func(*kprobes.Context) {}}
+	jp := &kprobes.Jprobe{Symbol: "hvwl_target_add", Entry: func(*kprobes.JprobeContext) {}}
+	rp := &kprobes.Kretprobe{Symbol: "hvwl_target_add", Handler: func(*kprobes.RetContext) {}}
+	cases := []probeCase{
+		{"kprobe (entry, no post handler)", func() error { return m.Register(kp) }, func() error { return m.Unregister(kp) }},
+		{"kprobe with post handler (single-step)", func() error { return m.Register(kpPost) }, func() error { return m.Unregister(kpPost) }},
+		{"jprobe", func() error { return m.RegisterJprobe(jp) }, func() error { return m.UnregisterJprobe(jp) }},
+		{"kretprobe (entry + return)", func() error { return m.RegisterKretprobe(rp) }, func() error { return m.UnregisterKretprobe(rp) }},
+	}
+	for _, c := range cases {
+		if err := c.add(); err != nil {
+			return res, fmt.Errorf("%s: %w", c.name, err)
+		}
+		t, exits, err := timed(calls)
+		if rerr := c.remov(); err == nil {
+			err = rerr
+		}
+		if err != nil {
+			return res, fmt.Errorf("%s: %w", c.name, err)
+		}
+		res.Cases = append(res.Cases, BenchCase{
+			Name:        c.name,
+			PerHit:      (t - tBase) / time.Duration(n),
+			ExitsPerHit: float64(int64(exits)-int64(baseExits)) / float64(n),
+		})
+	}
+	return res, nil
+}
