@@ -1,0 +1,64 @@
+// Package kprobes gives a running Linux guest kernel the kprobe, jprobe and
+// kretprobe semantics of Linux 2.6.13–2.6.18 (arch/x86_64/kernel/kprobes.c,
+// kernel/kprobes.c, Documentation/kprobes.txt), from outside the guest:
+// int3 bytes and out-of-line instruction slots are written into guest
+// physical memory, the guest's breakpoints and single-steps arrive as KVM
+// exits, and the handlers run on the host.
+//
+// # What it owns
+//
+// A Manager owns, for one guest:
+//   - the armed sites, keyed by guest-physical address, each with the
+//     original byte its int3 replaced and the probes sharing it;
+//   - the SlotArea: one slot per site (the displaced instruction, its
+//     %rip-relative displacement re-based, and for boostable instructions a
+//     jmp back), plus slot 0, the kretprobe trampoline (an int3);
+//   - per-vCPU hit state (the seeds' current_kprobe/kprobe_status);
+//   - kretprobe instances, keyed by the stack slot of the return address.
+//
+// It is the VM's vmm.DebugHook.
+//
+// # Life of a hit
+//
+// A vCPU executes an armed int3; HandleDebug gets a DebugBreakpoint with RIP
+// at the int3. Pre handlers run in registration order (the seeds insert
+// non-jprobes at the head of their list; hvprobe keeps the order callers
+// see). Then the displaced instruction executes in one of three ways:
+//   - emulated by the host (nop, endbr, push %reg, mov %reg,%reg,
+//     add/sub $imm,%reg, xor %reg,%reg): one exit, no slot;
+//   - boosted: rip = slot, which ends with a jmp back; one exit; only when
+//     no post handler is registered at the address;
+//   - single-stepped in the slot with IF cleared (an interrupt must not land
+//     in the step): two exits; on the step event the seeds' resume_execution
+//     fixups are applied, IF restored (unless the instruction set it: cli,
+//     sti, popf), post handlers run.
+//
+// # Invariants
+//
+//   - A slot is written completely before the int3 that leads to it.
+//   - Disarming restores the original byte only if the int3 is still there;
+//     otherwise the guest rewrote its text and its bytes are kept
+//     (*TextModifiedError).
+//   - A stepped slot is reused only when no vCPU is mid-step in it; a slot
+//     that ever ran boosted is never reused (see slotAlloc).
+//   - The trampoline lives as long as the Manager, so calls in flight when
+//     a kretprobe is unregistered still return correctly.
+//   - Registration changes nothing when it fails.
+//
+// # Preconditions on the VMM
+//
+// HandleDebug runs on the vCPU's own thread, one call at a time per vCPU;
+// different vCPUs may call it concurrently. When HandleDebug returns true
+// without writing registers, the vCPU resumes where it stands (for a
+// breakpoint: at the int3's address). When it returns false for a
+// breakpoint, the VMM delivers #BP to the guest.
+//
+// # Not handled
+//
+// A step that ends neither after its instruction nor at the entry of an
+// exception handler whose frame names the slot (for instance a
+// non-maskable interrupt taken after the instruction completed) cannot be
+// accounted for; it is counted in Stats.LostSteps and reported by Err.
+// Probes are looked up by the VA the guest executes at; text reached
+// through an alias mapping is not probed.
+package kprobes

@@ -1,0 +1,541 @@
+package kprobes
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"testing"
+
+	"github.com/hvprobe/hvprobe/vmm"
+	"golang.org/x/arch/x86/x86asm"
+)
+
+// The fake guest: a []byte of guest-physical memory, a few linear VA
+// ranges, a symbol table, vCPUs with a register file and a single-step
+// flag, and a small interpreter standing in for the CPU.
+
+const (
+	textVA    = 0xffffffff81000000
+	textGPA   = 0x100000
+	textSize  = 0x10000
+	dataVA    = 0xffffffff82000000
+	dataGPA   = 0x200000
+	dataSize  = 0x1000
+	stackVA   = 0xffffc90000010000
+	stackGPA  = 0x300000
+	stackSize = 0x4000
+	slotAVA   = 0xffffffffa0000000
+	slotAGPA  = 0x400000
+	slotASize = 0x1000
+	idtVA     = 0xffffffff83000000
+	idtGPA    = 0x500000
+	memSize   = 0x600000
+
+	kernelCS   = 0x10
+	sentinel   = 0xffffffff8100f000 // return address of the outermost call; the run ends there
+	pfVector   = 14
+	unmappedVA = 0xffff888000000000
+)
+
+var errOutOfRange = errors.New("fake: out of range")
+
+type fakeMem struct{ b []byte }
+
+func (f *fakeMem) ReadPhys(gpa uint64, p []byte) error {
+	if gpa+uint64(len(p)) > uint64(len(f.b)) || gpa+uint64(len(p)) < gpa {
+		return fmt.Errorf("reading gpa %#x: %w", gpa, errOutOfRange)
+	}
+	copy(p, f.b[gpa:])
+	return nil
+}
+
+func (f *fakeMem) WritePhys(gpa uint64, p []byte) error {
+	if gpa+uint64(len(p)) > uint64(len(f.b)) || gpa+uint64(len(p)) < gpa {
+		return fmt.Errorf("writing gpa %#x: %w", gpa, errOutOfRange)
+	}
+	copy(f.b[gpa:], p)
+	return nil
+}
+
+type mapping struct{ va, gpa, size uint64 }
+
+type sym struct {
+	name     string
+	va, size uint64
+}
+
+type fakeKernel struct {
+	mem  *fakeMem
+	maps []mapping
+	syms []sym
+}
+
+func (k *fakeKernel) Resolve(name string, off uint64) (uint64, error) {
+	for _, s := range k.syms {
+		if s.name == name {
+			return s.va + off, nil
+		}
+	}
+	return 0, fmt.Errorf("fake: no symbol %q", name)
+}
+
+func (k *fakeKernel) SymbolAt(va uint64) (string, uint64, uint64, bool) {
+	for _, s := range k.syms {
+		if va >= s.va && va < s.va+s.size {
+			return s.name, va - s.va, s.size, true
+		}
+	}
+	return "", 0, 0, false
+}
+
+func (k *fakeKernel) InText(va uint64) bool { return va >= textVA && va < textVA+textSize }
+
+func (k *fakeKernel) Translate(va uint64) (uint64, error) {
+	for _, m := range k.maps {
+		if va >= m.va && va-m.va < m.size {
+			return m.gpa + va - m.va, nil
+		}
+	}
+	return 0, fmt.Errorf("fake: %#x not mapped", va)
+}
+
+func (k *fakeKernel) access(va uint64, p []byte, write bool) error {
+	for i := range p {
+		gpa, err := k.Translate(va + uint64(i))
+		if err != nil {
+			return err
+		}
+		if write {
+			k.mem.b[gpa] = p[i]
+		} else {
+			p[i] = k.mem.b[gpa]
+		}
+	}
+	return nil
+}
+
+func (k *fakeKernel) ReadVirt(va uint64, p []byte) error  { return k.access(va, p, false) }
+func (k *fakeKernel) WriteVirt(va uint64, p []byte) error { return k.access(va, p, true) }
+
+type fakeVM struct {
+	mem  *fakeMem
+	hook vmm.DebugHook
+	n    int
+}
+
+func (v *fakeVM) Mem() vmm.PhysMem             { return v.mem }
+func (v *fakeVM) SetDebugHook(h vmm.DebugHook) { v.hook = h }
+func (v *fakeVM) NumCPUs() int                 { return v.n }
+
+type fakeCPU struct {
+	id    int
+	regs  vmm.Regs
+	sregs vmm.Sregs
+	ss    bool
+}
+
+func (c *fakeCPU) ID() int                     { return c.id }
+func (c *fakeCPU) Regs() (vmm.Regs, error)     { return c.regs, nil }
+func (c *fakeCPU) SetRegs(r vmm.Regs) error    { c.regs = r; return nil }
+func (c *fakeCPU) Sregs() (vmm.Sregs, error)   { return c.sregs, nil }
+func (c *fakeCPU) MSR(uint32) (uint64, error)  { return 0, nil }
+func (c *fakeCPU) SetSingleStep(on bool) error { c.ss = on; return nil }
+
+type env struct {
+	t    *testing.T
+	mem  *fakeMem
+	k    *fakeKernel
+	vm   *fakeVM
+	m    *Manager
+	cpu  *fakeCPU
+	next uint64 // next free text address
+	// exits counts debug events delivered to the hook.
+	exits int
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	mem := &fakeMem{b: make([]byte, memSize)}
+	k := &fakeKernel{mem: mem, maps: []mapping{
+		{textVA, textGPA, textSize}, {dataVA, dataGPA, dataSize},
+		{stackVA, stackGPA, stackSize}, {slotAVA, slotAGPA, slotASize}, {idtVA, idtGPA, 256 * 16},
+	}}
+	vm := &fakeVM{mem: mem, n: 1}
+	e := &env{t: t, mem: mem, k: k, vm: vm, next: textVA + 0x100}
+	for i := range textSize {
+		mem.b[textGPA+i] = 0x90 // text between functions: nops, never int3
+	}
+	// A page-fault handler: a nop, drop the error code, iretq.
+	pf := e.fn("asm_exc_page_fault", 0x90, 0x48, 0x83, 0xc4, 0x08, 0x48, 0xcf)
+	gate := make([]byte, 16)
+	binary.LittleEndian.PutUint16(gate[0:], uint16(pf))
+	binary.LittleEndian.PutUint16(gate[2:], kernelCS)
+	binary.LittleEndian.PutUint16(gate[6:], uint16(pf>>16))
+	binary.LittleEndian.PutUint32(gate[8:], uint32(pf>>32))
+	copy(mem.b[idtGPA+16*pfVector:], gate)
+	m, err := NewManager(vm, k, SlotArea{VA: slotAVA, GPA: slotAGPA, Size: slotASize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.hook != m {
+		t.Fatal("NewManager did not install itself as the debug hook")
+	}
+	e.m = m
+	e.cpu = &fakeCPU{}
+	e.cpu.sregs.IDT = vmm.DTable{Base: idtVA, Limit: 256*16 - 1}
+	e.reset()
+	return e
+}
+
+// fn places a function's bytes in text and names it.
+func (e *env) fn(name string, code ...byte) uint64 {
+	va := e.next
+	copy(e.mem.b[textGPA+va-textVA:], code)
+	e.k.syms = append(e.k.syms, sym{name, va, uint64(len(code))})
+	e.next += uint64(len(code)+15) &^ 15
+	return va
+}
+
+// reset puts the vCPU at the start of a call: RSP just below the top of
+// the stack with the sentinel return address, IF set.
+func (e *env) reset() {
+	e.cpu.regs = vmm.Regs{RSP: stackVA + stackSize - 0x200, RFLAGS: 0x202,
+		RAX: 0x1111, RBX: 0x2222, RCX: 0x3333, RDX: 0x4444, RSI: 0x5555, RDI: 0x6666,
+		RBP: 0x7777, R8: 0x8888, R12: 0xcccc}
+	writeU64(e.k, e.cpu.regs.RSP, sentinel)
+}
+
+func readU64(k Kernel, va uint64) uint64 {
+	var b [8]byte
+	if err := k.ReadVirt(va, b[:]); err != nil {
+		panic(err)
+	}
+	return binary.LittleEndian.Uint64(b[:])
+}
+
+func writeU64(k Kernel, va, v uint64) {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], v)
+	if err := k.WriteVirt(va, b[:]); err != nil {
+		panic(err)
+	}
+}
+
+// call runs the function at va from a fresh call until it returns to the
+// sentinel.
+func (e *env) call(va uint64) {
+	e.t.Helper()
+	e.cpu.regs.RIP = va
+	e.run(sentinel, 10000)
+}
+
+// run executes the guest until rip == stop.
+func (e *env) run(stop uint64, limit int) {
+	e.t.Helper()
+	for i := 0; e.cpu.regs.RIP != stop; i++ {
+		if i == limit {
+			e.t.Fatalf("guest did not reach %#x in %d steps (rip %#x)", stop, limit, e.cpu.regs.RIP)
+		}
+		e.stepGuest()
+	}
+}
+
+// stepGuest executes one instruction as the CPU (and KVM) would: an int3
+// becomes a breakpoint event, and with single-step on a step event
+// follows the instruction (or the entry of an exception handler).
+func (e *env) stepGuest() {
+	e.t.Helper()
+	c := e.cpu
+	var code [15]byte
+	if err := e.k.ReadVirt(c.regs.RIP, code[:1]); err != nil {
+		e.t.Fatalf("fetch at %#x: %v", c.regs.RIP, err)
+	}
+	if code[0] == opInt3 {
+		e.exits++
+		if !e.m.HandleDebug(c, vmm.DebugEvent{Kind: vmm.DebugBreakpoint, RIP: c.regs.RIP}) {
+			e.t.Fatalf("int3 at %#x not handled: the guest would get #BP", c.regs.RIP)
+		}
+		return
+	}
+	for i := 1; i < len(code); i++ {
+		if e.k.ReadVirt(c.regs.RIP+uint64(i), code[i:i+1]) != nil {
+			break
+		}
+	}
+	stepping := c.ss
+	if err := execInsn(e.k, &c.regs, code[:], stepping); err != nil {
+		var pf *pageFault
+		if !errors.As(err, &pf) {
+			e.t.Fatalf("at %#x: %v", c.regs.RIP, err)
+		}
+		e.deliverPF(pf)
+	}
+	if stepping {
+		e.exits++
+		e.m.HandleDebug(c, vmm.DebugEvent{Kind: vmm.DebugSingleStep, RIP: c.regs.RIP})
+	}
+}
+
+// deliverPF enters the page-fault handler as the CPU does: the frame with
+// the error code, RIP at the faulting instruction, IF and TF cleared.
+func (e *env) deliverPF(pf *pageFault) {
+	r := &e.cpu.regs
+	frame := []uint64{2, r.RIP, kernelCS, r.RFLAGS | boolFlag(e.cpu.ss, vmm.FlagTF), r.RSP, 0x18}
+	sp := (r.RSP - uint64(8*len(frame))) &^ 15
+	for i, v := range frame {
+		writeU64(e.k, sp+uint64(8*i), v)
+	}
+	r.RSP = sp
+	r.RFLAGS &^= vmm.FlagIF | vmm.FlagTF
+	var gate [16]byte
+	if err := e.k.ReadVirt(idtVA+16*pfVector, gate[:]); err != nil {
+		e.t.Fatal(err)
+	}
+	r.RIP = uint64(binary.LittleEndian.Uint16(gate[0:])) | uint64(binary.LittleEndian.Uint16(gate[6:]))<<16 |
+		uint64(binary.LittleEndian.Uint32(gate[8:]))<<32
+}
+
+func boolFlag(b bool, f uint64) uint64 {
+	if b {
+		return f
+	}
+	return 0
+}
+
+type pageFault struct{ va uint64 }
+
+func (p *pageFault) Error() string { return fmt.Sprintf("page fault at %#x", p.va) }
+
+// execInsn is the test's CPU: it executes the instruction at the start of
+// code on regs, for the instructions the tests use. Flags are computed
+// independently of the engine's emulator. tf is the trap flag the hardware
+// would have set while single-stepping (visible to pushf).
+func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
+	inst, ok := decode(code)
+	if !ok {
+		return fmt.Errorf("interpreter: undecodable % x", code[:4])
+	}
+	next := r.RIP + uint64(inst.Len)
+	addr := func(m x86asm.Mem) uint64 {
+		a := uint64(int64(int32(m.Disp))) // x86asm zero-extends disp32
+		switch {
+		case m.Base == x86asm.RIP:
+			a += next
+		case m.Base != 0:
+			a += *gpr(r, m.Base)
+		}
+		if m.Index != 0 {
+			a += *gpr(r, m.Index) * uint64(m.Scale)
+		}
+		return a
+	}
+	size := inst.DataSize / 8
+	if inst.MemBytes != 0 {
+		size = inst.MemBytes
+	}
+	read := func(a x86asm.Arg) (uint64, error) {
+		switch a := a.(type) {
+		case x86asm.Reg:
+			if a >= x86asm.AX && a <= x86asm.R15W {
+				return *gpr(r, a-x86asm.AX+x86asm.RAX) & 0xffff, nil
+			}
+			v := *gpr(r, a)
+			if isGPR32(a) {
+				v = uint64(uint32(v))
+			}
+			return v, nil
+		case x86asm.Imm:
+			return uint64(int64(a)), nil
+		case x86asm.Mem:
+			var b [8]byte
+			va := addr(a)
+			if k.ReadVirt(va, b[:size]) != nil {
+				return 0, &pageFault{va}
+			}
+			return binary.LittleEndian.Uint64(b[:]), nil
+		}
+		return 0, fmt.Errorf("interpreter: operand %v", a)
+	}
+	write := func(a x86asm.Arg, v uint64) error {
+		switch a := a.(type) {
+		case x86asm.Reg:
+			switch {
+			case a >= x86asm.AX && a <= x86asm.R15W:
+				p := gpr(r, a-x86asm.AX+x86asm.RAX)
+				*p = *p&^0xffff | v&0xffff
+			case isGPR32(a):
+				*gpr(r, a) = uint64(uint32(v))
+			default:
+				*gpr(r, a) = v
+			}
+			return nil
+		case x86asm.Mem:
+			var b [8]byte
+			binary.LittleEndian.PutUint64(b[:], v)
+			va := addr(a)
+			if k.WriteVirt(va, b[:size]) != nil {
+				return &pageFault{va}
+			}
+			return nil
+		}
+		return fmt.Errorf("interpreter: operand %v", a)
+	}
+	push := func(v uint64) { r.RSP -= 8; writeU64(k, r.RSP, v) }
+	pop := func() uint64 { v := readU64(k, r.RSP); r.RSP += 8; return v }
+	target := func(a x86asm.Arg) (uint64, error) {
+		if rel, ok := a.(x86asm.Rel); ok {
+			return next + uint64(int64(rel)), nil
+		}
+		return read(a)
+	}
+	setFlags := func(f uint64) { r.RFLAGS = r.RFLAGS&^arithFlags | f }
+	args := inst.Args
+	switch inst.Op {
+	case x86asm.NOP, x86asm.PAUSE:
+	case x86asm.MOV:
+		v, err := read(args[1])
+		if err != nil {
+			return err
+		}
+		if err := write(args[0], v); err != nil {
+			return err
+		}
+	case x86asm.LEA:
+		*gpr(r, args[0].(x86asm.Reg)) = addr(args[1].(x86asm.Mem))
+	case x86asm.ADD, x86asm.SUB, x86asm.CMP:
+		a, err := read(args[0])
+		if err != nil {
+			return err
+		}
+		b, err := read(args[1])
+		if err != nil {
+			return err
+		}
+		res, f := refArith(inst.Op == x86asm.ADD, a, b, size)
+		setFlags(f)
+		if inst.Op != x86asm.CMP {
+			if err := write(args[0], res); err != nil {
+				return err
+			}
+		}
+	case x86asm.TEST:
+		a, _ := read(args[0])
+		b, _ := read(args[1])
+		_, f := refArith(false, a&b, 0, size)
+		setFlags(f &^ flagAF)
+	case x86asm.XOR:
+		a, _ := read(args[0])
+		b, _ := read(args[1])
+		_, f := refArith(false, a^b, 0, size)
+		setFlags(f &^ flagAF)
+		if err := write(args[0], a^b); err != nil {
+			return err
+		}
+	case x86asm.DEC:
+		a, _ := read(args[0])
+		res, f := refArith(false, a, 1, size)
+		setFlags(f&^flagCF | r.RFLAGS&flagCF)
+		if err := write(args[0], res); err != nil {
+			return err
+		}
+	case x86asm.PUSH:
+		v, err := read(args[0])
+		if err != nil {
+			return err
+		}
+		push(v)
+	case x86asm.POP:
+		if err := write(args[0], pop()); err != nil {
+			return err
+		}
+	case x86asm.PUSHFQ:
+		push(r.RFLAGS | boolFlag(tf, vmm.FlagTF))
+	case x86asm.POPFQ:
+		r.RFLAGS = pop()&^vmm.FlagTF | 2
+	case x86asm.CLI:
+		r.RFLAGS &^= vmm.FlagIF
+	case x86asm.STI:
+		r.RFLAGS |= vmm.FlagIF
+	case x86asm.CALL:
+		t, err := target(args[0])
+		if err != nil {
+			return err
+		}
+		push(next)
+		next = t
+	case x86asm.JMP:
+		t, err := target(args[0])
+		if err != nil {
+			return err
+		}
+		next = t
+	case x86asm.JE, x86asm.JNE:
+		if (r.RFLAGS&flagZF != 0) == (inst.Op == x86asm.JE) {
+			next, _ = target(args[0])
+		}
+	case x86asm.RET:
+		next = pop()
+	case x86asm.IRETQ:
+		next = pop()
+		pop() // cs
+		r.RFLAGS = pop()
+		r.RSP = pop()
+	default:
+		return fmt.Errorf("interpreter: %v not implemented", inst.Op)
+	}
+	r.RIP = next
+	return nil
+}
+
+// refArith is the interpreter's own add/sub (computed on sign-extended
+// values and nibble sums, not the engine's formulas).
+func refArith(add bool, a, b uint64, size int) (uint64, uint64) {
+	w := uint(size * 8)
+	mask := uint64(1)<<w - 1
+	if w == 64 {
+		mask = ^uint64(0)
+	}
+	a, b = a&mask, b&mask
+	var res uint64
+	var carry bool
+	if add {
+		res = (a + b) & mask
+		_, c := bits.Add64(a, b, 0)
+		carry = (w == 64 && c != 0) || (w < 64 && a+b > mask)
+	} else {
+		res = (a - b) & mask
+		carry = a < b
+	}
+	sx := func(v uint64) int64 { return int64(v<<(64-w)) >> (64 - w) }
+	var f uint64
+	if carry {
+		f |= flagCF
+	}
+	if res == 0 {
+		f |= flagZF
+	}
+	if sx(res) < 0 {
+		f |= flagSF
+	}
+	if bits.OnesCount64(res&0xff)&1 == 0 {
+		f |= flagPF
+	}
+	var nib int64
+	if add {
+		nib = int64(a&0xf) + int64(b&0xf)
+	} else {
+		nib = int64(a&0xf) - int64(b&0xf)
+	}
+	if nib > 0xf || nib < 0 {
+		f |= flagAF
+	}
+	sa, sb, sr := sx(a), sx(b), sx(res)
+	if add && (sa >= 0) == (sb >= 0) && (sr >= 0) != (sa >= 0) {
+		f |= flagOF
+	}
+	if !add && (sa >= 0) != (sb >= 0) && (sr >= 0) != (sa >= 0) {
+		f |= flagOF
+	}
+	return res, f
+}

@@ -1,0 +1,44 @@
+package kprobes
+
+// slotAlloc hands out fixed-size slots of the SlotArea. Callers hold
+// Manager.mu.
+//
+// A slot that has ever run boosted is never handed out again (quarantine):
+// a boosted slot is left by a jmp the guest executes on its own, so a vCPU,
+// or a task preempted or interrupted inside the slot, may still be about to
+// execute it at any later time, and no exit tells the engine when that is
+// over. Stepped-only slots are reused once no vCPU is mid-step in them (the
+// seeds' garbage-slot rule).
+type slotAlloc struct {
+	area SlotArea
+	n    uint64   // number of slots in the area
+	next uint64   // first never-used slot
+	free []uint64 // released slots, reused first
+}
+
+func newSlotAlloc(a SlotArea) slotAlloc {
+	return slotAlloc{area: a, n: a.Size / slotSize}
+}
+
+func (a *slotAlloc) alloc() (uint64, bool) {
+	if n := len(a.free); n > 0 {
+		i := a.free[n-1]
+		a.free = a.free[:n-1]
+		return i, true
+	}
+	if a.next >= a.n {
+		return 0, false
+	}
+	a.next++
+	return a.next - 1, true
+}
+
+func (a *slotAlloc) release(i uint64) { a.free = append(a.free, i) }
+
+func (a *slotAlloc) va(i uint64) uint64  { return a.area.VA + i*slotSize }
+func (a *slotAlloc) gpa(i uint64) uint64 { return a.area.GPA + i*slotSize }
+
+// contains reports whether va lies in the slot area.
+func (a *slotAlloc) contains(va uint64) bool {
+	return va >= a.area.VA && va-a.area.VA < a.n*slotSize
+}

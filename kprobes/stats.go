@@ -1,0 +1,85 @@
+package kprobes
+
+import (
+	"cmp"
+	"slices"
+	"sync/atomic"
+)
+
+type globalCounters struct {
+	hits, skipped, emulated, boosted, stepped, reentered atomic.Uint64
+	faults, lostSteps, raced, exits1, exits2, errors     atomic.Uint64
+	returns, orphanReturns, recoveredReturns, reclaimed  atomic.Uint64
+	jprobeRestores                                       atomic.Uint64
+}
+
+// Stats is a snapshot of the engine's counters.
+type Stats struct {
+	Probes []ProbeStats // registered probes, by address then kind
+
+	Hits uint64 // int3 hits at armed addresses (trampoline returns excluded)
+	// ExitsPerHit: how many hits cost 1 exit (emulated, boosted, or handled
+	// by a pre handler that set rip) and how many cost 2 (stepped).
+	ExitsPerHit map[int]uint64
+	Emulated    uint64 // displaced instruction executed by the host
+	Boosted     uint64 // ran from a slot with a jmp back, no step
+	Stepped     uint64 // single-stepped in a slot
+	Skipped     uint64 // a pre handler returned true
+	Reentered   uint64 // hit while the vCPU was mid-step (handlers not run)
+	Faults      uint64 // out-of-line instruction faulted; frame redirected
+	LostSteps   uint64 // step ended where the engine could not account for
+	// Raced: an int3 removed by Unregister after a vCPU had hit it; the
+	// vCPU re-executed the original instruction.
+	Raced uint64
+
+	Returns          uint64 // trampoline hits
+	OrphanReturns    uint64 // trampoline hits with no record (guest got #BP)
+	RecoveredReturns uint64 // trampoline hits resolved from reclaimed records
+	Reclaimed        uint64 // kretprobe instances reclaimed as stale
+
+	JprobeRestores uint64 // jprobe handlers whose writes to regs/stack were undone
+	Errors         uint64 // errors met on vCPU threads (see Manager.Err)
+}
+
+// ProbeStats are one registered probe's counters.
+type ProbeStats struct {
+	Kind    string // "kprobe", "jprobe" or "kretprobe"
+	Name    string // as given: "vfs_read+0x0", or the address and its symbol
+	Addr    uint64
+	Hits    uint64
+	NMissed uint64
+	Exits   uint64 // VM exits spent on this probe's hits (and returns)
+}
+
+// Stats returns a snapshot of the counters.
+func (m *Manager) Stats() Stats {
+	g := &m.st
+	s := Stats{
+		Hits:             g.hits.Load(),
+		ExitsPerHit:      map[int]uint64{1: g.exits1.Load(), 2: g.exits2.Load()},
+		Emulated:         g.emulated.Load(),
+		Boosted:          g.boosted.Load(),
+		Stepped:          g.stepped.Load(),
+		Skipped:          g.skipped.Load(),
+		Reentered:        g.reentered.Load(),
+		Faults:           g.faults.Load(),
+		LostSteps:        g.lostSteps.Load(),
+		Raced:            g.raced.Load(),
+		Returns:          g.returns.Load(),
+		OrphanReturns:    g.orphanReturns.Load(),
+		RecoveredReturns: g.recoveredReturns.Load(),
+		Reclaimed:        g.reclaimed.Load(),
+		JprobeRestores:   g.jprobeRestores.Load(),
+		Errors:           g.errors.Load(),
+	}
+	m.mu.RLock()
+	for _, mb := range m.members {
+		s.Probes = append(s.Probes, ProbeStats{Kind: mb.kind, Name: mb.name, Addr: mb.site.addr,
+			Hits: mb.c.hits.Load(), NMissed: mb.c.nmissed.Load(), Exits: mb.c.exits.Load()})
+	}
+	m.mu.RUnlock()
+	slices.SortFunc(s.Probes, func(a, b ProbeStats) int {
+		return cmp.Or(cmp.Compare(a.Addr, b.Addr), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Name, b.Name))
+	})
+	return s
+}
