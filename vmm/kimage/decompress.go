@@ -116,13 +116,20 @@ const (
 )
 
 func unxz(in []byte, size uint32) ([]byte, error) {
-	if id, ok := xzFirstFilter(in); ok && id != xzFilterLZMA2 {
+	id, props, ok := xzFirstFilter(in)
+	if ok && id != xzFilterLZMA2 {
 		name := fmt.Sprintf("xz with filter %#x", id)
 		if id == xzFilterX86 {
 			// scripts/xz_wrap.sh passes --x86 for x86 kernels.
 			name = "xz with the x86 BCJ filter"
 		}
 		return nil, &UnsupportedCompressionError{Method: name}
+	}
+	// The xz library allocates whatever dictionary the header asks for.
+	if ok && len(props) == 1 {
+		if d := lzma2DictSize(props[0]); d > xzMaxDict {
+			return nil, formatErr("xz stream", 12, "LZMA2 dictionary of %d bytes exceeds %d", d, xzMaxDict)
+		}
 	}
 	// The xz reader returns all data before it has read the index and
 	// footer, so a cut stream would pass: require the footer magic,
@@ -145,27 +152,52 @@ func unxz(in []byte, size uint32) ([]byte, error) {
 	return out, nil
 }
 
-// xzFirstFilter returns the ID of the first filter of the first block, so
-// that a BCJ-filtered kernel gets a clear error rather than the xz
-// library's "invalid filter id".
-func xzFirstFilter(in []byte) (uint64, bool) {
+// xzMaxDict bounds the LZMA2 dictionary; scripts/xz_wrap.sh uses 32 MiB.
+const xzMaxDict = 64 << 20
+
+// xzFirstFilter returns the ID and properties of the first filter of the
+// first block, so that a BCJ-filtered kernel gets a clear error rather
+// than the xz library's "invalid filter id".
+func xzFirstFilter(in []byte) (id uint64, props []byte, ok bool) {
 	const streamHeader = 12
 	if len(in) < streamHeader+2 || in[streamHeader] == 0 {
-		return 0, false
+		return 0, nil, false
 	}
 	p := in[streamHeader+2:]
 	flags := in[streamHeader+1]
+	next := func() (uint64, bool) {
+		v, n := binary.Uvarint(p)
+		if n <= 0 {
+			return 0, false
+		}
+		p = p[n:]
+		return v, true
+	}
 	for _, present := range []bool{flags&0x40 != 0, flags&0x80 != 0} {
-		if present { // compressed / uncompressed size
-			_, n := binary.Uvarint(p)
-			if n <= 0 {
-				return 0, false
-			}
-			p = p[n:]
+		if !present { // compressed / uncompressed size fields
+			continue
+		}
+		if _, ok := next(); !ok {
+			return 0, nil, false
 		}
 	}
-	id, n := binary.Uvarint(p)
-	return id, n > 0
+	if id, ok = next(); !ok {
+		return 0, nil, false
+	}
+	n, ok := next()
+	if !ok || n > uint64(len(p)) {
+		return id, nil, true
+	}
+	return id, p[:n], true
+}
+
+// lzma2DictSize decodes the LZMA2 dictionary-size property byte.
+func lzma2DictSize(b byte) uint64 {
+	bits := uint64(b & 0x3f)
+	if bits >= 40 {
+		return 1<<32 - 1
+	}
+	return (2 | bits&1) << (bits/2 + 11)
 }
 
 // lz4LegacyMagic and lz4ChunkSize are lib/decompress_unlz4.c's

@@ -168,25 +168,46 @@ func span(off, n, size uint64) (uint64, bool) {
 // bannerPrefix starts linux_banner (init/version-timestamp.c).
 var bannerPrefix = []byte("Linux version ")
 
-// findBanner returns the first "Linux version <digit>..." line in b, up to
-// its newline or NUL; the digit check skips format strings such as
-// linux_proc_banner's "%s version %s".
+// findBanner returns a "Linux version <digit>..." line in b, up to its
+// newline or NUL; the digit check skips format strings such as
+// linux_proc_banner's "%s version %s". A 6.1+ kernel keeps two banners:
+// init/version.c's weak one with a bare "#" and the linux_banner of
+// init/version-timestamp.c with "#<build number>"; the latter wins.
 func findBanner(b []byte) string {
+	first := ""
 	for {
 		i := bytes.Index(b, bannerPrefix)
 		if i < 0 {
-			return ""
+			return first
 		}
 		b = b[i:]
-		if c := b[min(len(b)-1, len(bannerPrefix))]; c >= '0' && c <= '9' {
-			end := bytes.IndexAny(b, "\n\x00")
-			if end < 0 {
-				end = len(b)
-			}
-			return string(b[:min(end, 512)])
+		if c := b[min(len(b)-1, len(bannerPrefix))]; c < '0' || c > '9' {
+			b = b[len(bannerPrefix):]
+			continue
 		}
-		b = b[len(bannerPrefix):]
+		end := bytes.IndexAny(b, "\n\x00")
+		if end < 0 {
+			end = len(b)
+		}
+		banner := string(b[:min(end, 512)])
+		if hasBuildNumber(banner) {
+			return banner
+		}
+		if first == "" {
+			first = banner
+		}
+		b = b[end:]
 	}
+}
+
+// hasBuildNumber reports whether banner has "#<digit>".
+func hasBuildNumber(banner string) bool {
+	for i := 0; i+1 < len(banner); i++ {
+		if banner[i] == '#' && banner[i+1] >= '0' && banner[i+1] <= '9' {
+			return true
+		}
+	}
+	return false
 }
 
 // BannerRelease returns the kernel release in a linux_banner line: the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/binary"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -15,13 +16,14 @@ import (
 // with CONFIG_PHYSICAL_START=0x200000, two PT_LOADs (text; rodata+data
 // with bss), a .BTF section outside the segments.
 const (
-	fixBase     = 0x200000
-	fixVBase    = StartKernelMap + fixBase
-	fixTextSize = 0x3000
-	fixDataSize = 0x1000
-	fixBssSize  = 0x1000
-	fixBanner   = "Linux version 6.1.0-99-test (tester@example) (gcc 12) #1 SMP"
-	fixRelease  = "6.1.0-99-test"
+	fixBase      = 0x200000
+	fixVBase     = StartKernelMap + fixBase
+	fixTextSize  = 0x3000
+	fixDataSize  = 0x1000
+	fixBssSize   = 0x1000
+	fixBanner    = "Linux version 6.1.0-99-test (tester@example) (gcc 12) #1 SMP"
+	fixRelease   = "6.1.0-99-test"
+	fixBannerOff = 0x100 // in the data segment
 
 	// Relocated fields inside the text segment (offsets from fixBase).
 	fixRel32Off = 0x100
@@ -55,7 +57,9 @@ func synthELF(t testing.TB) []byte {
 	le.PutUint64(text[fixRel64Off:], fixRel64Val)
 	data := make([]byte, fixDataSize)
 	copy(data[0x10:], "%s version %s (\x00") // linux_proc_banner-like decoy
-	copy(data[0x40:], fixBanner+"\n\x00")
+	// 6.1's weak banner without a build number comes first.
+	copy(data[0x40:], strings.Replace(fixBanner, "#1", "#", 1)+"\n\x00")
+	copy(data[fixBannerOff:], fixBanner+"\n\x00")
 
 	const phoff = ehdrSize
 	const textOff = 0x1000

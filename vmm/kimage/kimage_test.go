@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -88,7 +89,7 @@ func checkFixtureELF(t *testing.T, img *Image) {
 	if _, err := img.Section(".nope"); !errors.Is(err, ErrNoSection) {
 		t.Errorf(".nope: %v, want ErrNoSection", err)
 	}
-	b, ok := img.ReadVirt(fixVBase+fixTextSize+0x40, len(fixBanner))
+	b, ok := img.ReadVirt(fixVBase+fixTextSize+fixBannerOff, len(fixBanner))
 	if !ok || string(b) != fixBanner {
 		t.Errorf("ReadVirt banner = %q, %v", b, ok)
 	}
@@ -111,8 +112,10 @@ func TestOpenELF(t *testing.T) {
 func TestSetupVersionFallback(t *testing.T) {
 	elf := synthELF(t)
 	// Blank out the banner: Version must come from kernel_version.
-	i := bytes.Index(elf, []byte(fixBanner))
-	copy(elf[i:], bytes.Repeat([]byte{'x'}, len(fixBanner)))
+	for _, b := range []string{fixBanner, strings.Replace(fixBanner, "#1", "#", 1)} {
+		i := bytes.Index(elf, []byte(b))
+		copy(elf[i:], bytes.Repeat([]byte{'x'}, len(b)))
+	}
 	img, err := Open(synthBzImage(compressPayload(t, "gzip", elf)))
 	if err != nil {
 		t.Fatal(err)
@@ -154,6 +157,7 @@ func TestOpenErrors(t *testing.T) {
 		{"lzma", synthBzImage([]byte{0x5d, 0, 0, 0x80, 0, 1, 2, 3, 4}), ErrUnsupported, "lzma"},
 		{"lzo", synthBzImage([]byte("\x89LZO\x00\r\n\x1a\n\x10\x00\x00\x00")), ErrUnsupported, "lzo"},
 		{"xz bcj", synthBzImage(xzBCJHeader()), ErrUnsupported, "xz with the x86 BCJ filter"},
+		{"xz huge dictionary", synthBzImage(xzHugeDict()), ErrFormat, ""},
 		{"unknown magic", synthBzImage([]byte("hello world!")), ErrFormat, ""},
 		{"size trailer lies", synthBzImage(append(lz[:len(lz)-4:len(lz)-4], 1, 0, 0, 0)), ErrFormat, ""},
 		{"payload not ELF", synthBzImage(compressPayload(t, "zstd", []byte("not an elf at all, sorry"))), ErrFormat, ""},
@@ -186,6 +190,14 @@ func TestOpenErrors(t *testing.T) {
 func xzBCJHeader() []byte {
 	return []byte{0xfd, '7', 'z', 'X', 'Z', 0, 0, 1, 0x69, 0x22, 0xde, 0x36,
 		0x03, 0x01, 0x04, 0x00, 0x21, 0x01, 0x16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+}
+
+// xzHugeDict is an xz stream header and block header whose LZMA2
+// filter asks for a 3 GiB dictionary, with a footer magic at the end.
+func xzHugeDict() []byte {
+	b := xzBCJHeader()
+	b[14], b[15], b[16] = xzFilterLZMA2, 1, 39
+	return append(b, 'Y', 'Z')
 }
 
 func TestTruncated(t *testing.T) {

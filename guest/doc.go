@@ -1,0 +1,19 @@
+// Package guest describes the guest kernel as data: its symbols (from
+// System.map), its image (vmm/kimage) and its types (BTF).
+//
+// It owns: the System.map parser and SymbolTable (name and address
+// lookups, KASLR slide views, text ranges, per-CPU detection), the
+// map-to-image consistency check (Kernel.Verify), BTF queries (Types),
+// symbol demangling and the "sym+off" syntax.
+//
+// Invariants:
+//   - A SymbolTable stores link-time (unrelocated) addresses and is
+//     immutable once parsed; Slid returns a view sharing its storage in
+//     which every returned Symbol.Addr, and every address argument, is a
+//     runtime address. Per-CPU and absolute symbols never slide.
+//   - Address lookups (SymbolAt, InText) do not allocate.
+//   - Parsers read io.Reader or []byte and return errors naming the input
+//     line; they never panic on bad input.
+//   - Nothing here touches a running VM: reading guest memory belongs to
+//     introspect, which is above this package.
+package guest
