@@ -1,9 +1,9 @@
 package session
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 
 	"github.com/hvprobe/hvprobe/guest"
@@ -12,12 +12,14 @@ import (
 	"github.com/hvprobe/hvprobe/vmm"
 )
 
-// AttachSymbol is where the probe engine attaches during boot: the first
-// function start_kernel calls after setup_arch, by which time the kernel
-// runs on its own page tables (init_top_pgt) and cleanup_highmap has
-// cleared the kernel-image PMDs outside the image, so hvprobe's slot
-// mapping there will not be undone.
-const AttachSymbol = "trap_init"
+// AttachAfter names the kernel variable that says the engine may attach:
+// x86's after_bootmem, set by mem_init. start_kernel runs it after
+// setup_arch (whose cleanup_highmap clears the kernel-image PMDs outside
+// the image, so hvprobe's slot mapping there stays) and after trap_init
+// (whose IDT setup would undo the int3 doorbell). The engine attaches on
+// the first console line printed once it is set: the printing vCPU is then
+// stopped in a port-I/O exit, long before any initcall runs.
+const AttachAfter = "after_bootmem"
 
 // Errors from attaching.
 var (
@@ -27,7 +29,8 @@ var (
 
 // slotTablePages is how many pages of the reserved region are kept for the
 // page tables that map the slots (one page table suffices for 2 MiB; the
-// rest guard against a missing intermediate level).
+// rest guard against a missing intermediate level). The page below them is
+// the int3 doorbell's, on hosts that need it.
 const slotTablePages = 3
 
 // Attached is the running kernel as the probe engine sees it.
@@ -85,44 +88,20 @@ func (k *RunningKernel) ReadVirt(va uint64, p []byte) error { return k.Mem.Read(
 // WriteVirt writes kernel virtual memory.
 func (k *RunningKernel) WriteVirt(va uint64, p []byte) error { return k.Mem.Write(va, p) }
 
-// hookMux is the VM's one debug hook: the boot-time attach breakpoint
-// first, then the probe engine.
+// hookMux is the VM's one debug hook, installed before the guest runs so
+// that the VM intercepts int3 from the start; it forwards to the engine
+// once attached.
 type hookMux struct {
-	mu       sync.Mutex
-	attachVA uint64
-	attachPA uint64
-	orig     byte
-	armed    bool
-	onAttach func() error
-	attachEr error
-	engine   atomic.Pointer[engineBox]
+	engine atomic.Pointer[engineBox]
 }
 
 type engineBox struct{ h vmm.DebugHook }
 
 func (h *hookMux) HandleDebug(c vmm.CPU, ev vmm.DebugEvent) bool {
-	if ev.Kind == vmm.DebugBreakpoint {
-		h.mu.Lock()
-		if h.armed && ev.RIP == h.attachVA {
-			h.armed = false
-			h.mu.Unlock()
-			h.fire()
-			// rip still points at the now-restored instruction.
-			return true
-		}
-		h.mu.Unlock()
-	}
 	if e := h.engine.Load(); e != nil && e.h != nil {
 		return e.h.HandleDebug(c, ev)
 	}
 	return false
-}
-
-func (h *hookMux) fire() {
-	err := h.onAttach()
-	h.mu.Lock()
-	h.attachEr = err
-	h.mu.Unlock()
 }
 
 // vmAdapter gives the engine the VM with its hook routed through the mux.
@@ -137,31 +116,30 @@ func (a vmAdapter) SetDebugHook(h vmm.DebugHook) {
 	a.mux.engine.Store(&engineBox{h})
 }
 
-// armAttach plants the attach breakpoint in the freshly loaded kernel.
-func (s *Session) armAttach() error {
-	sym, err := s.Kernel.Symbols.Lookup(AttachSymbol)
-	if err != nil {
-		return fmt.Errorf("finding the attach point: %w", err)
+// maybeAttach runs on every console line until the engine is attached.
+func (s *Session) maybeAttach() {
+	if s.attachTried.Load() {
+		return
 	}
 	l := s.VM.Layout()
-	va := sym.Addr + l.VirtDelta
-	pa := kernelGPA(l, va)
-	var b [1]byte
-	if err := s.VM.Mem().ReadPhys(pa, b[:]); err != nil {
-		return fmt.Errorf("arming the attach point %s: %w", AttachSymbol, err)
+	flag, err := s.Kernel.Symbols.Lookup(AttachAfter)
+	if err != nil {
+		s.attachTried.Store(true)
+		s.setAttachErr(fmt.Errorf("finding the attach point: %w", err))
+		return
 	}
-	m := &hookMux{attachVA: va, attachPA: pa, orig: b[0], armed: true}
-	m.onAttach = func() error {
-		if err := s.VM.Mem().WritePhys(pa, []byte{m.orig}); err != nil {
-			return err
-		}
-		return s.attach()
+	var b [4]byte
+	if err := s.VM.Mem().ReadPhys(kernelGPA(l, flag.Addr+l.VirtDelta), b[:]); err != nil || b == [4]byte{} {
+		return
 	}
-	if err := s.VM.Mem().WritePhys(pa, []byte{0xcc}); err != nil {
-		return err
-	}
-	s.mux = m
-	return s.VM.SetDebugHook(m)
+	s.attachTried.Store(true)
+	s.setAttachErr(s.attach())
+}
+
+func (s *Session) setAttachErr(err error) {
+	s.attachMu.Lock()
+	s.attachErr = err
+	s.attachMu.Unlock()
 }
 
 // attach builds the running-kernel view, maps the slot area and starts the
@@ -179,6 +157,11 @@ func (s *Session) attach() error {
 	slots, err := s.mapSlots(rk)
 	if err != nil {
 		return err
+	}
+	if s.host.Int3Reflected {
+		if err := s.installDoorbell(rk, slots); err != nil {
+			return err
+		}
 	}
 	mgr, err := kprobes.NewManager(vmAdapter{s.VM, s.mux}, rk, slots)
 	if err != nil {
@@ -215,7 +198,7 @@ func (s *Session) mapSlots(rk *RunningKernel) (kprobes.SlotArea, error) {
 		zero := make([]byte, 4096)
 		return p, s.VM.Mem().WritePhys(p, zero)
 	}
-	slotBytes := tables - gpa
+	slotBytes := tables - gpa // slots, then the doorbell page
 	end, err := rk.Syms.Lookup("_end")
 	if err != nil {
 		return kprobes.SlotArea{}, err
@@ -251,7 +234,7 @@ func (s *Session) mapSlots(rk *RunningKernel) (kprobes.SlotArea, error) {
 			}
 		}
 		if ok {
-			return kprobes.SlotArea{VA: va, GPA: gpa, Size: slotBytes}, nil
+			return kprobes.SlotArea{VA: va, GPA: gpa, Size: slotBytes - 4096}, nil
 		}
 	}
 	return kprobes.SlotArea{}, ErrNoSlotVA
@@ -285,12 +268,49 @@ func (s *Session) Attached() (*Attached, error) {
 // AttachedCh is closed when the probe engine has attached.
 func (s *Session) AttachedCh() <-chan struct{} { return s.attachedCh }
 
-// AttachErr reports what went wrong at the attach point, if anything.
+// AttachErr reports what went wrong attaching the engine, if anything.
 func (s *Session) AttachErr() error {
-	if s.mux == nil {
-		return nil
+	s.attachMu.Lock()
+	defer s.attachMu.Unlock()
+	return s.attachErr
+}
+
+// installDoorbell points the guest's #BP vector at hvprobe's doorbell page
+// (vmm/doorbell.go), for hosts whose KVM never intercepts int3. The gate
+// is in idt_table, which every vCPU loads.
+func (s *Session) installDoorbell(rk *RunningKernel, slots kprobes.SlotArea) error {
+	doorVA, doorPA := slots.VA+slots.Size, slots.GPA+slots.Size
+	if err := s.VM.Mem().WritePhys(doorPA, vmm.DoorbellCode); err != nil {
+		return err
 	}
-	s.mux.mu.Lock()
-	defer s.mux.mu.Unlock()
-	return s.mux.attachEr
+	idt, err := rk.Syms.Lookup("idt_table")
+	if err != nil {
+		return fmt.Errorf("installing the int3 doorbell: %w", err)
+	}
+	gate := kernelGPA(rk.Layout, idt.Addr) + 3*16
+	var g [16]byte
+	if err := s.VM.Mem().ReadPhys(gate, g[:]); err != nil {
+		return err
+	}
+	handler := gateOffset(g)
+	if _, _, _, ok := rk.SymbolAt(handler); !ok || !rk.InText(handler) {
+		return fmt.Errorf("installing the int3 doorbell: IDT vector 3 points at %#x, not kernel text", handler)
+	}
+	setGateOffset(&g, doorVA)
+	s.VM.SetInt3Doorbell(doorVA, handler)
+	return s.VM.Mem().WritePhys(gate, g[:])
+}
+
+// gateOffset and setGateOffset read and write a 64-bit IDT gate's handler
+// address (offset bits 0-15 at 0, 16-31 at 6, 32-63 at 8).
+func gateOffset(g [16]byte) uint64 {
+	le := binary.LittleEndian
+	return uint64(le.Uint16(g[0:])) | uint64(le.Uint16(g[6:]))<<16 | uint64(le.Uint32(g[8:]))<<32
+}
+
+func setGateOffset(g *[16]byte, off uint64) {
+	le := binary.LittleEndian
+	le.PutUint16(g[0:], uint16(off))
+	le.PutUint16(g[6:], uint16(off>>16))
+	le.PutUint32(g[8:], uint32(off>>32))
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hvprobe/hvprobe/guest"
@@ -37,12 +38,15 @@ type Session struct {
 	Kernel *guest.Kernel
 	start  time.Time
 
-	scenarioMu sync.Mutex
-	mux        *hookMux
-	attachMu   sync.Mutex
-	attached   *Attached
-	atAttach   []func(*Attached) error
-	attachedCh chan struct{}
+	scenarioMu  sync.Mutex
+	host        vmm.Host
+	mux         *hookMux
+	attachTried atomic.Bool
+	attachMu    sync.Mutex
+	attached    *Attached
+	attachErr   error
+	atAttach    []func(*Attached) error
+	attachedCh  chan struct{}
 
 	mu      sync.Mutex
 	subs    []*subscriber
@@ -77,15 +81,17 @@ func New(o Options) (*Session, error) {
 			return nil, fmt.Errorf("reading initrd: %w", err)
 		}
 	}
-	host := vmm.DetectHost("/sys/module")
+	var host vmm.Host
 	if o.Host != nil {
 		host = *o.Host
+	} else if host, err = vmm.DetectHost("/sys/module", "/dev/kvm"); err != nil {
+		return nil, err
 	}
 	extra := []string{o.CmdlineAppend}
 	if o.NoKASLR {
 		extra = append([]string{"nokaslr"}, extra...)
 	}
-	s := &Session{Kernel: k, attachedCh: make(chan struct{})}
+	s := &Session{Kernel: k, host: host, mux: &hookMux{}, attachedCh: make(chan struct{})}
 	syms := k.Symbols
 	vm, err := vmm.New(vmm.Config{
 		Kernel:        k.Image,
@@ -104,7 +110,7 @@ func New(o Options) (*Session, error) {
 		return nil, err
 	}
 	s.VM = vm
-	if err := s.armAttach(); err != nil {
+	if err := vm.SetDebugHook(s.mux); err != nil {
 		vm.Close()
 		return nil, err
 	}
@@ -130,6 +136,7 @@ func (s *Session) Run(ctx context.Context) vmm.Result {
 func (s *Session) Close() error { return s.VM.Close() }
 
 func (s *Session) onLine(text string) {
+	s.maybeAttach()
 	s.mu.Lock()
 	l := Line{Text: text, At: time.Since(s.start)}
 	if len(s.lines) == 0 {

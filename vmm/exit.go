@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 )
 
 // StopReason says why the guest stopped running.
@@ -97,6 +98,7 @@ type exitHandler struct {
 	hook      func() DebugHook
 	symbolize func(uint64) string
 	stats     *ExitStats
+	doorbell  atomic.Pointer[int3Doorbell]
 }
 
 // handle processes one exit. A non-zero StopReason ends the vCPU's loop.
@@ -104,6 +106,11 @@ func (h *exitHandler) handle(c cpuOps, e *exitInfo) (StopReason, error) {
 	switch e.reason {
 	case exitIO:
 		h.stats.IO.Add(1)
+		if e.io.Port == DoorbellPort && e.io.Direction == ioDirOut {
+			if done, err := h.doorbellExit(c); done || err != nil {
+				return 0, err
+			}
+		}
 		return 0, h.pio(e)
 	case exitMMIO:
 		h.stats.MMIO.Add(1)

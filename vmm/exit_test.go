@@ -215,3 +215,43 @@ func TestStopExits(t *testing.T) {
 		}
 	}
 }
+
+func TestInt3Doorbell(t *testing.T) {
+	const stackVA, stackPA = 0xffffc90000003f00, 0x3f00
+	const entry, handler, bp = 0xffffffffa0001000, 0xffffffff81c00ba0, 0xffffffff81001234
+	for _, claim := range []bool{true, false} {
+		mem := NewMemoryFromBytes(make([]byte, 0x10000))
+		le := binary.LittleEndian
+		frame := []uint64{bp + 1, 0x10, 0x246, 0xffffc90000003ff8, 0x18}
+		for i, v := range frame {
+			le.PutUint64(mem.Bytes()[stackPA+8*i:], v)
+		}
+		hook := &recordingHook{claim: claim}
+		h := newTestHandler(hook, mem, nil)
+		h.doorbell.Store(&int3Doorbell{entry: entry, handler: handler})
+		c := &fakeCPU{regs: Regs{RIP: entry, RSP: stackVA, RFLAGS: 0x46, RAX: 7}, xlate: map[uint64]uint64{stackVA &^ 0xfff: stackPA &^ 0xfff}}
+		e := exitInfo{reason: exitIO, io: ioExit{Direction: ioDirOut, Size: 1, Port: DoorbellPort, Count: 1}, ioData: []byte{7}}
+		if _, err := h.handle(c, &e); err != nil {
+			t.Fatal(err)
+		}
+		if len(hook.events) != 1 || hook.events[0] != (DebugEvent{DebugBreakpoint, bp}) {
+			t.Fatalf("claim=%v: events %+v", claim, hook.events)
+		}
+		if claim {
+			// The iret was done by the VMM: back at the int3's context.
+			if c.regs.RIP != bp || c.regs.RSP != frame[3] || c.regs.RFLAGS != 0x246 || c.regs.RAX != 7 {
+				t.Errorf("claimed: regs %+v", c.regs)
+			}
+		} else if c.regs.RIP != handler || c.regs.RSP != stackVA {
+			t.Errorf("unclaimed: rip=%#x rsp=%#x, want the guest handler with the frame intact", c.regs.RIP, c.regs.RSP)
+		}
+	}
+	// An out to 0xe9 from elsewhere is plain port I/O.
+	h := newTestHandler(&recordingHook{}, NewMemoryFromBytes(make([]byte, 4096)), nil)
+	h.doorbell.Store(&int3Doorbell{entry: entry, handler: handler})
+	c := &fakeCPU{regs: Regs{RIP: 0x1234}}
+	e := exitInfo{reason: exitIO, io: ioExit{Direction: ioDirOut, Size: 1, Port: DoorbellPort, Count: 1}, ioData: []byte{'x'}}
+	if _, err := h.handle(c, &e); err != nil || c.regs.RIP != 0x1234 {
+		t.Fatalf("stray out: %v rip=%#x", err, c.regs.RIP)
+	}
+}

@@ -13,12 +13,27 @@ import (
 // (int3) arrive as emulation failures, which exit.go handles either way.
 type Host struct {
 	Emulating bool
+	// Int3Reflected: a guest int3 never exits, even with
+	// KVM_GUESTDBG_USE_SW_BP; it must be caught at the guest's #BP vector
+	// (doorbell.go). Seen with QEMU TCG's SVM, the nested KVM of
+	// images/nested.
+	Int3Reflected bool
 }
 
-// DetectHost inspects sysModule (normally /sys/module) for the PVM module.
-func DetectHost(sysModule string) Host {
+// DetectHost inspects sysModule (normally /sys/module) for the PVM module
+// and, when devKVM is not empty, runs ProbeInt3Intercept on it.
+func DetectHost(sysModule, devKVM string) (Host, error) {
 	_, err := os.Stat(filepath.Join(sysModule, "kvm_pvm"))
-	return Host{Emulating: err == nil}
+	h := Host{Emulating: err == nil}
+	if devKVM == "" {
+		return h, nil
+	}
+	ok, err := ProbeInt3Intercept(devKVM)
+	if err != nil {
+		return h, err
+	}
+	h.Int3Reflected = !ok
+	return h, nil
 }
 
 // BaseCmdline is what every hvprobe guest gets: the console on the UART

@@ -9,17 +9,18 @@ import (
 
 func TestDetectHostAndCmdline(t *testing.T) {
 	dir := t.TempDir()
-	if DetectHost(dir).Emulating {
+	if h, _ := DetectHost(dir, ""); h.Emulating {
 		t.Fatal("empty /sys/module detected as emulating")
 	}
-	hw := DetectHost(dir).Cmdline("nokaslr", " ")
+	h0, _ := DetectHost(dir, "")
+	hw := h0.Cmdline("nokaslr", " ")
 	if hw != BaseCmdline+" nokaslr" {
 		t.Fatalf("hardware cmdline = %q", hw)
 	}
 	if err := os.Mkdir(filepath.Join(dir, "kvm_pvm"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	h := DetectHost(dir)
+	h, _ := DetectHost(dir, "")
 	if !h.Emulating {
 		t.Fatal("kvm_pvm present but not detected")
 	}
@@ -31,5 +32,19 @@ func TestDetectHostAndCmdline(t *testing.T) {
 	}
 	if !strings.HasSuffix(c, " hvprobe_wl=calls:3") {
 		t.Errorf("extra args must come last (they override): %s", c)
+	}
+}
+
+func TestVCPUCPUID(t *testing.T) {
+	in := []CPUIDEntry{{Function: 1, EBX: 0xff0a0800, ECX: 0x1}, {Function: 0xb, Index: 1, EDX: 0}, {Function: 0x40000000, EAX: 0x40000001}}
+	out := vcpuCPUID(in, 3)
+	if out[0].EBX>>24 != 3 || out[0].EBX&0xffffff != 0x0a0800 || out[0].ECX != 1|1<<31 {
+		t.Errorf("leaf 1: %+v", out[0])
+	}
+	if out[1].EDX != 3 || out[2] != in[2] {
+		t.Errorf("leaves: %+v", out)
+	}
+	if in[0].ECX != 1 {
+		t.Error("input modified")
 	}
 }

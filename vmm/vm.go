@@ -266,7 +266,8 @@ func (vm *VM) createVCPU(id, mmapSize int, cpuid []CPUIDEntry) (*VCPU, error) {
 	return v, nil
 }
 
-// vcpuCPUID gives each vCPU its own APIC ID in the CPUID leaves that carry it.
+// vcpuCPUID gives each vCPU its own APIC ID in the CPUID leaves that carry
+// it, and announces the hypervisor.
 func vcpuCPUID(supported []CPUIDEntry, id int) []CPUIDEntry {
 	out := make([]CPUIDEntry, len(supported))
 	copy(out, supported)
@@ -274,6 +275,10 @@ func vcpuCPUID(supported []CPUIDEntry, id int) []CPUIDEntry {
 		switch out[i].Function {
 		case 1:
 			out[i].EBX = out[i].EBX&0x00ffffff | uint32(id)<<24
+			// KVM leaves the hypervisor bit to user space; without it Linux
+			// never looks at the KVM leaves (kvm-clock, PV features) and
+			// falls back to calibrating against the PIT.
+			out[i].ECX |= 1 << 31
 		case 0xb, 0x1f:
 			out[i].EDX = uint32(id)
 		}

@@ -1,0 +1,475 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hvprobe_wl: the in-kernel workload that hvprobe's end-to-end tests probe.
+ *
+ * Guest user space cannot make system calls under the PVM KVM these tests
+ * run on, so the workload lives in the kernel: a late initcall reads the
+ * command list from "hvprobe_wl=" on the kernel command line and runs it.
+ * Every scenario prints its own ground truth (call counts, sums, last
+ * arguments) from the CALLER of a probe target, never from the target, so a
+ * probe's hit count can be checked against the console independently of
+ * printk. The console line formats are an interface: images/README.md
+ * documents them and the host parses them.
+ *
+ * The targets are noipa (implies noinline and noclone) and non-static so
+ * that each keeps its exact System.map name, its C calling convention and a
+ * real call per iteration; HVWL_FRAME gives each the same entry sequence.
+ */
+
+#define pr_fmt(fmt) "HVWL: " fmt
+
+#include <linux/completion.h>
+#include <linux/cpumask.h>
+#include <linux/delay.h>
+#include <linux/err.h>
+#include <linux/fcntl.h>
+#include <linux/fs.h>
+#include <linux/init.h>
+#include <linux/initrd.h>
+#include <linux/kernel.h>
+#include <linux/kstrtox.h>
+#include <linux/kthread.h>
+#include <linux/printk.h>
+#include <linux/reboot.h>
+#include <linux/sched.h>
+#include <linux/sched/task.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+
+#define HVWL_TARGET noinline __used __attribute__((__noipa__))
+
+/*
+ * In every target's body: the memory clobber keeps the compiler from
+ * treating the target as pure, and taking the frame address forces the
+ * frame-pointer prologue even in leaf functions, which gcc otherwise
+ * leaves out. So every target starts with push %rbp; mov %rsp,%rbp.
+ */
+#define HVWL_FRAME() asm volatile("" : : "r"(__builtin_frame_address(0)) : "memory")
+
+/* Longest command list accepted, from the command line or the mailbox. */
+#define HVWL_CMDS_MAX 512
+/* recurse:D runs on the caller's 16 KiB kernel stack; each frame is ~32 B. */
+#define HVWL_RECURSE_MAX 200
+#define HVWL_THREADS_MAX 64
+#define HVWL_FILE "/hvwl/data.txt"
+
+/*
+ * The host's command mailbox for "serve". The host writes a NUL-terminated
+ * command list into hvwl_mailbox, then increments hvwl_mailbox_seq; after
+ * running it the workload stores the seq into hvwl_mailbox_done (and prints
+ * "done seq="), so a host may poll memory instead of the console. They live
+ * in .data, so a host may also preset them in the image before boot.
+ */
+__used __section(".data") char hvwl_mailbox[256];
+__used __section(".data") unsigned long hvwl_mailbox_seq;
+__used __section(".data") unsigned long hvwl_mailbox_done;
+
+static char hvwl_cmdline[HVWL_CMDS_MAX] __initdata;
+static bool hvwl_cmdline_set __initdata;
+
+static int __init hvwl_setup(char *s)
+{
+	strscpy(hvwl_cmdline, s, sizeof(hvwl_cmdline));
+	hvwl_cmdline_set = true;
+	return 1;
+}
+__setup("hvprobe_wl=", hvwl_setup);
+
+/* ---- probe targets ---- */
+
+HVWL_TARGET long hvwl_target_add(long a, long b)
+{
+	HVWL_FRAME();
+	return a + b;
+}
+
+HVWL_TARGET long hvwl_target_args8(long a1, long a2, long a3, long a4,
+				   long a5, long a6, long a7, long a8)
+{
+	HVWL_FRAME();
+	return a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8;
+}
+
+HVWL_TARGET int hvwl_target_str(const char *s, int len)
+{
+	HVWL_FRAME();
+	return len + (unsigned char)s[0];
+}
+
+HVWL_TARGET long hvwl_recurse(long depth)
+{
+	long r;
+
+	HVWL_FRAME();
+	if (depth <= 0)
+		return 0;
+	r = hvwl_recurse(depth - 1);
+	/* Hide r from the optimizer: no tail-recursion-to-loop rewrite. */
+	asm volatile("" : "+r"(r) :: "memory");
+	return depth + r;
+}
+
+HVWL_TARGET long hvwl_target_ret(long x)
+{
+	HVWL_FRAME();
+	return x * 3 + 1;
+}
+
+HVWL_TARGET long hvwl_target_block(long ms)
+{
+	HVWL_FRAME();
+	msleep(ms);
+	return ms;
+}
+
+HVWL_TARGET void __noreturn hvwl_target_exit(void)
+{
+	HVWL_FRAME();
+	kthread_exit(0);
+}
+
+/* ---- scenarios ---- */
+
+static void hvwl_calls(long n)
+{
+	long i, sum = 0;
+
+	for (i = 0; i < n; i++)
+		sum += hvwl_target_add(i, 1000 + i);
+	pr_info("calls n=%ld sum=%ld last_a=%ld last_b=%ld\n",
+		n, sum, n - 1, 1000 + n - 1);
+}
+
+static void hvwl_args8(long n)
+{
+	long i, ret = 0;
+
+	for (i = 0; i < n; i++)
+		ret = hvwl_target_args8(0x100 + i, 0x200 + i, 0x300 + i,
+					0x400 + i, 0x500 + i, 0x600 + i,
+					0x700 + i, 0x800 + i);
+	i = n - 1;
+	pr_info("args8 n=%ld last=%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld ret=%ld\n",
+		n, 0x100 + i, 0x200 + i, 0x300 + i, 0x400 + i, 0x500 + i,
+		0x600 + i, 0x700 + i, 0x800 + i, ret);
+}
+
+static void hvwl_str(long n)
+{
+	char buf[32] = "";
+	long i;
+	int len;
+
+	for (i = 0; i < n; i++) {
+		len = scnprintf(buf, sizeof(buf), "hvwl-str-%ld", i);
+		hvwl_target_str(buf, len);
+	}
+	pr_info("str n=%ld last=\"%s\"\n", n, buf);
+}
+
+static void hvwl_recurse_scenario(long depth)
+{
+	long ret = hvwl_recurse(depth);
+
+	pr_info("recurse depth=%ld ret=%ld calls=%ld\n", depth, ret, depth + 1);
+}
+
+static void hvwl_ret(long n)
+{
+	long i, sum = 0, last = 0;
+
+	for (i = 0; i < n; i++) {
+		last = hvwl_target_ret(i);
+		sum += last;
+	}
+	pr_info("ret n=%ld sum=%ld last=%ld\n", n, sum, last);
+}
+
+struct hvwl_block {
+	long ms;
+	long ret;
+	struct completion done;
+};
+
+static int hvwl_block_fn(void *data)
+{
+	struct hvwl_block *b = data;
+
+	b->ret = hvwl_target_block(b->ms);
+	complete(&b->done);
+	return 0;
+}
+
+static void hvwl_block_scenario(long ms)
+{
+	struct hvwl_block b = { .ms = ms };
+	struct task_struct *t;
+
+	init_completion(&b.done);
+	t = kthread_run(hvwl_block_fn, &b, "hvwl-block");
+	if (IS_ERR(t)) {
+		pr_info("block fail err=%ld\n", PTR_ERR(t));
+		return;
+	}
+	wait_for_completion(&b.done);
+	pr_info("block ms=%ld ret=%ld\n", ms, b.ret);
+}
+
+static int hvwl_exit_fn(void *data)
+{
+	complete(data);
+	hvwl_target_exit();
+}
+
+static void hvwl_exit_scenario(void)
+{
+	DECLARE_COMPLETION_ONSTACK(started);
+	struct task_struct *t;
+	pid_t pid;
+
+	t = kthread_create(hvwl_exit_fn, &started, "hvwl-exit");
+	if (IS_ERR(t)) {
+		pr_info("exit fail err=%ld\n", PTR_ERR(t));
+		return;
+	}
+	/* The reference keeps t valid for kthread_stop after it exits itself. */
+	get_task_struct(t);
+	pid = task_pid_nr(t);
+	wake_up_process(t);
+	/*
+	 * kthread_stop before the thread fn ran would skip the fn entirely;
+	 * after "started" it only waits for the exit (the kthread's "exited"
+	 * completion, signalled from do_exit).
+	 */
+	wait_for_completion(&started);
+	kthread_stop(t);
+	put_task_struct(t);
+	pr_info("exit pid=%d done\n", pid);
+}
+
+struct hvwl_thread {
+	long k;
+	long n;
+	long calls;
+	atomic_t *left;
+	struct completion *all_done;
+};
+
+static int hvwl_thread_fn(void *data)
+{
+	struct hvwl_thread *th = data;
+	long i;
+
+	for (i = 0; i < th->n; i++)
+		hvwl_target_add(th->k, i);
+	th->calls = i;
+	pr_info("thread name=%s pid=%d calls=%ld\n",
+		current->comm, task_pid_nr(current), th->calls);
+	if (atomic_dec_and_test(th->left))
+		complete(th->all_done);
+	return 0;
+}
+
+/* The (k mod online)-th online CPU: online CPU ids need not be dense. */
+static unsigned int hvwl_nth_online_cpu(long k)
+{
+	unsigned int cpu, nth = k % num_online_cpus();
+
+	for_each_online_cpu(cpu)
+		if (nth-- == 0)
+			return cpu;
+	return cpumask_first(cpu_online_mask);
+}
+
+static void hvwl_threads(long k, long n)
+{
+	DECLARE_COMPLETION_ONSTACK(all_done);
+	struct hvwl_thread *ths;
+	struct task_struct *t;
+	atomic_t left;
+	long i, total = 0;
+
+	ths = kcalloc(k, sizeof(*ths), GFP_KERNEL);
+	if (!ths) {
+		pr_info("threads fail err=%d\n", -ENOMEM);
+		return;
+	}
+	atomic_set(&left, k);
+	for (i = 0; i < k; i++) {
+		ths[i] = (struct hvwl_thread){ .k = i, .n = n, .left = &left,
+					       .all_done = &all_done };
+		t = kthread_create(hvwl_thread_fn, &ths[i], "hvwl/%ld", i);
+		if (IS_ERR(t)) {
+			/* Account for this and every thread never started. */
+			pr_info("threads fail err=%ld\n", PTR_ERR(t));
+			if (atomic_sub_and_test(k - i, &left))
+				complete(&all_done);
+			break;
+		}
+		kthread_bind(t, hvwl_nth_online_cpu(i));
+		wake_up_process(t);
+	}
+	if (k > 0)
+		wait_for_completion(&all_done);
+	for (i = 0; i < k; i++)
+		total += ths[i].calls;
+	kfree(ths);
+	pr_info("threads k=%ld total=%ld\n", k, total);
+}
+
+static void hvwl_fileread(long n)
+{
+	struct file *f;
+	loff_t pos;
+	ssize_t got, bytes = 0;
+	char *buf;
+	long i;
+
+	buf = kmalloc(PAGE_SIZE, GFP_KERNEL);
+	if (!buf) {
+		pr_info("fileread fail err=%d\n", -ENOMEM);
+		return;
+	}
+	/* populate_rootfs unpacks asynchronously; the file must be there. */
+	wait_for_initramfs();
+	for (i = 0; i < n; i++) {
+		f = filp_open(HVWL_FILE, O_RDONLY, 0);
+		if (IS_ERR(f)) {
+			pr_info("fileread fail err=%ld\n", PTR_ERR(f));
+			goto out;
+		}
+		pos = 0;
+		bytes = 0;
+		while ((got = kernel_read(f, buf, PAGE_SIZE, &pos)) > 0)
+			bytes += got;
+		filp_close(f, NULL);
+		if (got < 0) {
+			pr_info("fileread fail err=%zd\n", got);
+			goto out;
+		}
+	}
+	pr_info("fileread path=%s n=%ld bytes=%zd\n", HVWL_FILE, n, bytes);
+out:
+	kfree(buf);
+}
+
+static void hvwl_tasks(void)
+{
+	pr_info("task pid=%d comm=%s\n", task_pid_nr(current), current->comm);
+}
+
+static void hvwl_poweroff(void)
+{
+	pr_info("poweroff\n");
+	kernel_restart(NULL);
+}
+
+/* ---- command list ---- */
+
+static void hvwl_serve(void);
+
+/*
+ * Splits "name:arg:arg" in place at the first ':' and parses the
+ * non-negative decimal arguments. Returns their number, or -EINVAL.
+ */
+static int hvwl_args(char *cmd, long *args, int max)
+{
+	char *rest = strchr(cmd, ':'), *tok;
+	int n = 0;
+
+	if (!rest)
+		return 0;
+	*rest++ = '\0';
+	while ((tok = strsep(&rest, ":")) != NULL) {
+		if (n == max || kstrtol(tok, 10, &args[n]) || args[n] < 0)
+			return -EINVAL;
+		n++;
+	}
+	return n;
+}
+
+/* Runs one command; "serve" only from the command line, not the mailbox. */
+static void hvwl_run_one(char *cmd, bool may_serve)
+{
+	char name[64];
+	long a[2];
+	int n;
+
+	pr_info("begin %s\n", cmd);
+	strscpy(name, cmd, sizeof(name));
+	n = hvwl_args(name, a, ARRAY_SIZE(a));
+
+	if (!strcmp(name, "calls") && n == 1)
+		hvwl_calls(a[0]);
+	else if (!strcmp(name, "args8") && n == 1)
+		hvwl_args8(a[0]);
+	else if (!strcmp(name, "str") && n == 1)
+		hvwl_str(a[0]);
+	else if (!strcmp(name, "recurse") && n == 1 && a[0] <= HVWL_RECURSE_MAX)
+		hvwl_recurse_scenario(a[0]);
+	else if (!strcmp(name, "ret") && n == 1)
+		hvwl_ret(a[0]);
+	else if (!strcmp(name, "block") && n == 1)
+		hvwl_block_scenario(a[0]);
+	else if (!strcmp(name, "exit") && n == 0)
+		hvwl_exit_scenario();
+	else if (!strcmp(name, "threads") && n == 2 && a[0] <= HVWL_THREADS_MAX)
+		hvwl_threads(a[0], a[1]);
+	else if (!strcmp(name, "fileread") && n == 1)
+		hvwl_fileread(a[0]);
+	else if (!strcmp(name, "tasks") && n == 0)
+		hvwl_tasks();
+	else if (!strcmp(name, "poweroff") && n == 0)
+		hvwl_poweroff();
+	else if (!strcmp(name, "serve") && n == 0 && may_serve)
+		hvwl_serve(); /* never returns */
+	else
+		pr_info("error cmd=%s\n", cmd);
+	pr_info("end %s\n", cmd);
+}
+
+/* Runs a ","-separated command list in place (list is modified). */
+static void hvwl_run_list(char *list, bool may_serve)
+{
+	char *cmd;
+
+	while ((cmd = strsep(&list, ",")) != NULL)
+		if (*cmd)
+			hvwl_run_one(cmd, may_serve);
+}
+
+static void hvwl_serve(void)
+{
+	static char cmds[sizeof(hvwl_mailbox)];
+	unsigned long seen = READ_ONCE(hvwl_mailbox_seq), seq;
+
+	pr_info("ready\n");
+	for (;;) {
+		msleep(10);
+		seq = READ_ONCE(hvwl_mailbox_seq);
+		if (seq == seen)
+			continue;
+		/* Pairs with the host writing the string before the seq. */
+		smp_rmb();
+		memcpy(cmds, hvwl_mailbox, sizeof(cmds));
+		cmds[sizeof(cmds) - 1] = '\0';
+		seen = seq;
+		hvwl_run_list(cmds, false);
+		WRITE_ONCE(hvwl_mailbox_done, seq);
+		pr_info("done seq=%lu\n", seq);
+	}
+}
+
+static int __init hvwl_init(void)
+{
+	pr_info("workload pid=%d comm=%s\n", task_pid_nr(current), current->comm);
+	if (!hvwl_cmdline_set) {
+		pr_info("idle\n");
+		return 0;
+	}
+	hvwl_run_list(hvwl_cmdline, true);
+	hvwl_poweroff();
+	return 0;
+}
+/* _sync: after every other late initcall, so the system is fully up. */
+late_initcall_sync(hvwl_init);
