@@ -34,7 +34,7 @@ unit:
 	$(GO) test $$($(GO) list ./... | grep -v /tests/e2e)
 
 e2e: images static
-	cd tests/e2e && ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 75m
+	cd tests/e2e && HVPROBE_E2E_LOGDIR=$(CURDIR)/$(OUT) ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 75m
 
 test: unit e2e
 

@@ -17,6 +17,10 @@ type Kernel struct {
 	Image *kimage.Image
 	// Symbols is the unslid table; use Symbols.Slid for a KASLR guest.
 	Symbols *SymbolTable
+	// BTFPath, when set, is raw BTF to use if the image has no .BTF
+	// section (a bzImage built without CONFIG_DEBUG_INFO_BTF, with BTF made
+	// from its DWARF by pahole; images/mini does this).
+	BTFPath string
 	// MapVersion is the release the map's file name names
 	// ("System.map-6.1.0-28-cloud-amd64"), "" when it names none.
 	MapVersion string
@@ -48,6 +52,9 @@ func OpenKernel(imagePath, mapPath string) (*Kernel, error) {
 	}
 	k := NewKernel(img, syms)
 	k.MapVersion = mapFileVersion(mapPath)
+	if p := filepath.Join(filepath.Dir(imagePath), "vmlinux.btf"); fileExists(p) {
+		k.BTFPath = p
+	}
 	if err := k.Verify(); err != nil {
 		return nil, fmt.Errorf("checking %s against %s: %w", mapPath, imagePath, err)
 	}
@@ -109,11 +116,15 @@ func orUnknown(v string) string {
 	return v
 }
 
-// BTF returns the kernel's types from its .BTF section, parsed once. The
-// error wraps ErrNoBTF when the image has none.
+// BTF returns the kernel's types from its .BTF section, or from BTFPath
+// (OpenKernel sets it to a vmlinux.btf beside the image), parsed once. The
+// error wraps ErrNoBTF when there is none.
 func (k *Kernel) BTF() (*Types, error) {
 	k.btfOnce.Do(func() {
 		raw, err := k.Image.Section(".BTF")
+		if errors.Is(err, kimage.ErrNoSection) && k.BTFPath != "" {
+			raw, err = os.ReadFile(k.BTFPath)
+		}
 		if errors.Is(err, kimage.ErrNoSection) {
 			k.btfErr = fmt.Errorf("kernel %s: %w", orUnknown(k.Image.Version), ErrNoBTF)
 			return
@@ -125,4 +136,9 @@ func (k *Kernel) BTF() (*Types, error) {
 		k.btf, k.btfErr = ParseBTF(raw)
 	})
 	return k.btf, k.btfErr
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

@@ -10,7 +10,7 @@ MINI_DIR  := .cache/images/mini/current
 STOCK_DIR := .cache/images/stock
 INITRAMFS := .cache/images/mini/initramfs.cpio
 
-.PHONY: images images-mini initramfs images-stock
+.PHONY: images images-mini initramfs images-stock images-smoke
 
 images: images-mini initramfs
 
@@ -31,3 +31,7 @@ $(INITRAMFS): $(filter-out %_test.go,$(wildcard images/initramfs/*.go images/cmd
 # on first use, then cached).
 images-stock:
 	images/stock/fetch.sh
+
+# The workload under QEMU TCG: a KVM-free check of the images themselves.
+images-smoke: images
+	images/mini/qemu-smoke.sh

@@ -55,6 +55,9 @@ const (
 	loadFlagCanUseHeap = 1 << 7
 
 	setupRNGSeed = 9
+	// setupHVProbe is the setup_data type of hvprobe's private region; the
+	// kernel reserves every setup_data node and ignores unknown types.
+	setupHVProbe = 0x48565052 // "HVPR"
 	bootProtocol = 0x020f
 
 	e820RAM      = 1
@@ -81,20 +84,26 @@ type BootSpec struct {
 // ErrBoot wraps every boot-layout failure.
 var ErrBoot = errors.New("boot")
 
-// e820Map is the memory map for the spec: low RAM, the BIOS hole, high
-// RAM, and hvprobe's reserved top.
-func e820Map(memSize, reserved uint64) []E820Entry {
-	top := memSize - reserved
-	m := []E820Entry{
+// e820Map is the memory map: low RAM, the BIOS hole, high RAM.
+//
+// hvprobe's private region at the top of RAM stays RAM in the map and is
+// wrapped in a setup_data node instead (writeBootParams): the kernel then
+// reserves it (E820_TYPE_RESERVED_KERN) yet keeps it in its direct map.
+// That matters because the region holds page tables hvprobe links into
+// the kernel's own, and kernel code that walks those (debug_checkwx,
+// ptdump, set_memory_*) reads them through the direct map; an
+// e820-reserved region is not mapped there and such a walk oopses.
+func e820Map(memSize uint64) []E820Entry {
+	return []E820Entry{
 		{0, lowRAMEnd, e820RAM},
 		{lowRAMEnd, highRAMStart - lowRAMEnd, e820Reserved},
-		{highRAMStart, top - highRAMStart, e820RAM},
+		{highRAMStart, memSize - highRAMStart, e820RAM},
 	}
-	if reserved > 0 {
-		m = append(m, E820Entry{top, reserved, e820Reserved})
-	}
-	return m
 }
+
+// reservedHeader is the size of the setup_data node header that opens the
+// private region: its first page is the node's, the rest hvprobe's.
+const reservedHeader = 0x1000
 
 // initrdPlacement puts the initrd at the highest page-aligned address that
 // fits below the reserved top and initrd_addr_max.
@@ -164,20 +173,31 @@ func writeBootParams(ram []byte, spec BootSpec, kernelEnd uint64) error {
 	}
 
 	le.PutUint64(zp[hdrSetupData:], 0)
+	next := uint64(0)
+	if spec.Reserved > 0 {
+		// struct setup_data { u64 next; u32 type; u32 len; u8 data[]; }
+		at := spec.MemSize - spec.Reserved
+		h := ram[at : at+16]
+		le.PutUint64(h[0:], 0)
+		le.PutUint32(h[8:], setupHVProbe)
+		le.PutUint32(h[12:], uint32(spec.Reserved-16))
+		next = at
+	}
 	if len(spec.RNGSeed) > 0 {
 		// struct setup_data { u64 next; u32 type; u32 len; u8 data[]; }
 		sd := ram[setupDataAddr:]
 		if 16+len(spec.RNGSeed) > 0x1000 {
 			return fmt.Errorf("RNG seed of %d bytes: %w: too large", len(spec.RNGSeed), ErrBoot)
 		}
-		le.PutUint64(sd[0:], 0)
+		le.PutUint64(sd[0:], next)
 		le.PutUint32(sd[8:], setupRNGSeed)
 		le.PutUint32(sd[12:], uint32(len(spec.RNGSeed)))
 		copy(sd[16:], spec.RNGSeed)
-		le.PutUint64(zp[hdrSetupData:], setupDataAddr)
+		next = setupDataAddr
 	}
+	le.PutUint64(zp[hdrSetupData:], next)
 
-	m := e820Map(spec.MemSize, spec.Reserved)
+	m := e820Map(spec.MemSize)
 	zp[bpE820Entries] = uint8(len(m))
 	for i, e := range m {
 		off := bpE820Table + 20*i

@@ -37,12 +37,16 @@ func TestWriteBootParams(t *testing.T) {
 	if sd != setupDataAddr || le.Uint32(ram[sd+8:]) != setupRNGSeed || le.Uint32(ram[sd+12:]) != 4 || ram[sd+16] != 1 {
 		t.Fatal("RNG seed setup_data malformed")
 	}
+	// The chain goes on to hvprobe's region, which covers the top 2 MiB.
+	hv := le.Uint64(ram[sd:])
+	if hv != mem-(2<<20) || le.Uint32(ram[hv+8:]) != setupHVProbe || le.Uint32(ram[hv+12:]) != 2<<20-16 || le.Uint64(ram[hv:]) != 0 {
+		t.Fatalf("private region setup_data at %#x malformed", hv)
+	}
 	n := int(zp[bpE820Entries])
 	var want = []E820Entry{
 		{0, lowRAMEnd, e820RAM},
 		{lowRAMEnd, highRAMStart - lowRAMEnd, e820Reserved},
-		{highRAMStart, mem - (2 << 20) - highRAMStart, e820RAM},
-		{mem - (2 << 20), 2 << 20, e820Reserved},
+		{highRAMStart, mem - highRAMStart, e820RAM},
 	}
 	if n != len(want) {
 		t.Fatalf("%d e820 entries, want %d", n, len(want))

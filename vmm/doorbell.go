@@ -19,13 +19,17 @@ import (
 // DoorbellPort is the I/O port of the int3 doorbell.
 const DoorbellPort = 0xe9
 
-// DoorbellCode is the doorbell: out %al,$0xe9 (2 bytes), then ud2, which
-// is never reached because the VMM moves rip on the exit.
-var DoorbellCode = []byte{0xe6, DoorbellPort, 0x0f, 0x0b}
+// DoorbellCode is the doorbell: endbr64 (exception delivery lands on an
+// indirect-branch target under CET IBT; a nop elsewhere), out %al,$0xe9,
+// then ud2, which is never reached because the VMM moves rip on the exit.
+var DoorbellCode = []byte{0xf3, 0x0f, 0x1e, 0xfa, 0xe6, DoorbellPort, 0x0f, 0x0b}
+
+// doorbellOut is the offset of the out instruction in DoorbellCode.
+const doorbellOut = 4
 
 // int3Doorbell is an installed doorbell.
 type int3Doorbell struct {
-	entry   uint64 // VA of the doorbell's out instruction
+	entry   uint64 // VA where DoorbellCode is mapped
 	handler uint64 // the guest's own #BP handler
 }
 
@@ -52,7 +56,7 @@ func (h *exitHandler) doorbellExit(c cpuOps) (bool, error) {
 	// KVM reports a port-I/O exit with rip still at the out and skips it
 	// on the next KVM_RUN only if rip was left there (older KVMs skipped
 	// it before exiting); either way rip is rewritten below.
-	if regs.RIP != db.entry && regs.RIP != db.entry+2 {
+	if out := db.entry + doorbellOut; regs.RIP != out && regs.RIP != out+2 {
 		return false, nil
 	}
 	// 64-bit interrupt frame: rip, cs, rflags, rsp, ss (#BP has no error code).

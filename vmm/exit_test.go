@@ -229,7 +229,7 @@ func TestInt3Doorbell(t *testing.T) {
 		hook := &recordingHook{claim: claim}
 		h := newTestHandler(hook, mem, nil)
 		h.doorbell.Store(&int3Doorbell{entry: entry, handler: handler})
-		c := &fakeCPU{regs: Regs{RIP: entry, RSP: stackVA, RFLAGS: 0x46, RAX: 7}, xlate: map[uint64]uint64{stackVA &^ 0xfff: stackPA &^ 0xfff}}
+		c := &fakeCPU{regs: Regs{RIP: entry + doorbellOut, RSP: stackVA, RFLAGS: 0x46, RAX: 7}, xlate: map[uint64]uint64{stackVA &^ 0xfff: stackPA &^ 0xfff}}
 		e := exitInfo{reason: exitIO, io: ioExit{Direction: ioDirOut, Size: 1, Port: DoorbellPort, Count: 1}, ioData: []byte{7}}
 		if _, err := h.handle(c, &e); err != nil {
 			t.Fatal(err)

@@ -144,7 +144,9 @@ func (v *VCPU) setLAPIC(l LAPICState) error {
 }
 
 // Do runs f on the vCPU's thread while the vCPU is out of KVM_RUN and
-// waits for it. It must not be called from that thread (a debug hook
+// waits for it. The request is queued before the kick, so the loop finds
+// it whether the kick interrupts KVM_RUN or makes the next one return at
+// once. It must not be called from that thread (a debug hook
 // already is on it).
 func (v *VCPU) Do(f func(CPU) error) error {
 	r := request{f: f, reply: make(chan error, 1)}

@@ -248,7 +248,7 @@ func (vm *VM) createVCPU(id, mmapSize int, cpuid []CPUIDEntry) (*VCPU, error) {
 		unix.Close(int(fd))
 		return nil, fmt.Errorf("mapping kvm_run of vCPU %d: %w", id, err)
 	}
-	v := &VCPU{id: id, fd: int(fd), runBuf: buf, run: newRunView(buf), reqs: make(chan request), done: make(chan struct{})}
+	v := &VCPU{id: id, fd: int(fd), runBuf: buf, run: newRunView(buf), reqs: make(chan request, 16), done: make(chan struct{})}
 	if _, err := cpuidIoctl(v.fd, kvmSetCPUID2, vcpuCPUID(cpuid, id)); err != nil {
 		return nil, fmt.Errorf("KVM_SET_CPUID2 on vCPU %d: %w", id, err)
 	}
@@ -430,10 +430,10 @@ func (vm *VM) Memory() *Memory { return vm.mem }
 // NumCPUs is the number of vCPUs.
 func (vm *VM) NumCPUs() int { return len(vm.vcpus) }
 
-// Reserved is hvprobe's private guest-physical region: e820-reserved,
-// never touched by the guest.
+// Reserved is hvprobe's private guest-physical region: reserved by the
+// kernel, never allocated by it, but in its direct map (see e820Map).
 func (vm *VM) Reserved() (gpa, size uint64) {
-	return vm.cfg.MemSize - vm.cfg.Reserved, vm.cfg.Reserved
+	return vm.cfg.MemSize - vm.cfg.Reserved + reservedHeader, vm.cfg.Reserved - reservedHeader
 }
 
 // Layout is where the kernel was placed.

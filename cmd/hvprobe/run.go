@@ -110,11 +110,11 @@ func cmdRun(args []string) error {
 			printStats(events, a.Manager, probes)
 		}
 	}
-	return endOf(res, ctx)
+	return endOf(res, ctx, s.Lines())
 }
 
 // endOf maps how the guest ended to the command's exit status.
-func endOf(res vmm.Result, ctx context.Context) error {
+func endOf(res vmm.Result, ctx context.Context, lines []session.Line) error {
 	tail := func() string {
 		if len(res.Tail) == 0 {
 			return ""
@@ -131,7 +131,15 @@ func endOf(res vmm.Result, ctx context.Context) error {
 	case res.Err != nil:
 		return exitError{code: 1, msg: fmt.Sprintf("guest stopped: %v%s", res.Err, tail())}
 	case res.Reason == vmm.StopReset || res.Reason == vmm.StopShutdown:
-		return nil
+		// A reset is a clean end only if the kernel said it was restarting
+		// or powering down; a reset with neither is a crash that happened
+		// before the console could say so.
+		for _, l := range lines {
+			if strings.Contains(l.Text, "reboot: Restarting system") || strings.Contains(l.Text, "reboot: Power down") {
+				return nil
+			}
+		}
+		return exitError{code: 5, msg: "the guest reset without announcing a restart or power-off (early crash?)" + tail()}
 	}
 	return exitError{code: 1, msg: "guest stopped: " + res.Reason.String() + tail()}
 }

@@ -45,6 +45,15 @@ func imagesDir() string {
 	return filepath.Join("..", "..", ".cache", "images")
 }
 
+// logDir is where guest console logs go: $HVPROBE_E2E_LOGDIR, else the
+// temporary directory.
+func logDir() string {
+	if d := os.Getenv("HVPROBE_E2E_LOGDIR"); d != "" {
+		return d
+	}
+	return os.TempDir()
+}
+
 // miniGuest returns the shared guest, booting it on first use.
 func miniGuest(t *testing.T) *guest {
 	t.Helper()
@@ -64,7 +73,7 @@ func miniGuest(t *testing.T) *guest {
 
 func bootMini() (*guest, error) {
 	dir := filepath.Join(imagesDir(), "mini")
-	console, err := os.Create(filepath.Join(os.TempDir(), "hvprobe-e2e-console.log"))
+	console, err := os.Create(filepath.Join(logDir(), "hvprobe-e2e-console.log"))
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/hvprobe/hvprobe/session"
+	"github.com/hvprobe/hvprobe/vmm"
+)
+
+func TestEndOf(t *testing.T) {
+	clean := []session.Line{{Text: "[ 13.2] reboot: Restarting system"}}
+	bg := context.Background()
+	code := func(err error) int {
+		var ec exitCoder
+		if err == nil {
+			return 0
+		}
+		if errors.As(err, &ec) {
+			return ec.ExitCode()
+		}
+		return 1
+	}
+	expired, cancel := context.WithTimeout(bg, 0)
+	defer cancel()
+	<-expired.Done()
+	for _, c := range []struct {
+		name  string
+		res   vmm.Result
+		ctx   context.Context
+		lines []session.Line
+		want  int
+	}{
+		{"clean reset", vmm.Result{Reason: vmm.StopReset}, bg, clean, 0},
+		{"silent reset", vmm.Result{Reason: vmm.StopReset}, bg, nil, 5},
+		{"panic", vmm.Result{Reason: vmm.StopReset, Panicked: true}, bg, clean, 3},
+		{"timeout", vmm.Result{Reason: vmm.StopRequested}, expired, nil, 4},
+		{"vmm error", vmm.Result{Reason: vmm.StopError, Err: errors.New("boom")}, bg, nil, 1},
+	} {
+		if got := code(endOf(c.res, c.ctx, c.lines)); got != c.want {
+			t.Errorf("%s: exit %d, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+func TestParseSizeAndSymOff(t *testing.T) {
+	if n, err := parseSize("512M"); err != nil || n != 512<<20 {
+		t.Errorf("512M: %d %v", n, err)
+	}
+	if n, err := parseSize("1G"); err != nil || n != 1<<30 {
+		t.Errorf("1G: %d %v", n, err)
+	}
+	if _, err := parseSize("lots"); err == nil {
+		t.Error("bad size accepted")
+	}
+	if s, o, err := splitSymOff("vfs_read+0x10"); s != "vfs_read" || o != 0x10 || err != nil {
+		t.Errorf("vfs_read+0x10: %s %#x %v", s, o, err)
+	}
+	if _, _, err := splitSymOff("+4"); err == nil {
+		t.Error("missing symbol accepted")
+	}
+	if _, _, err := splitSymOff("f+zz"); err == nil {
+		t.Error("bad offset accepted")
+	}
+}

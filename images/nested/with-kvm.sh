@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# with-kvm.sh COMMAND ARGS... — run COMMAND where KVM works: directly when
+# /dev/kvm can be opened, else inside the nested KVM of run.sh (QEMU TCG
+# with an emulated SVM CPU; see README.md). COMMAND must then be a static
+# binary under the repository (it is shared into L1 at the same path).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [ -c /dev/kvm ] && { exec 3<>/dev/kvm; } 2>/dev/null; then
+	exec 3>&-
+	exec "$@"
+fi
+echo "with-kvm: /dev/kvm is not usable here; running in the nested KVM (images/nested)" >&2
+exec "$HERE/run.sh" --timeout "${HVPROBE_NESTED_TIMEOUT:-4800}" -- "$@"
