@@ -105,10 +105,21 @@ func e820Map(memSize uint64) []E820Entry {
 // private region: its first page is the node's, the rest hvprobe's.
 const reservedHeader = 0x1000
 
+// reservedGap is plain RAM kept above the private region. Linux sizes its
+// direct map by the highest E820_TYPE_RAM page (max_pfn), computed after
+// setup_data regions become RESERVED_KERN; a region at the very top of RAM
+// would fall outside the direct map.
+const reservedGap = 2 << 20
+
+// reservedStart is where the private region begins.
+func reservedStart(memSize, reserved uint64) uint64 {
+	return memSize - reservedGap - reserved
+}
+
 // initrdPlacement puts the initrd at the highest page-aligned address that
 // fits below the reserved top and initrd_addr_max.
 func initrdPlacement(memSize, reserved uint64, size int, kernelEnd uint64) (uint64, error) {
-	limit := memSize - reserved
+	limit := reservedStart(memSize, reserved)
 	if limit > initrdAddrMax+1 {
 		limit = initrdAddrMax + 1
 	}
@@ -176,7 +187,7 @@ func writeBootParams(ram []byte, spec BootSpec, kernelEnd uint64) error {
 	next := uint64(0)
 	if spec.Reserved > 0 {
 		// struct setup_data { u64 next; u32 type; u32 len; u8 data[]; }
-		at := spec.MemSize - spec.Reserved
+		at := reservedStart(spec.MemSize, spec.Reserved)
 		h := ram[at : at+16]
 		le.PutUint64(h[0:], 0)
 		le.PutUint32(h[8:], setupHVProbe)

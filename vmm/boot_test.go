@@ -30,16 +30,16 @@ func TestWriteBootParams(t *testing.T) {
 	if rs != uint32(len(initrd)) || string(ram[ri:ri+rs]) != string(initrd) {
 		t.Fatalf("initrd at %#x size %d not in place", ri, rs)
 	}
-	if ri%4096 != 0 || uint64(ri)+uint64(rs) > mem-(2<<20) {
+	if ri%4096 != 0 || uint64(ri)+uint64(rs) > mem-(4<<20) {
 		t.Fatalf("initrd at %#x+%d overlaps the reserved top or is unaligned", ri, rs)
 	}
 	sd := le.Uint64(zp[hdrSetupData:])
 	if sd != setupDataAddr || le.Uint32(ram[sd+8:]) != setupRNGSeed || le.Uint32(ram[sd+12:]) != 4 || ram[sd+16] != 1 {
 		t.Fatal("RNG seed setup_data malformed")
 	}
-	// The chain goes on to hvprobe's region, which covers the top 2 MiB.
+	// The chain goes on to hvprobe's region: 2 MiB below the top 2 MiB of RAM.
 	hv := le.Uint64(ram[sd:])
-	if hv != mem-(2<<20) || le.Uint32(ram[hv+8:]) != setupHVProbe || le.Uint32(ram[hv+12:]) != 2<<20-16 || le.Uint64(ram[hv:]) != 0 {
+	if hv != mem-(4<<20) || le.Uint32(ram[hv+8:]) != setupHVProbe || le.Uint32(ram[hv+12:]) != 2<<20-16 || le.Uint64(ram[hv:]) != 0 {
 		t.Fatalf("private region setup_data at %#x malformed", hv)
 	}
 	n := int(zp[bpE820Entries])

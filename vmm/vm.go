@@ -303,7 +303,7 @@ func (vm *VM) load(img *kimage.Image) error {
 	if len(img.Segments) == 0 {
 		return fmt.Errorf("kernel image has no loadable segments")
 	}
-	usable := vm.cfg.MemSize - vm.cfg.Reserved
+	usable := reservedStart(vm.cfg.MemSize, vm.cfg.Reserved)
 	var physDelta, virtDelta uint64
 	if vm.cfg.KASLR {
 		span := kernelHigh - kernelLow
@@ -433,7 +433,7 @@ func (vm *VM) NumCPUs() int { return len(vm.vcpus) }
 // Reserved is hvprobe's private guest-physical region: reserved by the
 // kernel, never allocated by it, but in its direct map (see e820Map).
 func (vm *VM) Reserved() (gpa, size uint64) {
-	return vm.cfg.MemSize - vm.cfg.Reserved + reservedHeader, vm.cfg.Reserved - reservedHeader
+	return reservedStart(vm.cfg.MemSize, vm.cfg.Reserved) + reservedHeader, vm.cfg.Reserved - reservedHeader
 }
 
 // Layout is where the kernel was placed.
