@@ -33,7 +33,7 @@ unit:
 	$(GO) vet ./...
 	$(GO) test $$($(GO) list ./... | grep -v /tests/e2e)
 
-e2e: images static
+e2e: images images-stock static
 	cd tests/e2e && HVPROBE_E2E_LOGDIR=$(CURDIR)/$(OUT) ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 75m
 
 test: unit e2e

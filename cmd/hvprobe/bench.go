@@ -12,11 +12,8 @@ import (
 )
 
 func cmdBench(args []string) error {
-	d := defaultPaths()
 	fs := flag.NewFlagSet("bench", flag.ExitOnError)
-	kernel := fs.String("kernel", d.kernel, "guest kernel (must carry the hvprobe workload)")
-	sysmap := fs.String("system-map", d.systemMap, "the kernel's System.map")
-	initrd := fs.String("initrd", d.initrd, "initramfs")
+	kernel, sysmap, initrd := guestFlags(fs)
 	calls := fs.Int("calls", 2000, "probed calls per measurement")
 	bootTimeout := fs.Duration("boot-timeout", 20*time.Minute, "how long the guest may take to reach its workload")
 	fs.Parse(args)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
 )
@@ -22,4 +23,13 @@ func defaultPaths() paths {
 		systemMap: filepath.Join(mini, "System.map"),
 		initrd:    filepath.Join(root, "mini", "initramfs.cpio"),
 	}
+}
+
+// guestFlags registers the flags that name the guest's files.
+func guestFlags(fs *flag.FlagSet) (kernel, sysmap, initrd *string) {
+	d := defaultPaths()
+	kernel = fs.String("kernel", d.kernel, "guest kernel: bzImage or vmlinux")
+	sysmap = fs.String("system-map", d.systemMap, "the kernel's System.map")
+	initrd = fs.String("initrd", d.initrd, "initramfs (uncompressed cpio recommended); empty for none")
+	return kernel, sysmap, initrd
 }

@@ -23,11 +23,8 @@ func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 func cmdRun(args []string) error {
-	d := defaultPaths()
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
-	kernel := fs.String("kernel", d.kernel, "guest kernel: bzImage or vmlinux")
-	sysmap := fs.String("system-map", d.systemMap, "the kernel's System.map")
-	initrd := fs.String("initrd", d.initrd, "initramfs (uncompressed cpio recommended); empty for none")
+	kernel, sysmap, initrd := guestFlags(fs)
 	mem := fs.String("mem", "512M", "guest memory (M or G suffix)")
 	cpus := fs.Int("cpus", 1, "number of vCPUs")
 	appendCmd := fs.String("cmdline-append", "", "added to the kernel command line")

@@ -29,6 +29,7 @@
 #include <linux/kernel.h>
 #include <linux/kstrtox.h>
 #include <linux/kthread.h>
+#include <linux/io.h>
 #include <linux/printk.h>
 #include <linux/reboot.h>
 #include <linux/sched.h>
@@ -358,6 +359,20 @@ static void hvwl_tasks(void)
 	pr_info("task pid=%d comm=%s\n", task_pid_nr(current), current->comm);
 }
 
+/*
+ * exits:N makes N port writes nothing in the guest or KVM handles, so each
+ * is one VM exit to the VMM and back: the "bare exit" that hvprobe bench
+ * compares probe hits with. Port 0x80 is the POST-code port.
+ */
+static void hvwl_exits(long n)
+{
+	long i;
+
+	for (i = 0; i < n; i++)
+		outb(0, 0x80);
+	pr_info("exits n=%ld\n", n);
+}
+
 static void hvwl_poweroff(void)
 {
 	pr_info("poweroff\n");
@@ -419,6 +434,8 @@ static void hvwl_run_one(char *cmd, bool may_serve)
 		hvwl_fileread(a[0]);
 	else if (!strcmp(name, "tasks") && n == 0)
 		hvwl_tasks();
+	else if (!strcmp(name, "exits") && n == 1)
+		hvwl_exits(a[0]);
 	else if (!strcmp(name, "poweroff") && n == 0)
 		hvwl_poweroff();
 	else if (!strcmp(name, "serve") && n == 0 && may_serve)
