@@ -32,8 +32,11 @@ func cmdRun(args []string) error {
 	nokaslr := fs.Bool("nokaslr", false, "boot the kernel at its link-time addresses")
 	timeout := fs.Duration("timeout", 0, "stop the guest after this long (0 = never)")
 	consoleOut := fs.String("console", "-", "where the guest console goes: - for stdout, or a file")
-	var kps multiFlag
-	fs.Var(&kps, "kprobe", "probe SYM[+OFF] (repeatable): print a line per hit")
+	var kps, jps, rps multiFlag
+	fs.Var(&kps, "kprobe", "probe SYM[+OFF] (repeatable): print a line per hit with a few registers")
+	fs.Var(&jps, "jprobe", "jprobe on function SYM (repeatable): print its first six arguments per call")
+	fs.Var(&rps, "kretprobe", "kretprobe SYM[:MAXACTIVE] (repeatable): print each return value and duration")
+	inspect := fs.String("inspect", "", "when a console line contains this text, print the KASLR slide and the guest's task list")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -74,19 +77,24 @@ func cmdRun(args []string) error {
 	}
 	defer s.Close()
 
-	probes, err := parseKprobeFlags(kps, events)
-	if err != nil {
-		return err
+	var probes probeSet
+	for _, k := range kps {
+		if err := probes.addKprobe(k, events); err != nil {
+			return err
+		}
 	}
-	if len(probes) > 0 {
-		s.AtAttach(func(a *session.Attached) error {
-			for _, p := range probes {
-				if err := a.Manager.Register(p); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+	for _, j := range jps {
+		if err := probes.addJprobe(j, events); err != nil {
+			return err
+		}
+	}
+	for _, r := range rps {
+		if err := probes.addKretprobe(r, events); err != nil {
+			return err
+		}
+	}
+	if !probes.empty() {
+		s.AtAttach(func(a *session.Attached) error { return probes.register(a.Manager) })
 	}
 
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -97,14 +105,18 @@ func cmdRun(args []string) error {
 		defer c2()
 	}
 	go reportBoot(ctx, s, events)
+	if *inspect != "" {
+		go inspectAt(ctx, s, *inspect, events)
+	}
 	res := s.Run(ctx)
 
 	if err := s.AttachErr(); err != nil {
 		events.printf("hvprobe: attaching probes failed: %v", err)
 	}
-	if len(probes) > 0 {
+	if !probes.empty() {
 		if a, err := s.Attached(); err == nil {
-			printStats(events, a.Manager, probes)
+			probes.stats(events)
+			printStats(events, a.Manager)
 		}
 	}
 	return endOf(res, ctx, s.Lines())
@@ -150,25 +162,6 @@ func reportBoot(ctx context.Context, s *session.Session, p *printer) {
 	}
 }
 
-func parseKprobeFlags(specs []string, p *printer) ([]*kprobes.Kprobe, error) {
-	var out []*kprobes.Kprobe
-	for _, spec := range specs {
-		sym, off, err := splitSymOff(spec)
-		if err != nil {
-			return nil, fmt.Errorf("--kprobe %q: %w", spec, err)
-		}
-		out = append(out, &kprobes.Kprobe{
-			Symbol: sym, Offset: off,
-			PreHandler: func(c *kprobes.Context) bool {
-				r := c.Regs()
-				p.printf("%s cpu%d %s+%#x di=%#x si=%#x dx=%#x", c.Time.Format("15:04:05.000000"), c.CPU, c.Symbol, c.Offset, r.RDI, r.RSI, r.RDX)
-				return false
-			},
-		})
-	}
-	return out, nil
-}
-
 func splitSymOff(spec string) (string, uint64, error) {
 	sym, offStr, has := strings.Cut(spec, "+")
 	if sym == "" {
@@ -184,10 +177,7 @@ func splitSymOff(spec string) (string, uint64, error) {
 	return sym, off, nil
 }
 
-func printStats(p *printer, m *kprobes.Manager, probes []*kprobes.Kprobe) {
-	for _, k := range probes {
-		p.printf("hvprobe: probe %s+%#x: hits=%d nmissed=%d", k.Symbol, k.Offset, k.Hits(), k.NMissed())
-	}
+func printStats(p *printer, m *kprobes.Manager) {
 	st := m.Stats()
 	p.printf("hvprobe: hits=%d exits-per-hit=%v emulated=%d boosted=%d stepped=%d reentered=%d faults=%d",
 		st.Hits, st.ExitsPerHit, st.Emulated, st.Boosted, st.Stepped, st.Reentered, st.Faults)

@@ -4,18 +4,9 @@ import (
 	"strings"
 	"testing"
 
-	gk "github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/introspect"
 	"github.com/hvprobe/hvprobe/vmm"
 )
-
-// unslid adapts the System.map table to introspect.Symbols.
-type unslid struct{ t *gk.SymbolTable }
-
-func (u unslid) Address(name string) (uint64, error) {
-	s, err := u.t.Lookup(name)
-	return s.Addr, err
-}
 
 // TestKASLRAndBanner: the guest boots with KASLR; the slide recovered from
 // the running vCPU equals the one hvprobe chose, the page walker agrees
@@ -31,12 +22,13 @@ func TestKASLRAndBanner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	in, err := g.s.Inspect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = in.KASLR
 	err = g.s.VM.Do(0, func(c vmm.CPU) error {
 		var err error
-		got, err = introspect.DetectKASLR(c, g.s.VM.Mem(), unslid{g.s.Kernel.Symbols})
-		if err != nil {
-			return err
-		}
 		kvmPA, kvmOK, err = c.(*vmm.VCPU).Translate(bannerVA)
 		return err
 	})
@@ -78,18 +70,9 @@ func TestKASLRAndBanner(t *testing.T) {
 // in it.
 func TestTaskList(t *testing.T) {
 	g := miniGuest(t)
-	types, err := g.s.Kernel.BTF()
+	l, err := g.s.TaskLayout()
 	if err != nil {
 		t.Fatalf("the mini kernel must carry BTF for task layouts: %v", err)
-	}
-	var l introspect.TaskLayout
-	for _, f := range []struct {
-		member string
-		dst    *uint64
-	}{{"tasks", &l.Tasks}, {"pid", &l.PID}, {"tgid", &l.TGID}, {"comm", &l.Comm}, {"__state", &l.State}} {
-		if *f.dst, err = types.MemberOffset("task_struct", f.member); err != nil {
-			t.Fatal(err)
-		}
 	}
 	r := report(t, g.run(t, "tasks"), "task")
 	initTask, err := g.a.Kernel.Resolve("init_task", 0)

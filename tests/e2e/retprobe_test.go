@@ -165,3 +165,29 @@ func TestAllThreeOnOneFunction(t *testing.T) {
 		t.Fatalf("kprobe %d, jprobe %d, kretprobe %d; workload made %d calls", k.Load(), j.Load(), ret.Load(), n)
 	}
 }
+
+// TestKretprobeThreads: kernel threads calling the probed function each get
+// their returns paired: every call returns once, with its own value.
+func TestKretprobeThreads(t *testing.T) {
+	g := miniGuest(t)
+	m := g.a.Manager
+	var returns, sum atomic.Int64
+	rp := &kprobes.Kretprobe{Symbol: "hvwl_target_add", Handler: func(c *kprobes.RetContext) {
+		returns.Add(1)
+		sum.Add(int64(c.RetVal()))
+	}}
+	if err := m.RegisterKretprobe(rp); err != nil {
+		t.Fatal(err)
+	}
+	const k, n = 4, 100
+	r := report(t, g.run(t, fmt.Sprintf("threads:%d:%d", k, n)), "threads")
+	if err := m.UnregisterKretprobe(rp); err != nil {
+		t.Fatal(err)
+	}
+	// Thread j calls hvwl_target_add(j, i) for i < n: the returns sum to
+	// n*sum(j) + k*sum(i).
+	want := int64(n*(k*(k-1)/2) + k*(n*(n-1)/2))
+	if total := num(t, r, "total"); returns.Load() != total || sum.Load() != want || rp.NMissed() != 0 {
+		t.Fatalf("returns %d (calls %d), sum %d (want %d), nmissed %d", returns.Load(), total, sum.Load(), want, rp.NMissed())
+	}
+}
