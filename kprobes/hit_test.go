@@ -87,6 +87,8 @@ var hitCases = []hitCase{
 	{name: "lea rip", code: func(d func(int, uint64) []byte) []byte {
 		return cat(b(0x48, 0x8d, 0x35), d(7, dataVA+0x40), b(0xc3))
 	}, mode: "boost"},
+	{name: "lea base+index", code: code(0x48, 0x8d, 0x04, 0x37, 0xc3), mode: "boost",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI, r.RSI = 0xffff888000001000, 7 })},
 	{name: "pop rbp", code: code(0x55, 0x5d, 0xc3), off: 1, mode: "boost"},
 	{name: "call rel32", code: func(d func(int, uint64) []byte) []byte {
 		return cat(b(0xe8), d(5, gVA), b(0xc3))

@@ -248,6 +248,9 @@ func (in *insn) canBoost() bool {
 	for _, a := range in.inst.Args {
 		switch a := a.(type) {
 		case x86asm.Mem:
+			if in.inst.Op == x86asm.LEA {
+				continue // address arithmetic only: lea never accesses memory
+			}
 			// A fault in a boosted slot would reach the guest with the
 			// slot's address, which no exception-table entry names; so only
 			// operands that cannot be user or fixup-guarded accesses:

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/arch/x86/x86asm"
+
 	"github.com/hvprobe/hvprobe/kprobes"
 )
 
@@ -56,18 +58,27 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 	res.BareExit = tExit / time.Duration(exits)
 	res.PerCall = tBase / time.Duration(n)
 
+	// The target's third instruction (after push %rbp; mov %rsp,%rbp,
+	// which the host emulates) takes a slot: boosted, or single-stepped
+	// when a post handler must run after it.
+	body, err := instructionOffset(a.Kernel, "hvwl_target_add", 2)
+	if err != nil {
+		return res, err
+	}
 	nop := func(*kprobes.Context) bool { return false }
 	type probeCase struct {
 		name       string
 		add, remov func() error
 	}
 	kp := &kprobes.Kprobe{Symbol: "hvwl_target_add", PreHandler: nop}
-	kpPost := &kprobes.Kprobe{Symbol: "hvwl_target_add", PreHandler: nop, PostHandler: func(*kprobes.Context) {}}
+	kpBody := &kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body, PreHandler: nop}
+	kpPost := &kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body, PreHandler: nop, PostHandler: func(*kprobes.Context) {}}
 	jp := &kprobes.Jprobe{Symbol: "hvwl_target_add", Entry: func(*kprobes.JprobeContext) {}}
 	rp := &kprobes.Kretprobe{Symbol: "hvwl_target_add", Handler: func(*kprobes.RetContext) {}}
 	cases := []probeCase{
-		{"kprobe (entry, no post handler)", func() error { return m.Register(kp) }, func() error { return m.Unregister(kp) }},
-		{"kprobe with post handler (single-step)", func() error { return m.Register(kpPost) }, func() error { return m.Unregister(kpPost) }},
+		{"kprobe at entry (host-emulated push)", func() error { return m.Register(kp) }, func() error { return m.Unregister(kp) }},
+		{fmt.Sprintf("kprobe at +%#x (boosted slot)", body), func() error { return m.Register(kpBody) }, func() error { return m.Unregister(kpBody) }},
+		{fmt.Sprintf("kprobe at +%#x with post handler (stepped)", body), func() error { return m.Register(kpPost) }, func() error { return m.Unregister(kpPost) }},
 		{"jprobe", func() error { return m.RegisterJprobe(jp) }, func() error { return m.UnregisterJprobe(jp) }},
 		{"kretprobe (entry + return)", func() error { return m.RegisterKretprobe(rp) }, func() error { return m.UnregisterKretprobe(rp) }},
 	}
@@ -89,4 +100,25 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 		})
 	}
 	return res, nil
+}
+
+// instructionOffset is the offset of sym's n-th instruction (from 0).
+func instructionOffset(k *RunningKernel, sym string, n int) (uint64, error) {
+	va, err := k.Resolve(sym, 0)
+	if err != nil {
+		return 0, err
+	}
+	code := make([]byte, 16*(n+1))
+	if err := k.ReadVirt(va, code); err != nil {
+		return 0, err
+	}
+	off := 0
+	for i := 0; i < n; i++ {
+		inst, err := x86asm.Decode(code[off:], 64)
+		if err != nil {
+			return 0, fmt.Errorf("decoding %s+%#x: %w", sym, off, err)
+		}
+		off += inst.Len
+	}
+	return uint64(off), nil
 }
