@@ -36,6 +36,10 @@ func cmdRun(args []string) error {
 	fs.Var(&kps, "kprobe", "probe SYM[+OFF] (repeatable): print a line per hit with a few registers")
 	fs.Var(&jps, "jprobe", "jprobe on function SYM (repeatable): print its first six arguments per call")
 	fs.Var(&rps, "kretprobe", "kretprobe SYM[:MAXACTIVE] (repeatable): print each return value and duration")
+	var lines multiFlag
+	fs.Var(&lines, "probe", "probe definition in ftrace kprobe_events syntax, e.g. 'p:myopen do_filp_open path=+0(+0(%si)):string' (repeatable; 'j:' = jprobe)")
+	probesFile := fs.String("probes", "", "file of probe definitions, one per line (# comments)")
+	format := fs.String("format", "trace", "event output for --probe/--probes: trace (trace_pipe lines) or json (JSON lines)")
 	inspect := fs.String("inspect", "", "when a console line contains this text, print the KASLR slide and the guest's task list")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
@@ -68,15 +72,6 @@ func cmdRun(args []string) error {
 	events := newPrinter(os.Stdout)
 	defer events.close()
 
-	s, err := session.New(session.Options{
-		Kernel: *kernel, SystemMap: *sysmap, Initrd: *initrd, MemSize: memSize, CPUs: *cpus,
-		CmdlineAppend: *appendCmd, Host: host, NoKASLR: *nokaslr, Console: console,
-	})
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-
 	var probes probeSet
 	for _, k := range kps {
 		if err := probes.addKprobe(k, events); err != nil {
@@ -93,8 +88,31 @@ func cmdRun(args []string) error {
 			return err
 		}
 	}
+	defs, err := readDefs(lines, *probesFile)
+	if err != nil {
+		return err
+	}
+	emit, err := eventPrinter(*format, events)
+	if err != nil {
+		return err
+	}
+	s, err := session.New(session.Options{
+		Kernel: *kernel, SystemMap: *sysmap, Initrd: *initrd, MemSize: memSize, CPUs: *cpus,
+		CmdlineAppend: *appendCmd, Host: host, NoKASLR: *nokaslr, Console: console,
+	})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+
 	if !probes.empty() {
 		s.AtAttach(func(a *session.Attached) error { return probes.register(a.Manager) })
+	}
+	if len(defs) > 0 {
+		s.AtAttach(func(a *session.Attached) error {
+			_, err := s.AddDefs(a, defs, emit)
+			return err
+		})
 	}
 
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt)

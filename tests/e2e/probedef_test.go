@@ -1,0 +1,77 @@
+package e2e
+
+import (
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
+)
+
+// TestProbeDefinitions: ftrace kprobe_events lines on the kernel's
+// file-open path and a return probe, checked against the paths and return
+// values the workload reports; removing them stops the events.
+func TestProbeDefinitions(t *testing.T) {
+	g := miniGuest(t)
+	var defs []*probedef.Def
+	for _, l := range []string{
+		`p:hvprobe/open do_filp_open path=+0(+0(%si)):string`,
+		`r:hvprobe/ret hvwl_target_ret ret=$retval:s64 x=$arg1:s64`,
+	} {
+		d, err := probedef.Parse(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defs = append(defs, d)
+	}
+	var mu sync.Mutex
+	var events []probedef.Event
+	dp, err := g.s.AddDefs(g.a, defs, func(ev probedef.Event) {
+		mu.Lock()
+		events = append(events, ev)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := g.run(t, "fileread:7,ret:5")
+	fr, rr := report(t, out, "fileread"), report(t, out, "ret")
+	if err := dp.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got := append([]probedef.Event(nil), events...)
+	mu.Unlock()
+	opens, rets := 0, 0
+	var sum int64
+	for _, ev := range got {
+		switch ev.Def.Event {
+		case "open":
+			if ev.Values[0].Str != fr["path"] {
+				t.Errorf("open event with path %q, the workload opened only %q", ev.Values[0].Str, fr["path"])
+			}
+			opens++
+		case "ret":
+			ret, x := ev.Values[0].S64, ev.Values[1].S64
+			if ret != 3*x+1 {
+				t.Errorf("ret event: ret=%d for x=%d, want %d", ret, x, 3*x+1)
+			}
+			rets++
+			sum += ret
+		}
+	}
+	if int64(opens) != num(t, fr, "n") || int64(rets) != num(t, rr, "n") || sum != num(t, rr, "sum") {
+		t.Fatalf("%d open events (workload: %s), %d ret events summing %d (workload: %s, sum %s)", opens, fr["n"], rets, sum, rr["n"], rr["sum"])
+	}
+	line := probedef.FormatTrace(got[0])
+	if !strings.Contains(line, `open: (do_filp_open+0x0/`) || !strings.Contains(line, `path="/hvwl/data.txt"`) {
+		t.Errorf("trace line %q", line)
+	}
+	t.Logf("e.g. %s", line)
+	g.run(t, "fileread:3")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(events) != len(got) {
+		t.Fatalf("%d events after the probes were removed", len(events)-len(got))
+	}
+}
