@@ -13,6 +13,7 @@ const usage = `usage: hvprobe <command> [flags]
 commands:
   run       boot a guest kernel, optionally with probes, and print events
   symbols   look up symbols in a System.map (name -> address, address -> sym+off)
+  ctl       change probes in a running 'hvprobe run --control' session
   bench     measure probe-hit cost against a bare VM exit on the mini guest
 
 Run 'hvprobe <command> -h' for the command's flags.
@@ -31,6 +32,8 @@ func main() {
 		err = cmdSymbols(os.Args[2:])
 	case "bench":
 		err = cmdBench(os.Args[2:])
+	case "ctl":
+		err = cmdCtl(os.Args[2:])
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

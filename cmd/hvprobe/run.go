@@ -40,6 +40,7 @@ func cmdRun(args []string) error {
 	fs.Var(&lines, "probe", "probe definition in ftrace kprobe_events syntax, e.g. 'p:myopen do_filp_open path=+0(+0(%si)):string' (repeatable; 'j:' = jprobe)")
 	probesFile := fs.String("probes", "", "file of probe definitions, one per line (# comments)")
 	format := fs.String("format", "trace", "event output for --probe/--probes: trace (trace_pipe lines) or json (JSON lines)")
+	control := fs.Bool("control", false, "open a control socket for live probe changes (see 'hvprobe ctl')")
 	inspect := fs.String("inspect", "", "when a console line contains this text, print the KASLR slide and the guest's task list")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
@@ -121,6 +122,15 @@ func cmdRun(args []string) error {
 		var c2 context.CancelFunc
 		ctx, c2 = context.WithTimeout(ctx, *timeout)
 		defer c2()
+	}
+	if *control {
+		c, err := s.ListenControl("", emit)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		events.printf("hvprobe: control socket %s", c.Path())
+		go c.Serve(ctx)
 	}
 	go reportBoot(ctx, s, events)
 	if *inspect != "" {

@@ -1,0 +1,206 @@
+package session
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
+)
+
+// Control is the live-session control socket: a unix socket, in a
+// directory only the owner can enter, taking one command per line:
+//
+//	add <kprobe_events line>   arm a probe (p:, r:, j:); events start
+//	remove <event>             disarm it ("-:<event>" works too)
+//	list                       one line per armed probe definition
+//	stats                      hits / nmissed per probe, engine totals
+//	pause | resume             stop / restart event output (probes stay)
+//
+// Each reply is zero or more lines, then a line "ok" or "error"; after
+// "error" the lines before it are the error message. Adding
+// or removing a probe stops no vCPU: arming writes single bytes.
+type Control struct {
+	s      *Session
+	emit   func(probedef.Event)
+	paused atomic.Bool
+	ln     net.Listener
+	dir    string
+
+	mu     sync.Mutex
+	probes map[string]*liveProbe
+}
+
+type liveProbe struct {
+	def *probedef.Def
+	dp  *DefProbes
+}
+
+// ListenControl creates the control socket in a new private directory
+// under parent (os.TempDir() when empty). Events of probes added through
+// it go to emit unless paused.
+func (s *Session) ListenControl(parent string, emit func(probedef.Event)) (*Control, error) {
+	dir, err := os.MkdirTemp(parent, "hvprobe-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "control.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return &Control{s: s, emit: emit, ln: ln, dir: dir, probes: map[string]*liveProbe{}}, nil
+}
+
+// Path is the socket's path.
+func (c *Control) Path() string { return c.ln.Addr().String() }
+
+// Serve answers connections until ctx ends or Close.
+func (c *Control) Serve(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		c.ln.Close()
+	}()
+	for {
+		conn, err := c.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		go c.serveConn(conn)
+	}
+}
+
+// Close removes the socket and its directory.
+func (c *Control) Close() error {
+	c.ln.Close()
+	return os.RemoveAll(c.dir)
+}
+
+func (c *Control) serveConn(conn net.Conn) {
+	defer conn.Close()
+	sc := bufio.NewScanner(conn)
+	w := bufio.NewWriter(conn)
+	for sc.Scan() {
+		lines, err := c.Do(sc.Text())
+		status := "ok"
+		if err != nil {
+			lines, status = strings.Split(err.Error(), "\n"), "error"
+		}
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+		fmt.Fprintln(w, status)
+		if w.Flush() != nil {
+			return
+		}
+	}
+}
+
+// Do runs one control command and returns its reply lines.
+func (c *Control) Do(cmd string) ([]string, error) {
+	verb, arg, _ := strings.Cut(strings.TrimSpace(cmd), " ")
+	arg = strings.TrimSpace(arg)
+	switch verb {
+	case "add":
+		return nil, c.add(arg)
+	case "remove":
+		return nil, c.remove(strings.TrimPrefix(arg, "-:"))
+	case "list":
+		return c.list(), nil
+	case "stats":
+		return c.stats()
+	case "pause":
+		c.paused.Store(true)
+		return nil, nil
+	case "resume":
+		c.paused.Store(false)
+		return nil, nil
+	}
+	return nil, fmt.Errorf("unknown command %q (add, remove, list, stats, pause, resume)", verb)
+}
+
+func (c *Control) add(line string) error {
+	d, err := probedef.Parse(line)
+	if err != nil {
+		return err
+	}
+	if d.Kind == probedef.Delete {
+		return c.remove(d.Event)
+	}
+	a, err := c.s.Attached()
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.probes[d.Event]; ok {
+		return fmt.Errorf("event %q exists; remove it first", d.Event)
+	}
+	dp, err := c.s.AddDefs(a, []*probedef.Def{d}, func(ev probedef.Event) {
+		if !c.paused.Load() {
+			c.emit(ev)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	c.probes[d.Event] = &liveProbe{def: d, dp: dp}
+	return nil
+}
+
+func (c *Control) remove(event string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.probes[event]
+	if !ok {
+		return fmt.Errorf("no event %q", event)
+	}
+	delete(c.probes, event)
+	return p.dp.Remove()
+}
+
+func (c *Control) list() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, p := range c.probes {
+		out = append(out, p.def.String())
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (c *Control) stats() ([]string, error) {
+	a, err := c.s.Attached()
+	if err != nil {
+		return nil, err
+	}
+	st := a.Manager.Stats()
+	var out []string
+	for _, p := range st.Probes {
+		out = append(out, fmt.Sprintf("%+v", p))
+	}
+	out = append(out, fmt.Sprintf("hits=%d exits-per-hit=%v emulated=%d boosted=%d stepped=%d returns=%d",
+		st.Hits, st.ExitsPerHit, st.Emulated, st.Boosted, st.Stepped, st.Returns))
+	return out, nil
+}

@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
+)
+
+// TestControlSocket: a live session adds a probe over the control socket,
+// sees exactly the opens the workload makes, removes it, and the events
+// stop while the guest goes on.
+func TestControlSocket(t *testing.T) {
+	g := miniGuest(t)
+	var mu sync.Mutex
+	var events []probedef.Event
+	c, err := g.s.ListenControl("", func(ev probedef.Event) {
+		mu.Lock()
+		events = append(events, ev)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if fi, err := os.Stat(c.Path()); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket %s: %v, mode %v; want 0600", c.Path(), err, fi.Mode())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Serve(ctx)
+	conn, err := net.Dial("unix", c.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sc := bufio.NewScanner(conn)
+	ask := func(cmd string) ([]string, string) {
+		fmt.Fprintln(conn, cmd)
+		var lines []string
+		for sc.Scan() {
+			l := sc.Text()
+			if l == "ok" || l == "error" {
+				return lines, l
+			}
+			lines = append(lines, l)
+		}
+		t.Fatalf("%q: connection closed", cmd)
+		return nil, ""
+	}
+	if _, st := ask(`add p:live/open do_filp_open path=+0(+0(%si)):string`); st != "ok" {
+		t.Fatalf("add: %s", st)
+	}
+	if msg, st := ask(`add p:bad do_filp_opn`); st != "error" || !strings.Contains(strings.Join(msg, "\n"), "did you mean do_filp_open") {
+		t.Fatalf("adding an unknown symbol: %q %q, want an error with a suggestion", msg, st)
+	}
+	if l, _ := ask("list"); len(l) != 1 || !strings.Contains(l[0], "do_filp_open") {
+		t.Fatalf("list: %q", l)
+	}
+	n := num(t, report(t, g.run(t, "fileread:6"), "fileread"), "n")
+	mu.Lock()
+	seen := len(events)
+	mu.Unlock()
+	if int64(seen) != n {
+		t.Fatalf("%d events over the socket session, the workload opened %d times", seen, n)
+	}
+	if _, st := ask("remove open"); st != "ok" {
+		t.Fatalf("remove: %s", st)
+	}
+	g.run(t, "fileread:4")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(events) != seen {
+		t.Fatalf("%d events after remove", len(events)-seen)
+	}
+	if l, st := ask("stats"); st != "ok" || len(l) == 0 {
+		t.Fatalf("stats: %q %s", l, st)
+	}
+}
