@@ -469,16 +469,20 @@ func (vm *VM) Run(ctx context.Context) Result {
 		}(v)
 	}
 	first := end{}
+	running := len(vm.vcpus)
 	select {
 	case e := <-ends:
 		first = e
+		running--
 	case <-vm.resetCh:
 		first = end{reason: StopReset}
 	case <-ctx.Done():
 		first = end{reason: StopRequested, err: ctx.Err()}
 	}
 	vm.Stop()
-	for range vm.vcpus[1:] {
+	// Every vCPU thread must be out of its loop before Run returns: Close
+	// unmaps the kvm_run pages they use.
+	for ; running > 0; running-- {
 		<-ends
 	}
 	if first.reason == StopRequested && first.err == nil {
