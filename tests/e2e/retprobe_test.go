@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes"
 )
@@ -190,4 +192,47 @@ func TestKretprobeThreads(t *testing.T) {
 	if total := num(t, r, "total"); returns.Load() != total || sum.Load() != want || rp.NMissed() != 0 {
 		t.Fatalf("returns %d (calls %d), sum %d (want %d), nmissed %d", returns.Load(), total, sum.Load(), want, rp.NMissed())
 	}
+}
+
+// TestKretprobeUnregisterMidFlight: the kretprobe is removed while a call
+// it instrumented is still asleep inside the function. The call must
+// still return to its real caller with its real value; no handler runs.
+func TestKretprobeUnregisterMidFlight(t *testing.T) {
+	g := miniGuest(t)
+	m := g.a.Manager
+	var returns atomic.Int64
+	rp := &kprobes.Kretprobe{Symbol: "hvwl_target_block", Handler: func(*kprobes.RetContext) { returns.Add(1) }}
+	if err := m.RegisterKretprobe(rp); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		lines []string
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
+		defer cancel()
+		l, err := g.s.Scenario(ctx, "block:3000")
+		done <- result{l, err}
+	}()
+	deadline := time.Now().Add(2 * time.Minute)
+	for rp.Hits() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the workload never entered hvwl_target_block")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := m.UnregisterKretprobe(rp); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	r := report(t, res.lines, "block")
+	if num(t, r, "ret") != num(t, r, "ms") || returns.Load() != 0 {
+		t.Fatalf("after unregistering mid-flight: the call returned %s (want %s), handler ran %d times (want 0)", r["ret"], r["ms"], returns.Load())
+	}
+	report(t, g.run(t, "calls:10"), "calls") // and the guest goes on
 }
