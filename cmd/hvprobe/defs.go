@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
+	"sync"
 
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
 )
@@ -53,4 +55,35 @@ func eventPrinter(format string, p *printer) (func(probedef.Event), error) {
 		}, nil
 	}
 	return nil, fmt.Errorf("--format: %q is not trace or json", format)
+}
+
+// eventCounter aggregates events by probe and argument values (--count).
+type eventCounter struct {
+	mu sync.Mutex
+	n  map[string]uint64
+}
+
+func (c *eventCounter) add(ev probedef.Event) {
+	line := probedef.FormatTrace(ev)
+	// The key is what follows the probe site: "event: (site) args".
+	key := ev.Def.Event + ":"
+	if i := strings.Index(line, ") "); i >= 0 {
+		key += " " + line[i+2:]
+	}
+	c.mu.Lock()
+	c.n[key]++
+	c.mu.Unlock()
+}
+
+func (c *eventCounter) print(p *printer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keys := make([]string, 0, len(c.n))
+	for k := range c.n {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		p.printf("%8d %s", c.n[k], k)
+	}
 }

@@ -40,6 +40,9 @@ func cmdRun(args []string) error {
 	fs.Var(&lines, "probe", "probe definition in ftrace kprobe_events syntax, e.g. 'p:myopen do_filp_open path=+0(+0(%si)):string' (repeatable; 'j:' = jprobe)")
 	probesFile := fs.String("probes", "", "file of probe definitions, one per line (# comments)")
 	format := fs.String("format", "trace", "event output for --probe/--probes: trace (trace_pipe lines) or json (JSON lines)")
+	count := fs.Bool("count", false, "for --probe/--probes: count events per probe and argument values, print the table at exit instead of every event")
+	eventsOut := fs.String("events", "-", "where events and statistics go: - for stdout, or a file (keeps the terminal for the guest console)")
+	interactive := fs.Bool("interactive", false, "send standard input to the guest's serial console (use with --events FILE to keep events apart)")
 	control := fs.Bool("control", false, "open a control socket for live probe changes (see 'hvprobe ctl')")
 	inspect := fs.String("inspect", "", "when a console line contains this text, print the KASLR slide and the guest's task list")
 	fs.Parse(args)
@@ -70,7 +73,16 @@ func cmdRun(args []string) error {
 		console = f
 	}
 
-	events := newPrinter(os.Stdout)
+	var eventsW io.Writer = os.Stdout
+	if *eventsOut != "-" {
+		f, err := os.Create(*eventsOut)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		eventsW = f
+	}
+	events := newPrinter(eventsW)
 	defer events.close()
 
 	var probes probeSet
@@ -96,6 +108,12 @@ func cmdRun(args []string) error {
 	emit, err := eventPrinter(*format, events)
 	if err != nil {
 		return err
+	}
+	var counts *eventCounter
+	if *count {
+		counts = &eventCounter{n: map[string]uint64{}}
+		emit = counts.add
+		defer counts.print(events)
 	}
 	s, err := session.New(session.Options{
 		Kernel: *kernel, SystemMap: *sysmap, Initrd: *initrd, MemSize: memSize, CPUs: *cpus,
@@ -131,6 +149,9 @@ func cmdRun(args []string) error {
 		defer c.Close()
 		events.printf("hvprobe: control socket %s", c.Path())
 		go c.Serve(ctx)
+	}
+	if *interactive {
+		go forwardInput(os.Stdin, s.VM.ConsoleInput)
 	}
 	go reportBoot(ctx, s, events)
 	if *inspect != "" {
@@ -262,4 +283,18 @@ func (p *printer) printf(format string, args ...any) { p.ch <- fmt.Sprintf(forma
 func (p *printer) close() {
 	close(p.ch)
 	<-p.done
+}
+
+// forwardInput copies what the user types to the guest's UART until EOF.
+func forwardInput(r io.Reader, send func([]byte)) {
+	buf := make([]byte, 256)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			send(append([]byte(nil), buf[:n]...))
+		}
+		if err != nil {
+			return
+		}
+	}
 }

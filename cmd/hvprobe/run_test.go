@@ -5,6 +5,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
 	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/vmm"
 )
@@ -62,5 +63,23 @@ func TestParseSizeAndSymOff(t *testing.T) {
 	}
 	if _, _, err := splitSymOff("f+zz"); err == nil {
 		t.Error("bad offset accepted")
+	}
+}
+
+func TestEventCounter(t *testing.T) {
+	d, err := probedef.Parse(`p:hv/open do_filp_open path=+0(+0(%si)):string`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &eventCounter{n: map[string]uint64{}}
+	ev := func(path string) probedef.Event {
+		return probedef.Event{Def: d, Comm: "x", Where: "do_filp_open+0x0/0x93",
+			Values: []probedef.Value{{Name: "path", Type: probedef.Type{Base: probedef.String}, Str: path}}}
+	}
+	for _, p := range []string{"/a", "/b", "/a"} {
+		c.add(ev(p))
+	}
+	if c.n[`open: path="/a"`] != 2 || c.n[`open: path="/b"`] != 1 || len(c.n) != 2 {
+		t.Fatalf("counts %v", c.n)
 	}
 }
