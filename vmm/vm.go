@@ -532,6 +532,9 @@ type lineTracker struct {
 const tailLines = 25
 
 func newLineTracker(out io.Writer, onLine func(string)) *lineTracker {
+	if out != nil {
+		out = newAsyncWriter(out)
+	}
 	return &lineTracker{out: out, onLine: onLine}
 }
 
@@ -572,6 +575,10 @@ func (t *lineTracker) addLocked(l string) {
 }
 
 func (t *lineTracker) flush() {
+	if a, ok := t.out.(*asyncWriter); ok {
+		a.Close()
+		t.out = nil
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if len(t.cur) > 0 {
