@@ -22,6 +22,21 @@ type DefProbes struct {
 	kretprobes []*kprobes.Kretprobe
 }
 
+// Stats is one line per probe: its event, hits and nmissed.
+func (d *DefProbes) Stats() []string {
+	var out []string
+	for _, p := range d.kprobes {
+		out = append(out, fmt.Sprintf("kprobe %s+%#x: hits=%d nmissed=%d", p.Symbol, p.Offset, p.Hits(), p.NMissed()))
+	}
+	for _, p := range d.jprobes {
+		out = append(out, fmt.Sprintf("jprobe %s: hits=%d nmissed=%d", p.Symbol, p.Hits(), p.NMissed()))
+	}
+	for _, p := range d.kretprobes {
+		out = append(out, fmt.Sprintf("kretprobe %s: hits=%d nmissed=%d", p.Symbol, p.Hits(), p.NMissed()))
+	}
+	return out
+}
+
 // Remove unregisters every probe made from the definitions.
 func (d *DefProbes) Remove() error {
 	var errs []error

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes"
@@ -127,9 +128,11 @@ func cmdRun(args []string) error {
 	if !probes.empty() {
 		s.AtAttach(func(a *session.Attached) error { return probes.register(a.Manager) })
 	}
+	var defProbes atomic.Pointer[session.DefProbes]
 	if len(defs) > 0 {
 		s.AtAttach(func(a *session.Attached) error {
-			_, err := s.AddDefs(a, defs, emit)
+			dp, err := s.AddDefs(a, defs, emit)
+			defProbes.Store(dp)
 			return err
 		})
 	}
@@ -162,11 +165,14 @@ func cmdRun(args []string) error {
 	if err := s.AttachErr(); err != nil {
 		events.printf("hvprobe: attaching probes failed: %v", err)
 	}
-	if !probes.empty() {
-		if a, err := s.Attached(); err == nil {
-			probes.stats(events)
-			printStats(events, a.Manager)
+	if a, err := s.Attached(); err == nil && (!probes.empty() || len(defs) > 0) {
+		probes.stats(events)
+		if dp := defProbes.Load(); dp != nil {
+			for _, l := range dp.Stats() {
+				events.printf("hvprobe: %s", l)
+			}
 		}
+		printStats(events, a.Manager)
 	}
 	return endOf(res, ctx, s.Lines())
 }
