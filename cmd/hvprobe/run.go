@@ -64,25 +64,16 @@ func cmdRun(args []string) error {
 	default:
 		return fmt.Errorf("--host: %q is not auto, hardware or emulating", *hostKind)
 	}
-	var console io.Writer = os.Stdout
-	if *consoleOut != "-" {
-		f, err := os.Create(*consoleOut)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		console = f
+	console, closeConsole, err := outputTo(*consoleOut)
+	if err != nil {
+		return err
 	}
-
-	var eventsW io.Writer = os.Stdout
-	if *eventsOut != "-" {
-		f, err := os.Create(*eventsOut)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		eventsW = f
+	defer closeConsole()
+	eventsW, closeEvents, err := outputTo(*eventsOut)
+	if err != nil {
+		return err
 	}
+	defer closeEvents()
 	events := newPrinter(eventsW)
 	defer events.close()
 
@@ -303,4 +294,16 @@ func forwardInput(r io.Reader, send func([]byte)) {
 			return
 		}
 	}
+}
+
+// outputTo opens an output flag's destination: "-" is standard output.
+func outputTo(path string) (io.Writer, func() error, error) {
+	if path == "-" {
+		return os.Stdout, func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, f.Close, nil
 }
