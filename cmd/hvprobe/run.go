@@ -147,6 +147,8 @@ func cmdRun(args []string) error {
 	if *interactive {
 		go forwardInput(os.Stdin, s.VM.ConsoleInput)
 	}
+	l := s.VM.Layout()
+	events.printf("hvprobe: kernel placed at physical +%#x, virtual +%#x (KASLR)", l.PhysDelta, l.VirtDelta)
 	go reportBoot(ctx, s, events)
 	if *inspect != "" {
 		go inspectAt(ctx, s, *inspect, events)

@@ -58,7 +58,16 @@ func logDir() string {
 func miniGuest(t *testing.T) *guest {
 	t.Helper()
 	kvmtest.RequireKVM(t)
-	sharedOnce.Do(func() { shared, sharedErr = bootMini() })
+	sharedOnce.Do(func() {
+		shared, sharedErr = bootMini()
+		if sharedErr != nil {
+			// An early reset was seen once in ~40 nested-KVM boots and not
+			// reproduced since (docs/QUIRKS.md #23): boot a second time, and
+			// say so, rather than fail every test on one bad boot.
+			t.Logf("shared mini guest failed to boot, retrying once: %v", sharedErr)
+			shared, sharedErr = bootMini()
+		}
+	})
 	if sharedErr != nil {
 		t.Fatalf("booting the shared mini guest: %v", sharedErr)
 	}
@@ -104,7 +113,9 @@ func bootMini() (*guest, error) {
 		}
 	case r := <-g.ended:
 		g.ended <- r
-		return nil, fmt.Errorf("guest ended during boot: %v (%v): %s", r.Reason, r.Err, strings.Join(r.Tail, " | "))
+		l := s.VM.Layout()
+		return nil, fmt.Errorf("guest ended during boot (kernel at physical +%#x, virtual +%#x): %v (%v): %s",
+			l.PhysDelta, l.VirtDelta, r.Reason, r.Err, strings.Join(r.Tail, " | "))
 	}
 	if err := s.AttachErr(); err != nil {
 		return nil, fmt.Errorf("attaching the probe engine: %w", err)
