@@ -71,7 +71,7 @@ const (
 	tssAddr         = 0xfffbd000
 	identityMapAddr = 0xfffbc000
 	kernelImageSize = 1 << 30 // KERNEL_IMAGE_SIZE with RANDOMIZE_BASE
-	loadPhysAddr    = 0x1000000
+	maxCPUs         = 8 // the mini kernel's NR_CPUS
 )
 
 // VM is a booted-but-not-yet-running or running virtual machine.
@@ -136,8 +136,8 @@ func (c *Config) defaults() error {
 		return fmt.Errorf("%w: %d MiB of memory is more than the %d MiB hvprobe maps below 4 GiB", ErrBadConfig, c.MemSize>>20, maxMem>>20)
 	case c.MemSize%(2<<20) != 0 || c.Reserved%(2<<20) != 0:
 		return fmt.Errorf("%w: memory and reserved sizes must be multiples of 2 MiB", ErrBadConfig)
-	case c.CPUs < 1 || c.CPUs > 1:
-		return fmt.Errorf("%w: %d vCPUs requested; this build boots 1", ErrBadConfig, c.CPUs)
+	case c.CPUs < 1 || c.CPUs > maxCPUs:
+		return fmt.Errorf("%w: %d vCPUs requested; 1 to %d", ErrBadConfig, c.CPUs, maxCPUs)
 	}
 	return nil
 }
@@ -335,6 +335,11 @@ func (vm *VM) load(img *kimage.Image) error {
 	}
 	if err := writeBootParams(vm.mem.b, spec, vm.layout.KernelEnd); err != nil {
 		return err
+	}
+	if vm.cfg.CPUs > 1 {
+		if err := writeMPTable(vm.mem.b, vm.cfg.CPUs); err != nil {
+			return err
+		}
 	}
 	bsp := vm.vcpus[0]
 	s, err := bsp.Sregs()

@@ -59,13 +59,13 @@ func miniGuest(t *testing.T) *guest {
 	t.Helper()
 	kvmtest.RequireKVM(t)
 	sharedOnce.Do(func() {
-		shared, sharedErr = bootMini()
+		shared, sharedErr = bootMini(1)
 		if sharedErr != nil {
 			// An early reset was seen once in ~40 nested-KVM boots and not
 			// reproduced since (docs/QUIRKS.md #23): boot a second time, and
 			// say so, rather than fail every test on one bad boot.
 			t.Logf("shared mini guest failed to boot, retrying once: %v", sharedErr)
-			shared, sharedErr = bootMini()
+			shared, sharedErr = bootMini(1)
 		}
 	})
 	if sharedErr != nil {
@@ -80,9 +80,9 @@ func miniGuest(t *testing.T) *guest {
 	return shared
 }
 
-func bootMini() (*guest, error) {
+func bootMini(cpus int) (*guest, error) {
 	dir := filepath.Join(imagesDir(), "mini")
-	console, err := os.Create(filepath.Join(logDir(), "hvprobe-e2e-console.log"))
+	console, err := os.Create(filepath.Join(logDir(), fmt.Sprintf("hvprobe-e2e-console-%dcpu.log", cpus)))
 	if err != nil {
 		return nil, err
 	}
@@ -91,6 +91,7 @@ func bootMini() (*guest, error) {
 		SystemMap:     filepath.Join(dir, "current", "System.map"),
 		Initrd:        filepath.Join(dir, "initramfs.cpio"),
 		CmdlineAppend: "hvprobe_wl=serve",
+		CPUs:          cpus,
 		Console:       console,
 	})
 	if err != nil {
