@@ -35,6 +35,7 @@ func envDuration(name string, def time.Duration) time.Duration {
 // before the kernel runs /init.
 func TestStockKernelBootProbe(t *testing.T) {
 	kvmtest.RequireKVM(t)
+	stopSharedGuests()
 	dir := filepath.Join(imagesDir(), "stock")
 	for _, f := range []string{"vmlinuz", "System.map"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
