@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,7 +43,27 @@ func TestStockKernelBootProbe(t *testing.T) {
 			t.Fatalf("stock kernel not fetched (make images-stock): %v", err)
 		}
 	}
-	console, err := os.Create(filepath.Join(logDir(), "hvprobe-e2e-stock-console.log"))
+	// A stock boot on the nested KVM sometimes stops making progress
+	// (docs/QUIRKS.md #23, not yet diagnosed): a boot whose console is
+	// silent for stallAfter is abandoned and retried, and said so.
+	const attempts = 3
+	for i := 1; i <= attempts; i++ {
+		stalled := bootStockOnce(t, dir, i)
+		if !stalled {
+			return
+		}
+		t.Logf("attempt %d: the stock guest's console was silent for %v; retrying", i, stallAfter)
+	}
+	t.Fatalf("the stock guest stalled in all %d attempts", attempts)
+}
+
+// stallAfter is how long a booting stock guest may print nothing.
+const stallAfter = 90 * time.Second
+
+// bootStockOnce boots the stock kernel once and checks the probe against
+// the kernel's own initcall count. It reports a stall instead of failing.
+func bootStockOnce(t *testing.T, dir string, attempt int) (stalled bool) {
+	console, err := os.Create(filepath.Join(logDir(), fmt.Sprintf("hvprobe-e2e-stock-console-%d.log", attempt)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,13 +78,17 @@ func TestStockKernelBootProbe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	stuck := false
+	defer func() {
+		if !stuck { // a vCPU thread that never stopped may still use its kvm_run page
+			s.Close()
+		}
+	}()
 	var hits atomic.Int64
 	p := &kprobes.Kprobe{Symbol: "do_one_initcall", PreHandler: func(*kprobes.Context) bool {
 		hits.Add(1)
 		return false
 	}}
-	var atInit atomic.Int64
 	s.AtAttach(func(a *session.Attached) error { return a.Manager.Register(p) })
 	ctx, cancel := context.WithTimeout(context.Background(), stockBootTimeout)
 	defer cancel()
@@ -75,10 +100,36 @@ func TestStockKernelBootProbe(t *testing.T) {
 			t.Errorf("stock kernel panicked: %s", strings.Join(r.Tail, "\n"))
 		}
 	}()
+	var silent atomic.Bool
+	go func() {
+		last, since := 0, time.Now()
+		for {
+			select {
+			case <-ended:
+				return
+			case <-time.After(5 * time.Second):
+			}
+			if n := len(s.Lines()); n != last {
+				last, since = n, time.Now()
+			} else if time.Since(since) > stallAfter {
+				silent.Store(true)
+				cancel()
+				return
+			}
+		}
+	}()
 	l, err := s.WaitLineSeen(ctx, "Run /init as init process")
-	atInit.Store(hits.Load())
+	atInit := hits.Load()
 	s.VM.Stop()
-	<-ended
+	select {
+	case <-ended:
+	case <-time.After(30 * time.Second):
+		stuck = true
+		t.Fatalf("attempt %d: the stock guest's vCPU did not stop within 30 s of Stop: the VMM itself is stuck", attempt)
+	}
+	if silent.Load() {
+		return true
+	}
 	if err != nil {
 		t.Fatalf("stock kernel did not reach /init: %v (console: %s)", err, console.Name())
 	}
@@ -94,8 +145,9 @@ func TestStockKernelBootProbe(t *testing.T) {
 			calls++
 		}
 	}
-	t.Logf("stock kernel reached /init after %.1fs; %d initcalls printed, probe hit %d times", l.At.Seconds(), calls, atInit.Load())
-	if calls == 0 || atInit.Load() != int64(calls) {
-		t.Fatalf("do_one_initcall: %d hits, the kernel printed %d \"calling\" lines", atInit.Load(), calls)
+	t.Logf("stock kernel reached /init after %.1fs; %d initcalls printed, probe hit %d times", l.At.Seconds(), calls, atInit)
+	if calls == 0 || atInit != int64(calls) {
+		t.Fatalf("do_one_initcall: %d hits, the kernel printed %d \"calling\" lines", atInit, calls)
 	}
+	return false
 }
