@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,13 +21,30 @@ type Host struct {
 	Int3Reflected bool
 }
 
+// EnvInt3 names the variable that states how int3 behaves instead of
+// probing: "reflected" or "intercepted". images/nested sets it: on QEMU
+// TCG's SVM the answer is known, and the probe guest was twice seen to
+// crash the L1 kernel there (docs/QUIRKS.md #24).
+const EnvInt3 = "HVPROBE_INT3"
+
 // DetectHost inspects sysModule (normally /sys/module) for the PVM module
-// and, when devKVM is not empty, runs ProbeInt3Intercept on it.
+// and, when devKVM is not empty, finds out whether int3 is intercepted:
+// from $HVPROBE_INT3 when set, else with ProbeInt3Intercept.
 func DetectHost(sysModule, devKVM string) (Host, error) {
 	_, err := os.Stat(filepath.Join(sysModule, "kvm_pvm"))
 	h := Host{Emulating: err == nil}
 	if devKVM == "" {
 		return h, nil
+	}
+	switch v := os.Getenv(EnvInt3); v {
+	case "reflected":
+		h.Int3Reflected = true
+		return h, nil
+	case "intercepted":
+		return h, nil
+	case "":
+	default:
+		return h, fmt.Errorf("%w: %s=%q, want reflected or intercepted", ErrBadConfig, EnvInt3, v)
 	}
 	ok, err := ProbeInt3Intercept(devKVM)
 	if err != nil {

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,5 +47,27 @@ func TestVCPUCPUID(t *testing.T) {
 	}
 	if in[0].ECX != 1 {
 		t.Error("input modified")
+	}
+}
+
+func TestDetectHostInt3FromEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	// devKVM does not exist: a probe would fail, so success proves none ran.
+	dev := filepath.Join(dir, "no-kvm")
+	t.Setenv(EnvInt3, "reflected")
+	if h, err := DetectHost(dir, dev); err != nil || !h.Int3Reflected {
+		t.Fatalf("reflected: %+v %v", h, err)
+	}
+	t.Setenv(EnvInt3, "intercepted")
+	if h, err := DetectHost(dir, dev); err != nil || h.Int3Reflected {
+		t.Fatalf("intercepted: %+v %v", h, err)
+	}
+	t.Setenv(EnvInt3, "maybe")
+	if _, err := DetectHost(dir, dev); !errors.Is(err, ErrBadConfig) {
+		t.Fatalf("bad value: %v", err)
+	}
+	t.Setenv(EnvInt3, "")
+	if _, err := DetectHost(dir, dev); !errors.Is(err, ErrNoKVM) {
+		t.Fatalf("no override, no KVM: %v, want ErrNoKVM from the probe", err)
 	}
 }

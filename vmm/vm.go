@@ -71,7 +71,7 @@ const (
 	tssAddr         = 0xfffbd000
 	identityMapAddr = 0xfffbc000
 	kernelImageSize = 1 << 30 // KERNEL_IMAGE_SIZE with RANDOMIZE_BASE
-	maxCPUs         = 8 // the mini kernel's NR_CPUS
+	maxCPUs         = 8       // the mini kernel's NR_CPUS
 )
 
 // VM is a booted-but-not-yet-running or running virtual machine.

@@ -10,4 +10,7 @@ if [ -c /dev/kvm ] && { exec 3<>/dev/kvm; } 2>/dev/null; then
 	exec "$@"
 fi
 echo "with-kvm: /dev/kvm is not usable here; running in the nested KVM (images/nested)" >&2
+# QEMU TCG's SVM never intercepts int3: say so rather than have hvprobe
+# probe it (docs/QUIRKS.md #17, #24). run.sh passes HVPROBE_* through.
+export HVPROBE_INT3=reflected
 exec "$HERE/run.sh" --timeout "${HVPROBE_NESTED_TIMEOUT:-4800}" -- "$@"
