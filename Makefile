@@ -33,8 +33,11 @@ unit:
 	$(GO) vet ./...
 	$(GO) test $$($(GO) list ./... | grep -v /tests/e2e)
 
+# The stock-kernel test runs apart, each attempt in a fresh KVM machine
+# with a hard time limit (tests/e2e/stock.sh, docs/QUIRKS.md #23).
 e2e: images images-stock static
-	cd tests/e2e && HVPROBE_E2E_LOGDIR=$(CURDIR)/$(OUT) ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 75m
+	cd tests/e2e && HVPROBE_E2E_LOGDIR=$(CURDIR)/$(OUT) ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 40m -test.skip TestStockKernelBootProbe
+	tests/e2e/stock.sh $(CURDIR)/$(OUT)
 
 test: unit e2e
 
