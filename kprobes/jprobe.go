@@ -42,26 +42,14 @@ type JprobeContext struct {
 // x86-64 SysV ABI: registers rdi, rsi, rdx, rcx, r8, r9, then the stack
 // above the return address.
 func (j *JprobeContext) Arg(i int) (uint64, error) {
-	r := j.regs
-	switch i {
-	case 0:
-		return r.RDI, nil
-	case 1:
-		return r.RSI, nil
-	case 2:
-		return r.RDX, nil
-	case 3:
-		return r.RCX, nil
-	case 4:
-		return r.R8, nil
-	case 5:
-		return r.R9, nil
-	}
 	if i < 0 {
 		return 0, fmt.Errorf("argument %d: %w", i, ErrBadProbe)
 	}
-	// At entry [rsp] is the return address; argument 6 is just above it.
-	v, err := j.ReadU64(r.RSP + 8*uint64(i-5))
+	v, stack, inReg := j.regs.Arg(i)
+	if inReg {
+		return v, nil
+	}
+	v, err := j.ReadU64(stack)
 	if err != nil {
 		return 0, fmt.Errorf("reading argument %d: %w", i, err)
 	}

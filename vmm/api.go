@@ -109,3 +109,25 @@ type CPU interface {
 type DebugHook interface {
 	HandleDebug(cpu CPU, ev DebugEvent) (handled bool)
 }
+
+// Arg locates integer-class argument i (from 0) of a function stopped at
+// its first instruction, per the x86-64 SysV ABI: the first six are in
+// rdi, rsi, rdx, rcx, r8, r9 (inReg true, value in val); the rest are on
+// the stack just above the return address, at stackAddr.
+func (r *Regs) Arg(i int) (val, stackAddr uint64, inReg bool) {
+	switch i {
+	case 0:
+		return r.RDI, 0, true
+	case 1:
+		return r.RSI, 0, true
+	case 2:
+		return r.RDX, 0, true
+	case 3:
+		return r.RCX, 0, true
+	case 4:
+		return r.R8, 0, true
+	case 5:
+		return r.R9, 0, true
+	}
+	return 0, r.RSP + 8*uint64(i-5), false
+}

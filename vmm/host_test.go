@@ -71,3 +71,19 @@ func TestDetectHostInt3FromEnvironment(t *testing.T) {
 		t.Fatalf("no override, no KVM: %v, want ErrNoKVM from the probe", err)
 	}
 }
+
+func TestRegsArg(t *testing.T) {
+	r := Regs{RDI: 1, RSI: 2, RDX: 3, RCX: 4, R8: 5, R9: 6, RSP: 0x1000}
+	for i := 0; i < 6; i++ {
+		if v, _, in := r.Arg(i); !in || v != uint64(i+1) {
+			t.Errorf("Arg(%d) = %d, %v", i, v, in)
+		}
+	}
+	// [rsp] is the return address: the 7th argument sits at rsp+8.
+	if _, at, in := r.Arg(6); in || at != 0x1008 {
+		t.Errorf("Arg(6) at %#x, in register %v", at, in)
+	}
+	if _, at, _ := r.Arg(7); at != 0x1010 {
+		t.Errorf("Arg(7) at %#x", at)
+	}
+}

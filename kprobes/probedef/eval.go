@@ -284,21 +284,11 @@ func (e *evaluator) funcArg(n uint64) (uint64, error) {
 		}
 		r = e.c.Entry
 	}
-	switch n {
-	case 1:
-		return r.RDI, nil
-	case 2:
-		return r.RSI, nil
-	case 3:
-		return r.RDX, nil
-	case 4:
-		return r.RCX, nil
-	case 5:
-		return r.R8, nil
-	case 6:
-		return r.R9, nil
+	v, stack, inReg := r.Arg(int(n - 1))
+	if inReg {
+		return v, nil
 	}
-	return e.readU64(r.RSP + 8*(n-6))
+	return e.readU64(stack)
 }
 
 func (e *evaluator) reg(name string) uint64 {
