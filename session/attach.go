@@ -146,14 +146,10 @@ func (s *Session) setAttachErr(err error) {
 // probe engine, then runs the callbacks queued with AtAttach. It runs on a
 // vCPU thread with that vCPU stopped at the attach point.
 func (s *Session) attach() error {
-	l := s.VM.Layout()
-	syms := s.Kernel.Symbols.Slid(l.VirtDelta)
-	pgd, err := syms.Lookup("init_top_pgt")
+	rk, err := s.runningKernel()
 	if err != nil {
-		return fmt.Errorf("finding the kernel page tables: %w", err)
+		return err
 	}
-	vmem := introspect.NewVirtMem(s.VM.Mem(), kernelGPA(l, pgd.Addr), false)
-	rk := &RunningKernel{Syms: syms, Mem: vmem, Layout: l}
 	slots, err := s.mapSlots(rk)
 	if err != nil {
 		return err
@@ -163,11 +159,29 @@ func (s *Session) attach() error {
 			return err
 		}
 	}
-	mgr, err := kprobes.NewManager(vmAdapter{s.VM, s.mux}, rk, slots)
+	return s.startEngine(rk, slots, slots)
+}
+
+// runningKernel is the kernel's view through its own page tables.
+func (s *Session) runningKernel() (*RunningKernel, error) {
+	l := s.VM.Layout()
+	syms := s.Kernel.Symbols.Slid(l.VirtDelta)
+	pgd, err := syms.Lookup("init_top_pgt")
+	if err != nil {
+		return nil, fmt.Errorf("finding the kernel page tables: %w", err)
+	}
+	vmem := introspect.NewVirtMem(s.VM.Mem(), kernelGPA(l, pgd.Addr), false)
+	return &RunningKernel{Syms: syms, Mem: vmem, Layout: l}, nil
+}
+
+// startEngine starts the probe engine on free, a part of the mapped slot
+// area (all of it, but after a restore), and runs the AtAttach callbacks.
+func (s *Session) startEngine(rk *RunningKernel, area, free kprobes.SlotArea) error {
+	mgr, err := kprobes.NewManager(vmAdapter{s.VM, s.mux}, rk, free)
 	if err != nil {
 		return fmt.Errorf("starting the probe engine: %w", err)
 	}
-	a := &Attached{Manager: mgr, Kernel: rk, Slots: slots}
+	a := &Attached{Manager: mgr, Kernel: rk, Slots: area}
 	s.attachMu.Lock()
 	s.attached = a
 	cbs := s.atAttach

@@ -37,6 +37,7 @@ type Session struct {
 	VM     *vmm.VM
 	Kernel *guest.Kernel
 	start  time.Time
+	opts   Options
 
 	scenarioMu  sync.Mutex
 	host        vmm.Host
@@ -81,18 +82,15 @@ func New(o Options) (*Session, error) {
 			return nil, fmt.Errorf("reading initrd: %w", err)
 		}
 	}
-	var host vmm.Host
-	if o.Host != nil {
-		host = *o.Host
-	} else if host, err = vmm.DetectHost("/sys/module", "/dev/kvm"); err != nil {
+	host, err := o.detectHost()
+	if err != nil {
 		return nil, err
 	}
 	extra := []string{o.CmdlineAppend}
 	if o.NoKASLR {
 		extra = append([]string{"nokaslr"}, extra...)
 	}
-	s := &Session{Kernel: k, host: host, mux: &hookMux{}, attachedCh: make(chan struct{})}
-	syms := k.Symbols
+	s := newSession(o, k, host)
 	vm, err := vmm.New(vmm.Config{
 		Kernel:        k.Image,
 		Initrd:        initrd,
@@ -102,19 +100,41 @@ func New(o Options) (*Session, error) {
 		KASLR:         !o.NoKASLR,
 		Console:       o.Console,
 		OnConsoleLine: s.onLine,
-		Symbolize: func(a uint64) string {
-			return syms.Slid(vmLayoutSlide(s)).FormatAddr(a)
-		},
+		Symbolize:     s.symbolize,
 	})
 	if err != nil {
 		return nil, err
 	}
-	s.VM = vm
-	if err := vm.SetDebugHook(s.mux); err != nil {
-		vm.Close()
+	if err := s.setVM(vm); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+func newSession(o Options, k *guest.Kernel, host vmm.Host) *Session {
+	return &Session{Kernel: k, opts: o, host: host, mux: &hookMux{}, attachedCh: make(chan struct{})}
+}
+
+// setVM adopts vm and installs the hook mux, so that the VM intercepts
+// int3 before the guest runs.
+func (s *Session) setVM(vm *vmm.VM) error {
+	s.VM = vm
+	if err := vm.SetDebugHook(s.mux); err != nil {
+		vm.Close()
+		return err
+	}
+	return nil
+}
+
+func (s *Session) symbolize(a uint64) string {
+	return s.Kernel.Symbols.Slid(vmLayoutSlide(s)).FormatAddr(a)
+}
+
+func (o Options) detectHost() (vmm.Host, error) {
+	if o.Host != nil {
+		return *o.Host, nil
+	}
+	return vmm.DetectHost("/sys/module", "/dev/kvm")
 }
 
 func vmLayoutSlide(s *Session) uint64 {

@@ -38,7 +38,7 @@ func TestDetectHostAndCmdline(t *testing.T) {
 
 func TestVCPUCPUID(t *testing.T) {
 	in := []CPUIDEntry{{Function: 1, EBX: 0xff0a0800, ECX: 0x1}, {Function: 0xb, Index: 1, EDX: 0}, {Function: 0x40000000, EAX: 0x40000001}}
-	out := vcpuCPUID(in, 3)
+	out := vcpuCPUID(3, in)
 	if out[0].EBX>>24 != 3 || out[0].EBX&0xffffff != 0x0a0800 || out[0].ECX != 1|1<<31 {
 		t.Errorf("leaf 1: %+v", out[0])
 	}

@@ -169,3 +169,28 @@ func (s *Serial) updateIRQ() {
 		}
 	}
 }
+
+// SerialState is the UART's registers and unread input, for snapshots.
+type SerialState struct {
+	RX                           []byte
+	IER, LCR, MCR, SCR, DLL, DLM uint8
+	THRIRQ, Line                 bool
+}
+
+// State returns the UART's state.
+func (s *Serial) State() SerialState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return SerialState{RX: append([]byte(nil), s.rx...), IER: s.ier, LCR: s.lcr, MCR: s.mcr,
+		SCR: s.scr, DLL: s.dll, DLM: s.dlm, THRIRQ: s.thrIRQ, Line: s.line}
+}
+
+// SetState loads a saved state. The IRQ line's level is part of the
+// in-kernel irqchip state restored with it, so it is not driven again.
+func (s *Serial) SetState(st SerialState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rx = append([]byte(nil), st.RX...)
+	s.ier, s.lcr, s.mcr, s.scr, s.dll, s.dlm = st.IER, st.LCR, st.MCR, st.SCR, st.DLL, st.DLM
+	s.thrIRQ, s.line = st.THRIRQ, st.Line
+}

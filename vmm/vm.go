@@ -103,7 +103,11 @@ func New(cfg Config) (*VM, error) {
 		return nil, err
 	}
 	vm := &VM{cfg: cfg, vmFD: -1, resetCh: make(chan struct{})}
-	if err := vm.create(); err != nil {
+	ram, err := mmapAnon(int(cfg.MemSize))
+	if err != nil {
+		return nil, fmt.Errorf("mapping %d MiB of guest RAM: %w", cfg.MemSize>>20, err)
+	}
+	if err := vm.create(ram, vcpuCPUID); err != nil {
 		vm.Close()
 		return nil, err
 	}
@@ -127,9 +131,15 @@ func (c *Config) defaults() error {
 	if c.DevKVM == "" {
 		c.DevKVM = "/dev/kvm"
 	}
-	switch {
-	case c.Kernel == nil:
+	if c.Kernel == nil {
 		return fmt.Errorf("%w: no kernel image", ErrBadConfig)
+	}
+	return c.check()
+}
+
+// check validates the machine's shape (also a restored snapshot's).
+func (c *Config) check() error {
+	switch {
 	case c.MemSize < 64<<20:
 		return fmt.Errorf("%w: %d MiB of memory is too little (at least 64 MiB)", ErrBadConfig, c.MemSize>>20)
 	case c.MemSize > maxMem:
@@ -142,7 +152,10 @@ func (c *Config) defaults() error {
 	return nil
 }
 
-func (vm *VM) create() error {
+// create makes the KVM VM over ram (which it then owns) and its vCPUs;
+// cpuidFor gives vCPU id its CPUID from what KVM supports.
+func (vm *VM) create(ram []byte, cpuidFor func(id int, supported []CPUIDEntry) []CPUIDEntry) error {
+	vm.mem = &Memory{b: ram}
 	f, err := os.OpenFile(vm.cfg.DevKVM, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("%w: opening %s: %v", ErrNoKVM, vm.cfg.DevKVM, err)
@@ -178,11 +191,6 @@ func (vm *VM) create() error {
 			return fmt.Errorf("enabling KVM_CAP_EXIT_ON_EMULATION_FAILURE: %w", err)
 		}
 	}
-	ram, err := mmapAnon(int(vm.cfg.MemSize))
-	if err != nil {
-		return fmt.Errorf("mapping %d MiB of guest RAM: %w", vm.cfg.MemSize>>20, err)
-	}
-	vm.mem = &Memory{b: ram}
 	region := userspaceMemoryRegion{Slot: 0, GuestPhysAddr: 0, MemorySize: vm.cfg.MemSize, UserspaceAddr: uint64(bytesAddr(ram))}
 	if err := ioctlPtr(vm.vmFD, kvmSetUserMemoryRegion, &region); err != nil {
 		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION: %w", err)
@@ -207,7 +215,7 @@ func (vm *VM) create() error {
 		return err
 	}
 	for i := 0; i < vm.cfg.CPUs; i++ {
-		v, err := vm.createVCPU(i, int(mmapSize), cpuid)
+		v, err := vm.createVCPU(i, int(mmapSize), cpuidFor(i, cpuid))
 		if err != nil {
 			return err
 		}
@@ -249,7 +257,7 @@ func (vm *VM) createVCPU(id, mmapSize int, cpuid []CPUIDEntry) (*VCPU, error) {
 		return nil, fmt.Errorf("mapping kvm_run of vCPU %d: %w", id, err)
 	}
 	v := &VCPU{id: id, fd: int(fd), runBuf: buf, run: newRunView(buf), reqs: make(chan request, 16), done: make(chan struct{})}
-	if _, err := cpuidIoctl(v.fd, kvmSetCPUID2, vcpuCPUID(cpuid, id)); err != nil {
+	if _, err := cpuidIoctl(v.fd, kvmSetCPUID2, cpuid); err != nil {
 		return nil, fmt.Errorf("KVM_SET_CPUID2 on vCPU %d: %w", id, err)
 	}
 	// Legacy interrupts (PIC: PIT and UART) reach the CPU through LINT0 as
@@ -268,7 +276,7 @@ func (vm *VM) createVCPU(id, mmapSize int, cpuid []CPUIDEntry) (*VCPU, error) {
 
 // vcpuCPUID gives each vCPU its own APIC ID in the CPUID leaves that carry
 // it, and announces the hypervisor.
-func vcpuCPUID(supported []CPUIDEntry, id int) []CPUIDEntry {
+func vcpuCPUID(id int, supported []CPUIDEntry) []CPUIDEntry {
 	out := make([]CPUIDEntry, len(supported))
 	copy(out, supported)
 	for i := range out {

@@ -46,9 +46,28 @@ func cmdRun(args []string) error {
 	interactive := fs.Bool("interactive", false, "send standard input to the guest's serial console (use with --events FILE to keep events apart)")
 	control := fs.Bool("control", false, "open a control socket for live probe changes (see 'hvprobe ctl')")
 	inspect := fs.String("inspect", "", "when a console line contains this text, print the KASLR slide and the guest's task list")
+	snapAt := fs.String("snapshot-at", "", "when a console line contains this text, snapshot the guest to --snapshot-out and stop")
+	snapOut := fs.String("snapshot-out", "", "snapshot file written at --snapshot-at")
+	restore := fs.String("restore", "", "start from this snapshot instead of booting (memory, vCPUs and command line are the snapshot's)")
+	scenario := fs.String("scenario", "", "workload commands for the mini guest's mailbox (e.g. calls:5,poweroff), sent once the workload serves (at once after --restore)")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if (*snapAt == "") != (*snapOut == "") {
+		return errors.New("--snapshot-at and --snapshot-out go together")
+	}
+	if *snapOut != "" && (len(kps)+len(jps)+len(rps)+len(lines) > 0 || *probesFile != "" || *control) {
+		return errors.New("--snapshot-out: a snapshot holds no probes; take it without probes and add them after --restore")
+	}
+	if *restore != "" {
+		for _, f := range []string{"mem", "cpus", "cmdline-append", "nokaslr", "initrd"} {
+			if set[f] {
+				return fmt.Errorf("--restore: --%s is the snapshot's own", f)
+			}
+		}
 	}
 	memSize, err := parseSize(*mem)
 	if err != nil {
@@ -107,10 +126,19 @@ func cmdRun(args []string) error {
 		emit = counts.add
 		defer counts.print(events)
 	}
-	s, err := session.New(session.Options{
-		Kernel: *kernel, SystemMap: *sysmap, Initrd: *initrd, MemSize: memSize, CPUs: *cpus,
-		CmdlineAppend: *appendCmd, Host: host, NoKASLR: *nokaslr, Console: console,
-	})
+	var s *session.Session
+	if *restore != "" {
+		t0 := time.Now()
+		s, err = session.Restore(session.Options{Kernel: *kernel, SystemMap: *sysmap, Host: host, Console: console}, *restore)
+		if err == nil {
+			events.printf("hvprobe: restored %s in %.3fs", *restore, time.Since(t0).Seconds())
+		}
+	} else {
+		s, err = session.New(session.Options{
+			Kernel: *kernel, SystemMap: *sysmap, Initrd: *initrd, MemSize: memSize, CPUs: *cpus,
+			CmdlineAppend: *appendCmd, Host: host, NoKASLR: *nokaslr, Console: console,
+		})
+	}
 	if err != nil {
 		return err
 	}
@@ -149,11 +177,31 @@ func cmdRun(args []string) error {
 	}
 	l := s.VM.Layout()
 	events.printf("hvprobe: kernel placed at physical +%#x, virtual +%#x (KASLR)", l.PhysDelta, l.VirtDelta)
-	go reportBoot(ctx, s, events)
+	if *restore == "" {
+		go reportBoot(ctx, s, events)
+	}
 	if *inspect != "" {
 		go inspectAt(ctx, s, *inspect, events)
 	}
+	var snapErr atomic.Pointer[error]
+	if *snapAt != "" {
+		go func() {
+			if err := snapshotAt(ctx, s, *snapAt, *snapOut, events); err != nil {
+				snapErr.Store(&err)
+			}
+			s.VM.Stop()
+		}()
+	}
+	if *scenario != "" {
+		go sendScenario(ctx, s, *scenario, *restore != "", events)
+	}
 	res := s.Run(ctx)
+	if e := snapErr.Load(); e != nil {
+		return *e
+	}
+	if *snapAt != "" && res.Reason == vmm.StopRequested && ctx.Err() == nil {
+		return nil // stopped after the snapshot, as asked
+	}
 
 	if err := s.AttachErr(); err != nil {
 		events.printf("hvprobe: attaching probes failed: %v", err)
@@ -207,6 +255,35 @@ func reportBoot(ctx context.Context, s *session.Session, p *printer) {
 	}
 	if l, err := s.WaitLineSeen(ctx, "HVWL: workload"); err == nil {
 		p.printf("hvprobe: workload started after %.2fs", l.At.Seconds())
+	}
+}
+
+// snapshotAt waits for a console line containing marker and snapshots.
+func snapshotAt(ctx context.Context, s *session.Session, marker, path string, p *printer) error {
+	l, err := s.WaitLineSeen(ctx, marker)
+	if err != nil {
+		return fmt.Errorf("--snapshot-at: %w", err)
+	}
+	t0 := time.Now()
+	info, err := s.Snapshot(path)
+	if err != nil {
+		return err
+	}
+	p.printf("hvprobe: %q after %.2fs; snapshot %s written in %.2fs: %d MiB of RAM, %d MiB on disk, %d vCPUs",
+		marker, l.At.Seconds(), path, time.Since(t0).Seconds(), info.MemBytes>>20, info.DiskBytes>>20, info.CPUs)
+	return nil
+}
+
+// sendScenario hands commands to the mini guest's workload mailbox: at
+// once in a restored guest, else when the workload says it serves.
+func sendScenario(ctx context.Context, s *session.Session, cmds string, restored bool, p *printer) {
+	if !restored {
+		if _, err := s.WaitLineSeen(ctx, "HVWL: ready"); err != nil {
+			return
+		}
+	}
+	if _, err := s.Scenario(ctx, cmds); err != nil && ctx.Err() == nil && !strings.Contains(cmds, "poweroff") {
+		p.printf("hvprobe: --scenario: %v", err)
 	}
 }
 

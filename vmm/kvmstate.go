@@ -1,0 +1,165 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The KVM state a snapshot carries beyond registers: ioctl numbers and
+// mirrors of the uapi structs (arch/x86/include/uapi/asm/kvm.h).
+var (
+	kvmGetMSRIndexList = ioc(iocRead|iocWrite, 0x02, 4)
+	kvmGetIRQChip      = ioc(iocRead|iocWrite, 0x62, 520)
+	kvmSetIRQChip      = ioc(iocRead, 0x63, 520) // _IOR in kvm.h, not _IOW
+	kvmSetClock        = ioc(iocWrite, 0x7b, 48)
+	kvmGetClock        = ioc(iocRead, 0x7c, 48)
+	kvmGetCPUID2       = ioc(iocRead|iocWrite, 0x91, 8)
+	kvmGetMPState      = ioc(iocRead, 0x98, 4)
+	kvmSetMPState      = ioc(iocWrite, 0x99, 4)
+	kvmGetPIT2         = ioc(iocRead, 0x9f, 112)
+	kvmSetPIT2         = ioc(iocWrite, 0xa0, 112)
+	kvmGetDebugRegs    = ioc(iocRead, 0xa1, 128)
+	kvmSetDebugRegs    = ioc(iocWrite, 0xa2, 128)
+	kvmGetXSave        = ioc(iocRead, 0xa4, 4096)
+	kvmSetXSave        = ioc(iocWrite, 0xa5, 4096)
+	kvmGetXCRs         = ioc(iocRead, 0xa6, 392)
+	kvmSetXCRs         = ioc(iocWrite, 0xa7, 392)
+	kvmKVMClockCtrl    = ioc(iocNone, 0xad, 0)
+	kvmGetXSave2       = ioc(iocRead, 0xcf, 4096)
+)
+
+const (
+	capDebugRegs = 50
+	capXSave     = 55
+	capXCRs      = 56
+	capXSave2    = 208
+
+	// MSR_IA32_TSC_DEADLINE: KVM arms the LAPIC timer from it against the
+	// current TSC, so it is written after every other MSR (as Firecracker does).
+	msrTSCDeadline = 0x6e0
+)
+
+// irqChip mirrors struct kvm_irqchip; chip IDs 0 and 1 are the PICs, 2 the IOAPIC.
+type irqChip struct {
+	ChipID uint32
+	_      uint32
+	Chip   [512]byte
+}
+
+// clockData mirrors struct kvm_clock_data.
+type clockData struct {
+	Clock    uint64
+	Flags    uint32
+	_        uint32
+	Realtime uint64
+	HostTSC  uint64
+	_        [4]uint32
+}
+
+// pitState2 mirrors struct kvm_pit_state2 (three 24-byte channel states).
+type pitState2 struct {
+	Channels [3][24]byte
+	Flags    uint32
+	_        [9]uint32
+}
+
+// debugRegs mirrors struct kvm_debugregs.
+type debugRegs struct {
+	DB    [4]uint64
+	DR6   uint64
+	DR7   uint64
+	Flags uint64
+	_     [9]uint64
+}
+
+// xcrs mirrors struct kvm_xcrs.
+type xcrs struct {
+	NrXCRs uint32
+	Flags  uint32
+	XCRs   [16]struct {
+		XCR   uint32
+		_     uint32
+		Value uint64
+	}
+	_ [16]uint64
+}
+
+// raw returns the bytes of a mirror struct, for the snapshot file.
+func raw[T any](p *T) []byte {
+	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(p)), unsafe.Sizeof(*p))...)
+}
+
+// fromRaw fills a mirror struct from snapshot bytes of exactly its size.
+func fromRaw[T any](b []byte, p *T) error {
+	if uintptr(len(b)) != unsafe.Sizeof(*p) {
+		return fmt.Errorf("%w: %T state is %d bytes, want %d", ErrBadSnapshot, *p, len(b), unsafe.Sizeof(*p))
+	}
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(p)), len(b)), b)
+	return nil
+}
+
+// msrIndexList is every MSR KVM saves and restores for a vCPU
+// (KVM_GET_MSR_INDEX_LIST on /dev/kvm: architectural, emulated and
+// kvm-clock MSRs).
+func msrIndexList(kvmFD int) ([]uint32, error) {
+	for n := 256; n <= 1<<14; n *= 2 {
+		buf := make([]uint32, 1+n)
+		buf[0] = uint32(n)
+		_, err := ioctl(kvmFD, kvmGetMSRIndexList, uintptr(unsafe.Pointer(&buf[0])))
+		if errors.Is(err, unix.E2BIG) {
+			continue
+		}
+		if err != nil {
+			return nil, wrap("KVM_GET_MSR_INDEX_LIST", err)
+		}
+		return append([]uint32(nil), buf[1:1+buf[0]]...), nil
+	}
+	return nil, fmt.Errorf("KVM_GET_MSR_INDEX_LIST: more than %d MSRs", 1<<14)
+}
+
+// readMSRs reads the MSRs of list that this vCPU has. KVM_GET_MSRS stops
+// at the first MSR it cannot read; that one is dropped and reading goes on.
+func (v *VCPU) readMSRs(list []uint32) ([]MSREntry, error) {
+	var out []MSREntry
+	for len(list) > 0 {
+		e := make([]MSREntry, len(list))
+		for i, idx := range list {
+			e[i].Index = idx
+		}
+		n, err := msrIoctl(v.fd, kvmGetMSRs, e)
+		if err != nil {
+			return nil, wrap("KVM_GET_MSRS", err)
+		}
+		out = append(out, e[:n]...)
+		list = list[min(n+1, len(list)):]
+	}
+	return out, nil
+}
+
+// writeMSRs restores MSRs, the TSC deadline last.
+func (v *VCPU) writeMSRs(msrs []MSREntry) error {
+	var first, last []MSREntry
+	for _, m := range msrs {
+		if m.Index == msrTSCDeadline {
+			last = append(last, m)
+		} else {
+			first = append(first, m)
+		}
+	}
+	for _, batch := range [][]MSREntry{first, last} {
+		if len(batch) == 0 {
+			continue
+		}
+		n, err := msrIoctl(v.fd, kvmSetMSRs, batch)
+		if err != nil {
+			return wrap("KVM_SET_MSRS", err)
+		}
+		if n < len(batch) {
+			return fmt.Errorf("KVM_SET_MSRS: MSR %#x (value %#x) was refused", batch[n].Index, batch[n].Data)
+		}
+	}
+	return nil
+}

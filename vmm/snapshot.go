@@ -1,0 +1,639 @@
+package vmm
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// A snapshot file is a 4 KiB header, the machine state as JSON, then guest
+// RAM at a 2 MiB-aligned offset so that a restore maps it copy-on-write
+// straight from the file. All-zero pages are holes in the file.
+//
+//	header  magic "HVPSNAP\0", version, file size, offsets, CRC32C of state,
+//	        of RAM and of the header itself
+//	state   snapshotState (JSON): per-vCPU KVM state, irqchip, PIT, clock,
+//	        devices, layout, and the caller's metadata
+//	RAM     MemSize bytes
+const (
+	snapshotMagic = "HVPSNAP\x00"
+	// SnapshotVersion is the file format version; a file of another
+	// version is refused, never guessed at.
+	SnapshotVersion = 1
+
+	snapHeaderSize = 4096
+	snapRAMAlign   = 2 << 20
+	pageSize       = 4096
+)
+
+// ErrBadSnapshot: the file is not a snapshot this hvprobe can restore.
+var ErrBadSnapshot = errors.New("bad snapshot")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+type snapHeader struct {
+	Magic     [8]byte
+	Version   uint32
+	StateCRC  uint32
+	FileSize  uint64
+	StateOff  uint64
+	StateLen  uint64
+	MemOff    uint64
+	MemLen    uint64
+	MemCRC    uint32
+	HeaderCRC uint32 // over the bytes above
+}
+
+// snapshotState is everything but RAM. KVM structs are kept as their raw
+// bytes: restored byte for byte into the same mirrors.
+type snapshotState struct {
+	MemSize   uint64
+	Reserved  uint64
+	Cmdline   string
+	Layout    Layout
+	CPUs      []vcpuState
+	IRQChips  [][]byte // PIC master, PIC slave, IOAPIC
+	PIT       []byte
+	Clock     uint64
+	Serial    SerialState
+	CMOSIndex uint8
+	Doorbell  *DoorbellState `json:",omitempty"`
+	Meta      json.RawMessage
+}
+
+type vcpuState struct {
+	CPUID     []CPUIDEntry
+	MPState   uint32
+	Regs      []byte
+	Sregs     []byte
+	FPU       []byte `json:",omitempty"` // without XSAVE support
+	XSave     []byte `json:",omitempty"`
+	XCRs      []byte `json:",omitempty"`
+	DebugRegs []byte `json:",omitempty"`
+	LAPIC     []byte
+	MSRs      []MSREntry
+	Events    []byte
+}
+
+// DoorbellState is an installed int3 doorbell (doorbell.go).
+type DoorbellState struct{ Entry, Handler uint64 }
+
+// SnapshotInfo says what a snapshot holds and how long it took.
+type SnapshotInfo struct {
+	FileSize  int64 // apparent size
+	DiskBytes int64 // allocated blocks (zero pages are holes)
+	MemBytes  uint64
+	CPUs      int
+}
+
+// caps the vCPU state code branches on, read once per VM.
+type stateCaps struct {
+	xsave, xsave2Size, xcrs, debugRegs int
+	msrs                               []uint32
+}
+
+func (vm *VM) stateCaps() (stateCaps, error) {
+	c := stateCaps{
+		xsave:      vm.checkExtension(capXSave),
+		xsave2Size: vm.checkExtension(capXSave2),
+		xcrs:       vm.checkExtension(capXCRs),
+		debugRegs:  vm.checkExtension(capDebugRegs),
+	}
+	var err error
+	c.msrs, err = msrIndexList(int(vm.kvm.Fd()))
+	return c, err
+}
+
+// completePending finishes an exit's emulation (a port read's value into
+// rax, rip past the instruction) without running the guest: KVM completes
+// it on the next KVM_RUN, which immediate_exit makes return at once. The
+// KVM API requires this before saving state.
+func (v *VCPU) completePending() error {
+	word := (*uint32)(v.run.p)
+	atomic.StoreUint32(word, 1<<8)
+	_, err := ioctl(v.fd, kvmRun, 0)
+	atomic.StoreUint32(word, 0)
+	if err != nil && !errors.Is(err, unix.EINTR) {
+		return wrap("KVM_RUN (completing the last exit)", err)
+	}
+	return nil
+}
+
+// saveState reads the vCPU's state in the order Firecracker uses: events
+// last, since the other GETs may change what is pending.
+func (v *VCPU) saveState(c stateCaps) (vcpuState, error) {
+	var s vcpuState
+	if err := v.completePending(); err != nil {
+		return s, err
+	}
+	cpuid, err := cpuidIoctl(v.fd, kvmGetCPUID2, make([]CPUIDEntry, 256))
+	if err != nil {
+		return s, wrap("KVM_GET_CPUID2", err)
+	}
+	s.CPUID = cpuid
+	if err := ioctlPtr(v.fd, kvmGetMPState, &s.MPState); err != nil {
+		return s, wrap("KVM_GET_MP_STATE", err)
+	}
+	regs, err := v.Regs()
+	if err != nil {
+		return s, err
+	}
+	s.Regs = raw(&regs)
+	sregs, err := v.Sregs()
+	if err != nil {
+		return s, err
+	}
+	s.Sregs = raw(&sregs)
+	switch {
+	case c.xsave2Size > 4096:
+		buf := make([]byte, c.xsave2Size)
+		if _, err := ioctl(v.fd, kvmGetXSave2, bytesAddr(buf)); err != nil {
+			return s, wrap("KVM_GET_XSAVE2", err)
+		}
+		s.XSave = buf
+	case c.xsave > 0:
+		buf := make([]byte, 4096)
+		if _, err := ioctl(v.fd, kvmGetXSave, bytesAddr(buf)); err != nil {
+			return s, wrap("KVM_GET_XSAVE", err)
+		}
+		s.XSave = buf
+	default:
+		f, err := v.fpu()
+		if err != nil {
+			return s, err
+		}
+		s.FPU = raw(&f)
+	}
+	if c.xcrs > 0 {
+		var x xcrs
+		if err := ioctlPtr(v.fd, kvmGetXCRs, &x); err != nil {
+			return s, wrap("KVM_GET_XCRS", err)
+		}
+		s.XCRs = raw(&x)
+	}
+	if c.debugRegs > 0 {
+		var d debugRegs
+		if err := ioctlPtr(v.fd, kvmGetDebugRegs, &d); err != nil {
+			return s, wrap("KVM_GET_DEBUGREGS", err)
+		}
+		s.DebugRegs = raw(&d)
+	}
+	l, err := v.lapic()
+	if err != nil {
+		return s, err
+	}
+	s.LAPIC = raw(&l)
+	if s.MSRs, err = v.readMSRs(c.msrs); err != nil {
+		return s, err
+	}
+	ev, err := v.events()
+	if err != nil {
+		return s, err
+	}
+	s.Events = raw(&ev)
+	return s, nil
+}
+
+// restoreState writes a saved state back. Order matters (Firecracker's
+// notes): SET_REGS clears pending exceptions, so events come last;
+// SET_SREGS carries the APIC base, so the LAPIC follows it; the TSC
+// deadline MSR needs the LAPIC.
+func (v *VCPU) restoreState(s vcpuState) error {
+	if err := ioctlPtr(v.fd, kvmSetMPState, &s.MPState); err != nil {
+		return wrap("KVM_SET_MP_STATE", err)
+	}
+	var regs Regs
+	if err := fromRaw(s.Regs, &regs); err != nil {
+		return err
+	}
+	if err := v.SetRegs(regs); err != nil {
+		return err
+	}
+	var sregs Sregs
+	if err := fromRaw(s.Sregs, &sregs); err != nil {
+		return err
+	}
+	if err := v.SetSregs(sregs); err != nil {
+		return err
+	}
+	switch {
+	case len(s.XSave) > 0:
+		if len(s.XSave) < 4096 {
+			return fmt.Errorf("%w: XSAVE state of %d bytes", ErrBadSnapshot, len(s.XSave))
+		}
+		if _, err := ioctl(v.fd, kvmSetXSave, bytesAddr(s.XSave)); err != nil {
+			return wrap("KVM_SET_XSAVE", err)
+		}
+	default:
+		var f FPU
+		if err := fromRaw(s.FPU, &f); err != nil {
+			return err
+		}
+		if err := v.setFPU(f); err != nil {
+			return err
+		}
+	}
+	if len(s.XCRs) > 0 {
+		var x xcrs
+		if err := fromRaw(s.XCRs, &x); err != nil {
+			return err
+		}
+		if err := ioctlPtr(v.fd, kvmSetXCRs, &x); err != nil {
+			return wrap("KVM_SET_XCRS", err)
+		}
+	}
+	if len(s.DebugRegs) > 0 {
+		var d debugRegs
+		if err := fromRaw(s.DebugRegs, &d); err != nil {
+			return err
+		}
+		if err := ioctlPtr(v.fd, kvmSetDebugRegs, &d); err != nil {
+			return wrap("KVM_SET_DEBUGREGS", err)
+		}
+	}
+	var l LAPICState
+	if err := fromRaw(s.LAPIC, &l); err != nil {
+		return err
+	}
+	if err := v.setLAPIC(l); err != nil {
+		return err
+	}
+	if err := v.writeMSRs(s.MSRs); err != nil {
+		return err
+	}
+	var ev VCPUEvents
+	if err := fromRaw(s.Events, &ev); err != nil {
+		return err
+	}
+	if err := v.setEvents(ev); err != nil {
+		return err
+	}
+	// Tells a kvm-clock guest it was paused, so its watchdogs do not count
+	// the pause; EINVAL without kvm-clock is fine.
+	ioctl(v.fd, kvmKVMClockCtrl, 0)
+	return nil
+}
+
+// withAllStopped parks every vCPU on its own thread, runs each one's
+// perCPU there (once all are parked, so no vCPU runs meanwhile), then
+// whole() on the caller's goroutine, and lets them go. It must not be
+// called from a vCPU thread.
+func (vm *VM) withAllStopped(perCPU func(i int, v *VCPU) error, whole func() error) error {
+	n := len(vm.vcpus)
+	parked := make(chan struct{}, n)
+	start := make(chan struct{})
+	finished := make(chan error, n)
+	release := make(chan struct{})
+	returned := make(chan error, n)
+	for i, v := range vm.vcpus {
+		go func() {
+			returned <- vm.doOrDirect(v, func(CPU) error {
+				parked <- struct{}{}
+				<-start
+				finished <- perCPU(i, v)
+				<-release
+				return nil
+			})
+		}()
+	}
+	var err error
+	for got := 0; got < n && err == nil; {
+		select {
+		case <-parked:
+			got++
+		case e := <-returned:
+			// A vCPU that returns before parking has left its loop.
+			err = fmt.Errorf("pausing the guest: %w", e)
+			n--
+		}
+	}
+	if err != nil {
+		close(start)
+		close(release)
+		return err
+	}
+	close(start)
+	var errs []error
+	for range n {
+		errs = append(errs, <-finished)
+	}
+	if e := errors.Join(errs...); e == nil {
+		errs = append(errs, whole())
+	}
+	close(release)
+	for range n {
+		errs = append(errs, <-returned)
+	}
+	return errors.Join(errs...)
+}
+
+// Snapshot pauses the guest, writes its complete state and RAM to path
+// and lets it run on. meta runs while every vCPU is stopped; what it
+// returns (the caller's identity and probe-engine state) is stored as
+// given and returned by Restore, and an error from it (a probe mid-step,
+// say) cancels the snapshot.
+func (vm *VM) Snapshot(path string, meta func() (json.RawMessage, error)) (SnapshotInfo, error) {
+	caps, err := vm.stateCaps()
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	st := snapshotState{
+		MemSize: vm.cfg.MemSize, Reserved: vm.cfg.Reserved, Cmdline: vm.cfg.Cmdline,
+		Layout: vm.layout, CPUs: make([]vcpuState, len(vm.vcpus)),
+	}
+	if db := vm.handler.doorbell.Load(); db != nil {
+		st.Doorbell = &DoorbellState{Entry: db.entry, Handler: db.handler}
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return SnapshotInfo{}, fmt.Errorf("creating snapshot: %w", err)
+	}
+	defer func() {
+		f.Close()
+		os.Remove(tmp)
+	}()
+	var hdr snapHeader
+	err = vm.withAllStopped(func(i int, v *VCPU) error {
+		s, err := v.saveState(caps)
+		if err != nil {
+			return fmt.Errorf("vCPU %d: %w", i, err)
+		}
+		st.CPUs[i] = s
+		return nil
+	}, func() error {
+		var err error
+		if st.Meta, err = meta(); err != nil {
+			return err
+		}
+		if err := vm.saveMachine(&st); err != nil {
+			return err
+		}
+		hdr, err = writeSnapshot(f, &st, vm.mem.b)
+		return err
+	})
+	if err != nil {
+		return SnapshotInfo{}, fmt.Errorf("snapshot %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return SnapshotInfo{}, fmt.Errorf("snapshot %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return SnapshotInfo{}, fmt.Errorf("snapshot %s: %w", path, err)
+	}
+	info := SnapshotInfo{FileSize: int64(hdr.FileSize), MemBytes: hdr.MemLen, CPUs: len(st.CPUs)}
+	var sb unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &sb) == nil {
+		info.DiskBytes = sb.Blocks * 512
+	}
+	return info, nil
+}
+
+// saveMachine reads the VM-wide state: in-kernel irqchip and PIT, the
+// kvm-clock, and the VMM's own devices.
+func (vm *VM) saveMachine(st *snapshotState) error {
+	for id := uint32(0); id < 3; id++ {
+		c := irqChip{ChipID: id}
+		if err := ioctlPtr(vm.vmFD, kvmGetIRQChip, &c); err != nil {
+			return wrap("KVM_GET_IRQCHIP", err)
+		}
+		st.IRQChips = append(st.IRQChips, raw(&c))
+	}
+	var pit pitState2
+	if err := ioctlPtr(vm.vmFD, kvmGetPIT2, &pit); err != nil {
+		return wrap("KVM_GET_PIT2", err)
+	}
+	st.PIT = raw(&pit)
+	var clk clockData
+	if err := ioctlPtr(vm.vmFD, kvmGetClock, &clk); err != nil {
+		return wrap("KVM_GET_CLOCK", err)
+	}
+	st.Clock = clk.Clock
+	st.Serial = vm.serial.State()
+	st.CMOSIndex = vm.handler.bus.cmos.index
+	return nil
+}
+
+func (vm *VM) restoreMachine(st *snapshotState) error {
+	if len(st.IRQChips) != 3 {
+		return fmt.Errorf("%w: %d irqchip states, want 3", ErrBadSnapshot, len(st.IRQChips))
+	}
+	for _, b := range st.IRQChips {
+		var c irqChip
+		if err := fromRaw(b, &c); err != nil {
+			return err
+		}
+		if err := ioctlPtr(vm.vmFD, kvmSetIRQChip, &c); err != nil {
+			return wrap("KVM_SET_IRQCHIP", err)
+		}
+	}
+	var pit pitState2
+	if err := fromRaw(st.PIT, &pit); err != nil {
+		return err
+	}
+	if err := ioctlPtr(vm.vmFD, kvmSetPIT2, &pit); err != nil {
+		return wrap("KVM_SET_PIT2", err)
+	}
+	// The guest's clock resumes where it stopped: the time between
+	// snapshot and restore never happened for it.
+	clk := clockData{Clock: st.Clock}
+	if err := ioctlPtr(vm.vmFD, kvmSetClock, &clk); err != nil {
+		return wrap("KVM_SET_CLOCK", err)
+	}
+	vm.serial.SetState(st.Serial)
+	vm.handler.bus.cmos.index = st.CMOSIndex
+	if d := st.Doorbell; d != nil {
+		vm.SetInt3Doorbell(d.Entry, d.Handler)
+	}
+	return nil
+}
+
+func (h *snapHeader) bytes() []byte {
+	var b bytes.Buffer
+	binary.Write(&b, binary.LittleEndian, h)
+	return b.Bytes()
+}
+
+func (h *snapHeader) seal() {
+	b := h.bytes()
+	h.HeaderCRC = crc32.Checksum(b[:len(b)-4], castagnoli)
+}
+
+// writeSnapshot writes header, state and RAM; zero pages become holes.
+func writeSnapshot(f *os.File, st *snapshotState, ram []byte) (snapHeader, error) {
+	state, err := json.Marshal(st)
+	if err != nil {
+		return snapHeader{}, err
+	}
+	h := snapHeader{Version: SnapshotVersion, StateOff: snapHeaderSize, StateLen: uint64(len(state))}
+	copy(h.Magic[:], snapshotMagic)
+	h.StateCRC = crc32.Checksum(state, castagnoli)
+	h.MemOff = (snapHeaderSize + h.StateLen + snapRAMAlign - 1) &^ (snapRAMAlign - 1)
+	h.MemLen = uint64(len(ram))
+	h.FileSize = h.MemOff + h.MemLen
+	if _, err := f.WriteAt(state, int64(h.StateOff)); err != nil {
+		return h, err
+	}
+	zero := make([]byte, pageSize)
+	crc := uint32(0)
+	for off := 0; off < len(ram); {
+		// One write per run of non-zero pages.
+		for off < len(ram) && bytes.Equal(ram[off:off+pageSize], zero) {
+			crc = crc32.Update(crc, castagnoli, zero)
+			off += pageSize
+		}
+		start := off
+		for off < len(ram) && !bytes.Equal(ram[off:off+pageSize], zero) {
+			off += pageSize
+		}
+		if off > start {
+			chunk := ram[start:off]
+			crc = crc32.Update(crc, castagnoli, chunk)
+			if _, err := f.WriteAt(chunk, int64(h.MemOff)+int64(start)); err != nil {
+				return h, err
+			}
+		}
+	}
+	h.MemCRC = crc
+	if err := f.Truncate(int64(h.FileSize)); err != nil {
+		return h, err
+	}
+	h.seal()
+	hb := make([]byte, snapHeaderSize)
+	copy(hb, h.bytes())
+	_, err = f.WriteAt(hb, 0)
+	return h, err
+}
+
+// readSnapshotHeader checks a snapshot's header and state and returns
+// them. RAM is checked by the caller once mapped.
+func readSnapshotHeader(f *os.File) (snapHeader, *snapshotState, error) {
+	name := f.Name()
+	fi, err := f.Stat()
+	if err != nil {
+		return snapHeader{}, nil, err
+	}
+	hb := make([]byte, snapHeaderSize)
+	if _, err := io.ReadFull(f, hb); err != nil {
+		return snapHeader{}, nil, fmt.Errorf("%w: %s: %d bytes, too short for a header", ErrBadSnapshot, name, fi.Size())
+	}
+	var h snapHeader
+	binary.Read(bytes.NewReader(hb), binary.LittleEndian, &h)
+	if string(h.Magic[:]) != snapshotMagic {
+		return h, nil, fmt.Errorf("%w: %s is not an hvprobe snapshot", ErrBadSnapshot, name)
+	}
+	check := h
+	check.seal()
+	if check.HeaderCRC != h.HeaderCRC {
+		return h, nil, fmt.Errorf("%w: %s: header checksum mismatch (corrupted)", ErrBadSnapshot, name)
+	}
+	if h.Version != SnapshotVersion {
+		return h, nil, fmt.Errorf("%w: %s has format version %d; this hvprobe reads version %d", ErrBadSnapshot, name, h.Version, SnapshotVersion)
+	}
+	if uint64(fi.Size()) != h.FileSize {
+		return h, nil, fmt.Errorf("%w: %s is %d bytes, its header says %d (truncated?)", ErrBadSnapshot, name, fi.Size(), h.FileSize)
+	}
+	if h.MemOff%pageSize != 0 || h.StateOff+h.StateLen > h.MemOff || h.MemOff+h.MemLen != h.FileSize {
+		return h, nil, fmt.Errorf("%w: %s: inconsistent section offsets", ErrBadSnapshot, name)
+	}
+	state := make([]byte, h.StateLen)
+	if _, err := f.ReadAt(state, int64(h.StateOff)); err != nil {
+		return h, nil, fmt.Errorf("%w: %s: reading state: %v", ErrBadSnapshot, name, err)
+	}
+	if crc32.Checksum(state, castagnoli) != h.StateCRC {
+		return h, nil, fmt.Errorf("%w: %s: state checksum mismatch (corrupted)", ErrBadSnapshot, name)
+	}
+	st := new(snapshotState)
+	if err := json.Unmarshal(state, st); err != nil {
+		return h, nil, fmt.Errorf("%w: %s: state: %v", ErrBadSnapshot, name, err)
+	}
+	if st.MemSize != h.MemLen || len(st.CPUs) < 1 || len(st.CPUs) > maxCPUs {
+		return h, nil, fmt.Errorf("%w: %s: %d vCPUs, %d bytes of RAM for a %d-byte guest", ErrBadSnapshot, name, len(st.CPUs), h.MemLen, st.MemSize)
+	}
+	return h, st, nil
+}
+
+// SnapshotMeta reads a snapshot's caller metadata after checking the
+// header and state (not RAM), so a caller can refuse a snapshot of another
+// kernel before creating anything.
+func SnapshotMeta(path string) (json.RawMessage, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening snapshot: %w", err)
+	}
+	defer f.Close()
+	_, st, err := readSnapshotHeader(f)
+	if err != nil {
+		return nil, err
+	}
+	return st.Meta, nil
+}
+
+// RestoreConfig is what a restored VM takes from its caller; everything
+// else comes from the snapshot.
+type RestoreConfig struct {
+	Path          string
+	Console       io.Writer
+	OnConsoleLine func(line string)
+	Symbolize     func(addr uint64) string
+	DevKVM        string
+}
+
+// Restore creates a VM from a snapshot: RAM mapped copy-on-write from the
+// file (the file is never written), every saved state loaded. It returns
+// the caller's metadata. The guest continues on Run as if never stopped.
+func Restore(rc RestoreConfig) (*VM, json.RawMessage, error) {
+	f, err := os.Open(rc.Path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening snapshot: %w", err)
+	}
+	defer f.Close()
+	h, st, err := readSnapshotHeader(f)
+	if err != nil {
+		return nil, nil, err
+	}
+	ram, err := unix.Mmap(int(f.Fd()), int64(h.MemOff), int(h.MemLen),
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mapping snapshot RAM: %w", err)
+	}
+	if crc32.Checksum(ram, castagnoli) != h.MemCRC {
+		unix.Munmap(ram)
+		return nil, nil, fmt.Errorf("%w: %s: RAM checksum mismatch (corrupted)", ErrBadSnapshot, rc.Path)
+	}
+	cfg := Config{
+		MemSize: st.MemSize, CPUs: len(st.CPUs), Reserved: st.Reserved, Cmdline: st.Cmdline,
+		Console: rc.Console, OnConsoleLine: rc.OnConsoleLine, Symbolize: rc.Symbolize, DevKVM: rc.DevKVM,
+	}
+	if cfg.DevKVM == "" {
+		cfg.DevKVM = "/dev/kvm"
+	}
+	if err := cfg.check(); err != nil {
+		unix.Munmap(ram)
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+	}
+	vm := &VM{cfg: cfg, vmFD: -1, resetCh: make(chan struct{}), layout: st.Layout}
+	if err := vm.create(ram, func(id int, _ []CPUIDEntry) []CPUIDEntry { return st.CPUs[id].CPUID }); err != nil {
+		vm.Close()
+		return nil, nil, err
+	}
+	if err := vm.restoreMachine(st); err != nil {
+		vm.Close()
+		return nil, nil, err
+	}
+	for i, v := range vm.vcpus {
+		if err := v.restoreState(st.CPUs[i]); err != nil {
+			vm.Close()
+			return nil, nil, fmt.Errorf("restoring vCPU %d: %w", i, err)
+		}
+	}
+	return vm, st.Meta, nil
+}
