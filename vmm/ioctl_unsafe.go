@@ -8,9 +8,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ioctl is the one place hvprobe enters the kernel's KVM API. EINTR is
-// returned to the caller (KVM_RUN uses it to report a kick); every other
-// ioctl retries it.
+// ioctl is the one place hvprobe enters the kernel's KVM API, for
+// ioctls whose argument is a number. EINTR is returned to the caller
+// (KVM_RUN uses it to report a kick); every other ioctl retries it.
 func ioctl(fd int, req uintptr, arg uintptr) (uintptr, error) {
 	for {
 		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
@@ -24,9 +24,28 @@ func ioctl(fd int, req uintptr, arg uintptr) (uintptr, error) {
 	}
 }
 
+// ioctlP is ioctl with a pointer argument. The pointer becomes a uintptr
+// only inside the Syscall call expression: that is the one place the
+// compiler keeps the object alive and in place for the call (unsafe.Pointer
+// rule 4). Converted any earlier, a stack-allocated struct can be moved by
+// a goroutine stack copy while the kernel writes to its old address: seen
+// as KVM_GET_REGS "returning" all-zero registers (docs/QUIRKS.md #25).
+func ioctlP(fd int, req uintptr, p unsafe.Pointer) (uintptr, error) {
+	for {
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(p))
+		if errno == 0 {
+			return r, nil
+		}
+		if errno == unix.EINTR {
+			continue
+		}
+		return r, errno
+	}
+}
+
 // ioctlPtr passes a pointer to a mirror struct.
 func ioctlPtr[T any](fd int, req uintptr, p *T) error {
-	_, err := ioctl(fd, req, uintptr(unsafe.Pointer(p)))
+	_, err := ioctlP(fd, req, unsafe.Pointer(p))
 	return err
 }
 
@@ -42,6 +61,12 @@ func mmapAnon(size int) ([]byte, error) {
 }
 
 func bytesAddr(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
+
+// ioctlBuf passes a byte buffer (a variable-size KVM struct).
+func ioctlBuf(fd int, req uintptr, b []byte) error {
+	_, err := ioctlP(fd, req, unsafe.Pointer(&b[0]))
+	return err
+}
 
 // runView is a typed view of the mmap'd kvm_run page.
 type runView struct{ p unsafe.Pointer }
@@ -66,7 +91,7 @@ func cpuidIoctl(fd int, req uintptr, entries []CPUIDEntry) ([]CPUIDEntry, error)
 	h.nent = uint32(len(entries))
 	es := unsafe.Slice((*CPUIDEntry)(unsafe.Add(unsafe.Pointer(&buf[0]), 8)), len(entries))
 	copy(es, entries)
-	if _, err := ioctl(fd, req, uintptr(unsafe.Pointer(&buf[0]))); err != nil {
+	if _, err := ioctlP(fd, req, unsafe.Pointer(&buf[0])); err != nil {
 		return nil, err
 	}
 	out := make([]CPUIDEntry, h.nent)
@@ -80,7 +105,7 @@ func msrIoctl(fd int, req uintptr, entries []MSREntry) (int, error) {
 	*(*uint32)(unsafe.Pointer(&buf[0])) = uint32(len(entries))
 	es := unsafe.Slice((*MSREntry)(unsafe.Add(unsafe.Pointer(&buf[0]), 8)), len(entries))
 	copy(es, entries)
-	n, err := ioctl(fd, req, uintptr(unsafe.Pointer(&buf[0])))
+	n, err := ioctlP(fd, req, unsafe.Pointer(&buf[0]))
 	copy(entries, es)
 	return int(n), err
 }

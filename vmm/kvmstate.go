@@ -108,7 +108,7 @@ func msrIndexList(kvmFD int) ([]uint32, error) {
 	for n := 256; n <= 1<<14; n *= 2 {
 		buf := make([]uint32, 1+n)
 		buf[0] = uint32(n)
-		_, err := ioctl(kvmFD, kvmGetMSRIndexList, uintptr(unsafe.Pointer(&buf[0])))
+		_, err := ioctlP(kvmFD, kvmGetMSRIndexList, unsafe.Pointer(&buf[0]))
 		if errors.Is(err, unix.E2BIG) {
 			continue
 		}

@@ -155,13 +155,13 @@ func (v *VCPU) saveState(c stateCaps) (vcpuState, error) {
 	switch {
 	case c.xsave2Size > 4096:
 		buf := make([]byte, c.xsave2Size)
-		if _, err := ioctl(v.fd, kvmGetXSave2, bytesAddr(buf)); err != nil {
+		if err := ioctlBuf(v.fd, kvmGetXSave2, buf); err != nil {
 			return s, wrap("KVM_GET_XSAVE2", err)
 		}
 		s.XSave = buf
 	case c.xsave > 0:
 		buf := make([]byte, 4096)
-		if _, err := ioctl(v.fd, kvmGetXSave, bytesAddr(buf)); err != nil {
+		if err := ioctlBuf(v.fd, kvmGetXSave, buf); err != nil {
 			return s, wrap("KVM_GET_XSAVE", err)
 		}
 		s.XSave = buf
@@ -229,7 +229,7 @@ func (v *VCPU) restoreState(s vcpuState) error {
 		if len(s.XSave) < 4096 {
 			return fmt.Errorf("%w: XSAVE state of %d bytes", ErrBadSnapshot, len(s.XSave))
 		}
-		if _, err := ioctl(v.fd, kvmSetXSave, bytesAddr(s.XSave)); err != nil {
+		if err := ioctlBuf(v.fd, kvmSetXSave, s.XSave); err != nil {
 			return wrap("KVM_SET_XSAVE", err)
 		}
 	default:

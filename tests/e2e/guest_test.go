@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -80,25 +81,95 @@ func miniGuest(t *testing.T) *guest {
 	return shared
 }
 
+// bootMini returns a running mini guest with cpus vCPUs, serving the
+// workload's mailbox with the probe engine attached. It is restored from
+// the cached snapshot of that guest (snapshotPath), made first by one cold
+// boot when missing: every e2e run exercises restore, and only the first
+// pays for a boot.
 func bootMini(cpus int) (*guest, error) {
+	path, err := snapshotPath(cpus)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(path); err == nil {
+		g, err := restoreMini(path, cpus)
+		if err == nil {
+			return g, nil
+		}
+		fmt.Fprintf(os.Stderr, "e2e: restoring %s failed, booting afresh: %v\n", path, err)
+	}
+	cold, err := coldBootMini(cpus, "hvprobe_wl=serve")
+	if err != nil {
+		return nil, err
+	}
+	info, err := cold.s.Snapshot(path)
+	cold.stop()
+	if err != nil {
+		return nil, fmt.Errorf("snapshotting the mini guest: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "e2e: cold boot to \"HVWL: ready\" %.1fs; snapshot %s (%d MiB on disk)\n",
+		cold.booted.Seconds(), path, info.DiskBytes>>20)
+	g, err := restoreMini(path, cpus)
+	if err != nil {
+		return nil, err
+	}
+	g.booted = cold.booted
+	return g, nil
+}
+
+func miniPaths() (kernel, sysmap, initrd string) {
 	dir := filepath.Join(imagesDir(), "mini")
-	console, err := os.Create(filepath.Join(logDir(), fmt.Sprintf("hvprobe-e2e-console-%dcpu.log", cpus)))
+	return filepath.Join(dir, "current", "bzImage"), filepath.Join(dir, "current", "System.map"), filepath.Join(dir, "initramfs.cpio")
+}
+
+// snapshotPath names the cached snapshot of a serving mini guest: keyed by
+// everything that shapes it (kernel, map, initrd, vCPUs, and this test
+// binary, which holds hvprobe's boot and attach code), under .cache/.
+func snapshotPath(cpus int) (string, error) {
+	kernel, sysmap, initrd := miniPaths()
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	for _, f := range []string{kernel, sysmap, initrd, exe} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", err
+		}
+		h.Write(b)
+	}
+	fmt.Fprintf(h, "cpus=%d", cpus)
+	dir := os.Getenv("HVPROBE_SNAPSHOTS")
+	if dir == "" {
+		dir = filepath.Join(imagesDir(), "..", "snapshots")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, fmt.Sprintf("mini-%dcpu-%x.snap", cpus, h.Sum(nil)[:8])), nil
+}
+
+func consoleLog(name string) (*os.File, error) {
+	return os.Create(filepath.Join(logDir(), name))
+}
+
+// coldBootMini boots the mini guest with the workload command line wl and,
+// for "serve", waits until it serves with the engine attached.
+func coldBootMini(cpus int, wl string) (*guest, error) {
+	kernel, sysmap, initrd := miniPaths()
+	console, err := consoleLog(fmt.Sprintf("hvprobe-e2e-console-%dcpu-cold.log", cpus))
 	if err != nil {
 		return nil, err
 	}
 	s, err := session.New(session.Options{
-		Kernel:        filepath.Join(dir, "current", "bzImage"),
-		SystemMap:     filepath.Join(dir, "current", "System.map"),
-		Initrd:        filepath.Join(dir, "initramfs.cpio"),
-		CmdlineAppend: "hvprobe_wl=serve",
-		CPUs:          cpus,
-		Console:       console,
+		Kernel: kernel, SystemMap: sysmap, Initrd: initrd,
+		CmdlineAppend: wl, CPUs: cpus, Console: console,
 	})
 	if err != nil {
 		return nil, err
 	}
-	g := &guest{s: s, ended: make(chan vmm.Result, 1)}
-	go func() { g.ended <- s.Run(context.Background()) }()
+	g := start(s)
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
 	ready := make(chan error, 1)
@@ -109,7 +180,7 @@ func bootMini(cpus int) (*guest, error) {
 	select {
 	case err := <-ready:
 		if err != nil {
-			s.VM.Stop()
+			g.stop()
 			return nil, fmt.Errorf("%w (console log: %s)", err, console.Name())
 		}
 	case r := <-g.ended:
@@ -118,20 +189,62 @@ func bootMini(cpus int) (*guest, error) {
 		return nil, fmt.Errorf("guest ended during boot (kernel at physical +%#x, virtual +%#x): %v (%v): %s",
 			l.PhysDelta, l.VirtDelta, r.Reason, r.Err, strings.Join(r.Tail, " | "))
 	}
-	if err := s.AttachErr(); err != nil {
-		return nil, fmt.Errorf("attaching the probe engine: %w", err)
-	}
-	a, err := s.Attached()
-	if err != nil {
+	if err := g.attached(); err != nil {
+		g.stop()
 		return nil, err
 	}
-	g.a = a
 	for _, l := range s.Lines() {
 		if strings.Contains(l.Text, "HVWL: ready") {
 			g.booted = l.At
 		}
 	}
 	return g, nil
+}
+
+// restoreMini restores a serving mini guest from a snapshot.
+func restoreMini(path string, cpus int) (*guest, error) {
+	kernel, sysmap, _ := miniPaths()
+	console, err := consoleLog(fmt.Sprintf("hvprobe-e2e-console-%dcpu.log", cpus))
+	if err != nil {
+		return nil, err
+	}
+	s, err := session.Restore(session.Options{Kernel: kernel, SystemMap: sysmap, Console: console}, path)
+	if err != nil {
+		return nil, err
+	}
+	g := start(s)
+	if err := g.attached(); err != nil {
+		g.stop()
+		return nil, err
+	}
+	return g, nil
+}
+
+// start runs s in the background.
+func start(s *session.Session) *guest {
+	g := &guest{s: s, ended: make(chan vmm.Result, 1)}
+	go func() { g.ended <- s.Run(context.Background()) }()
+	return g
+}
+
+func (g *guest) attached() error {
+	if err := g.s.AttachErr(); err != nil {
+		return fmt.Errorf("attaching the probe engine: %w", err)
+	}
+	a, err := g.s.Attached()
+	if err != nil {
+		return err
+	}
+	g.a = a
+	return nil
+}
+
+// stop ends the guest and releases it.
+func (g *guest) stop() {
+	g.s.VM.Stop()
+	r := <-g.ended
+	g.ended <- r
+	g.s.Close()
 }
 
 // run sends one scenario to the workload and returns its "HVWL:" lines.

@@ -140,6 +140,21 @@ func init() {
 	}
 }
 
+// ioctlP passes a pointer; it becomes a uintptr only in the Syscall call
+// expression, the one place the compiler keeps a stack object in place.
+func ioctlP(fd int, req uintptr, p unsafe.Pointer) (uintptr, error) {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(p))
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			return r, e
+		}
+		return r, nil
+	}
+}
+
 func ioctl(fd int, req uintptr, arg uintptr) (uintptr, error) {
 	for {
 		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
@@ -184,7 +199,7 @@ func newVM(kvm int) (*vm, error) {
 		return nil, fmt.Errorf("mmap guest memory: %w", err)
 	}
 	r := memRegion{Slot: 0, GuestPhysAddr: 0, MemorySize: memSize, UserspaceAdr: uint64(uintptr(unsafe.Pointer(&v.mem[0])))}
-	if _, err := ioctl(v.fd, kvmSetUserMemoryRegion, uintptr(unsafe.Pointer(&r))); err != nil {
+	if _, err := ioctlP(v.fd, kvmSetUserMemoryRegion, unsafe.Pointer(&r)); err != nil {
 		return nil, fmt.Errorf("KVM_SET_USER_MEMORY_REGION: %w", err)
 	}
 	sz, err := ioctl(kvm, kvmGetVCPUMmapSize, 0)
@@ -217,15 +232,15 @@ func (v *vm) newVCPU(id int, code []byte) (*vcpu, error) {
 	}
 	copy(v.mem[codeAddr:], code)
 	var s sregs
-	if _, err := ioctl(c.fd, kvmGetSregs, uintptr(unsafe.Pointer(&s))); err != nil {
+	if _, err := ioctlP(c.fd, kvmGetSregs, unsafe.Pointer(&s)); err != nil {
 		return nil, fmt.Errorf("KVM_GET_SREGS: %w", err)
 	}
 	s.CS.Base, s.CS.Selector = 0, 0
-	if _, err := ioctl(c.fd, kvmSetSregs, uintptr(unsafe.Pointer(&s))); err != nil {
+	if _, err := ioctlP(c.fd, kvmSetSregs, unsafe.Pointer(&s)); err != nil {
 		return nil, fmt.Errorf("KVM_SET_SREGS: %w", err)
 	}
 	r := regs{RIP: codeAddr, RFLAGS: 0x2, RSP: 0x8000}
-	if _, err := ioctl(c.fd, kvmSetRegs, uintptr(unsafe.Pointer(&r))); err != nil {
+	if _, err := ioctlP(c.fd, kvmSetRegs, unsafe.Pointer(&r)); err != nil {
 		return nil, fmt.Errorf("KVM_SET_REGS: %w", err)
 	}
 	return c, nil
@@ -245,14 +260,14 @@ func (c *vcpu) runOnce() (uint32, error) {
 
 func (c *vcpu) regs() regs {
 	var r regs
-	ioctl(c.fd, kvmGetRegs, uintptr(unsafe.Pointer(&r)))
+	ioctlP(c.fd, kvmGetRegs, unsafe.Pointer(&r))
 	return r
 }
 
 func (c *vcpu) setGuestDebug(control uint32, dr ...uint64) error {
 	d := guestDebug{Control: control}
 	copy(d.DebugReg[:], dr)
-	_, err := ioctl(c.fd, kvmSetGuestDebug, uintptr(unsafe.Pointer(&d)))
+	_, err := ioctlP(c.fd, kvmSetGuestDebug, unsafe.Pointer(&d))
 	return err
 }
 
@@ -495,7 +510,7 @@ func swBreakpoint(v *vm) {
 		"sw-bp: exit %s, regs.rip=%#x al=%d (want DEBUG exception=3 pc=0x1002)", c.describeExit(reason), r.RIP, r.RAX&0xff)
 	// Resume past the int3 the way a debugger would: rip += 1.
 	r.RIP = codeAddr + 3
-	ioctl(c.fd, kvmSetRegs, uintptr(unsafe.Pointer(&r)))
+	ioctlP(c.fd, kvmSetRegs, unsafe.Pointer(&r))
 	c.setGuestDebug(0)
 	reason, err = c.runOnce()
 	r = c.regs()
@@ -585,7 +600,7 @@ func int3ViaHandlerStub(v *vm) {
 	r.RIP = uint64(retIP)
 	r.RFLAGS = uint64(binary.LittleEndian.Uint16(v.mem[sp+4:])) | 2
 	r.RSP = sp + 6
-	if _, err := ioctl(c.fd, kvmSetRegs, uintptr(unsafe.Pointer(&r))); err != nil {
+	if _, err := ioctlP(c.fd, kvmSetRegs, unsafe.Pointer(&r)); err != nil {
 		check(false, "int3-via-handler-stub: KVM_SET_REGS: %v", err)
 		return
 	}
