@@ -178,7 +178,7 @@ func (e *eventEnv) event(def *probedef.Def, c *kprobes.Context, regs vmm.Regs, e
 	}
 	return probedef.Event{
 		Def: def, Comm: comm, PID: pid, CPU: c.CPU, IRQsOff: regs.RFLAGS&vmm.FlagIF == 0,
-		Time: c.Time.Sub(e.s.start), Where: e.k.Syms.FormatAddr(c.Addr), Func: fn, Values: vals,
+		Time: e.s.sinceLocked(c.Time), Where: e.k.Syms.FormatAddr(c.Addr), Func: fn, Values: vals,
 	}
 }
 

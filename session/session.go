@@ -37,6 +37,9 @@ type Session struct {
 	VM     *vmm.VM
 	Kernel *guest.Kernel
 	start  time.Time
+	// offset is the run time before start: a restored guest's lines and
+	// events go on from the snapshot's time.
+	offset time.Duration
 	opts   Options
 
 	scenarioMu  sync.Mutex
@@ -158,7 +161,7 @@ func (s *Session) Close() error { return s.VM.Close() }
 func (s *Session) onLine(text string) {
 	s.maybeAttach()
 	s.mu.Lock()
-	l := Line{Text: text, At: time.Since(s.start)}
+	l := Line{Text: text, At: s.sinceLocked(time.Now())}
 	if len(s.lines) == 0 {
 		s.firstAt = l.At
 	}
@@ -175,7 +178,11 @@ func (s *Session) onLine(text string) {
 	}
 }
 
-// Lines returns every console line so far.
+// sinceLocked is t as run time (s.mu held, or s.start already set).
+func (s *Session) sinceLocked(t time.Time) time.Duration { return t.Sub(s.start) + s.offset }
+
+// Lines returns every console line so far (a restored guest's include
+// those printed before the snapshot).
 func (s *Session) Lines() []Line {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/kprobes"
@@ -28,6 +29,10 @@ type snapshotMeta struct {
 	Attached      bool
 	Slots         kprobes.SlotArea // the mapped slot area
 	SlotsUsed     uint64           // bytes of it ever handed out
+	// Console is every line printed before the snapshot, and At the run
+	// time it was taken: a restored session goes on from there.
+	Console []Line
+	At      time.Duration
 }
 
 type fileID struct {
@@ -62,6 +67,9 @@ func (s *Session) Snapshot(path string) (vmm.SnapshotInfo, error) {
 	}
 	return s.VM.Snapshot(path, func() (json.RawMessage, error) {
 		m := snapshotMeta{Kernel: kid, SystemMap: mid, Int3Reflected: s.host.Int3Reflected}
+		s.mu.Lock()
+		m.Console, m.At = append([]Line(nil), s.lines...), s.sinceLocked(time.Now())
+		s.mu.Unlock()
 		s.attachMu.Lock()
 		a := s.attached
 		s.attachMu.Unlock()
@@ -119,6 +127,10 @@ func Restore(o Options, path string) (*Session, error) {
 			ErrSnapshotMismatch, path, reflectedWord(m.Int3Reflected), interceptVerb(host.Int3Reflected))
 	}
 	s := newSession(o, k, host)
+	s.lines, s.offset = m.Console, m.At
+	if len(s.lines) > 0 {
+		s.firstAt = s.lines[0].At
+	}
 	vm, _, err := vmm.Restore(vmm.RestoreConfig{
 		Path: path, Console: o.Console, OnConsoleLine: s.onLine, Symbolize: s.symbolize,
 	})
