@@ -29,7 +29,8 @@ const EnvInt3 = "HVPROBE_INT3"
 
 // DetectHost inspects sysModule (normally /sys/module) for the PVM module
 // and, when devKVM is not empty, finds out whether int3 is intercepted:
-// from $HVPROBE_INT3 when set, else with ProbeInt3Intercept.
+// from $HVPROBE_INT3 when set, else (but on an emulating KVM, which always
+// reports int3) with ProbeInt3Intercept.
 func DetectHost(sysModule, devKVM string) (Host, error) {
 	_, err := os.Stat(filepath.Join(sysModule, "kvm_pvm"))
 	h := Host{Emulating: err == nil}
@@ -45,6 +46,13 @@ func DetectHost(sysModule, devKVM string) (Host, error) {
 	case "":
 	default:
 		return h, fmt.Errorf("%w: %s=%q, want reflected or intercepted", ErrBadConfig, EnvInt3, v)
+	}
+	if h.Emulating {
+		// An emulating KVM hands a 64-bit int3 back as an emulation
+		// failure (assist.go), while the probe's real-mode int3 is
+		// emulated through the IVT and would read as "reflected"
+		// (docs/QUIRKS.md #26).
+		return h, nil
 	}
 	ok, err := ProbeInt3Intercept(devKVM)
 	if err != nil {

@@ -70,6 +70,13 @@ func TestDetectHostInt3FromEnvironment(t *testing.T) {
 	if _, err := DetectHost(dir, dev); !errors.Is(err, ErrNoKVM) {
 		t.Fatalf("no override, no KVM: %v, want ErrNoKVM from the probe", err)
 	}
+	// PVM: int3 comes back as an emulation failure; no probe runs.
+	if err := os.Mkdir(filepath.Join(dir, "kvm_pvm"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := DetectHost(dir, dev); err != nil || !h.Emulating || h.Int3Reflected {
+		t.Fatalf("emulating KVM: %+v %v, want Emulating and int3 intercepted without a probe", h, err)
+	}
 }
 
 func TestRegsArg(t *testing.T) {
