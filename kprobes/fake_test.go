@@ -241,22 +241,31 @@ func (e *env) run(stop uint64, limit int) {
 	}
 }
 
-// stepGuest executes one instruction as the CPU (and KVM) would: an int3
-// becomes a breakpoint event, and with single-step on a step event
-// follows the instruction (or the entry of an exception handler).
+// stepGuest executes one instruction on the env's vCPU (see exec).
 func (e *env) stepGuest() {
 	e.t.Helper()
-	c := e.cpu
+	n, err := e.exec(e.cpu)
+	e.exits += n
+	if err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// exec executes one instruction on c as the CPU (and KVM) would: an int3
+// becomes a breakpoint event, and with single-step on a step event follows
+// the instruction (or the entry of an exception handler). It returns the
+// debug events delivered. It touches only c and guest memory, so several
+// vCPUs may run it concurrently.
+func (e *env) exec(c *fakeCPU) (exits int, err error) {
 	var code [15]byte
 	if err := e.k.ReadVirt(c.regs.RIP, code[:1]); err != nil {
-		e.t.Fatalf("fetch at %#x: %v", c.regs.RIP, err)
+		return 0, fmt.Errorf("vCPU %d: fetch at %#x: %w", c.id, c.regs.RIP, err)
 	}
 	if code[0] == opInt3 {
-		e.exits++
 		if !e.m.HandleDebug(c, vmm.DebugEvent{Kind: vmm.DebugBreakpoint, RIP: c.regs.RIP}) {
-			e.t.Fatalf("int3 at %#x not handled: the guest would get #BP", c.regs.RIP)
+			return 1, fmt.Errorf("vCPU %d: int3 at %#x not handled: the guest would get #BP", c.id, c.regs.RIP)
 		}
-		return
+		return 1, nil
 	}
 	for i := 1; i < len(code); i++ {
 		if e.k.ReadVirt(c.regs.RIP+uint64(i), code[i:i+1]) != nil {
@@ -267,21 +276,24 @@ func (e *env) stepGuest() {
 	if err := execInsn(e.k, &c.regs, code[:], stepping); err != nil {
 		var pf *pageFault
 		if !errors.As(err, &pf) {
-			e.t.Fatalf("at %#x: %v", c.regs.RIP, err)
+			return 0, fmt.Errorf("vCPU %d: at %#x: %w", c.id, c.regs.RIP, err)
 		}
-		e.deliverPF(pf)
+		if err := e.deliverPF(c); err != nil {
+			return 0, err
+		}
 	}
 	if stepping {
-		e.exits++
 		e.m.HandleDebug(c, vmm.DebugEvent{Kind: vmm.DebugSingleStep, RIP: c.regs.RIP})
+		return 1, nil
 	}
+	return 0, nil
 }
 
-// deliverPF enters the page-fault handler as the CPU does: the frame with
-// the error code, RIP at the faulting instruction, IF and TF cleared.
-func (e *env) deliverPF(pf *pageFault) {
-	r := &e.cpu.regs
-	frame := []uint64{2, r.RIP, kernelCS, r.RFLAGS | boolFlag(e.cpu.ss, vmm.FlagTF), r.RSP, 0x18}
+// deliverPF enters the page-fault handler on c as the CPU does: the frame
+// with the error code, RIP at the faulting instruction, IF and TF cleared.
+func (e *env) deliverPF(c *fakeCPU) error {
+	r := &c.regs
+	frame := []uint64{2, r.RIP, kernelCS, r.RFLAGS | boolFlag(c.ss, vmm.FlagTF), r.RSP, 0x18}
 	sp := (r.RSP - uint64(8*len(frame))) &^ 15
 	for i, v := range frame {
 		writeU64(e.k, sp+uint64(8*i), v)
@@ -290,10 +302,11 @@ func (e *env) deliverPF(pf *pageFault) {
 	r.RFLAGS &^= vmm.FlagIF | vmm.FlagTF
 	var gate [16]byte
 	if err := e.k.ReadVirt(idtVA+16*pfVector, gate[:]); err != nil {
-		e.t.Fatal(err)
+		return err
 	}
 	r.RIP = uint64(binary.LittleEndian.Uint16(gate[0:])) | uint64(binary.LittleEndian.Uint16(gate[6:]))<<16 |
 		uint64(binary.LittleEndian.Uint32(gate[8:]))<<32
+	return nil
 }
 
 func boolFlag(b bool, f uint64) uint64 {

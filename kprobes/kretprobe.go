@@ -224,7 +224,7 @@ func (m *Manager) reclaimStale(rp *Kretprobe) {
 	var b [8]byte
 	for in := range rp.used {
 		if !in.live {
-			continue // being armed by another vCPU
+			continue // being armed, or its return completed, by another vCPU
 		}
 		if m.k.ReadVirt(in.slot, b[:]) == nil && binary.LittleEndian.Uint64(b[:]) == m.tramp {
 			continue
@@ -322,6 +322,9 @@ func (m *Manager) onReturn(cpu vmm.CPU, now time.Time) bool {
 	}
 	calls := make([]done, len(list))
 	for i, in := range list {
+		// Still this call's until put below, though its slot may already
+		// have been overwritten: reclaimStale must leave it alone.
+		in.live = false
 		calls[i] = done{in.rp, *in}
 	}
 	m.retMu.Unlock()

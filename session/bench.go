@@ -23,6 +23,14 @@ type BenchResult struct {
 	BareExit time.Duration // one guest→host→guest round trip (port I/O)
 	PerCall  time.Duration // one unprobed workload call
 	Cases    []BenchCase
+	// CPUs is the guest's vCPU count. With more than one, Parallel holds
+	// Cases again measured with one workload thread bound to each vCPU,
+	// all calling at once (Calls each): PerHit is then the wall-clock cost
+	// per call of one thread, equal to the single-vCPU PerHit when hits on
+	// different vCPUs do not slow each other down; ExitsPerHit is per call
+	// of all threads.
+	CPUs     int
+	Parallel []BenchCase
 }
 
 // Bench measures, on this session's guest, the cost of a bare VM exit and
@@ -35,7 +43,7 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 		return BenchResult{}, err
 	}
 	m := a.Manager
-	res := BenchResult{Calls: n}
+	res := BenchResult{Calls: n, CPUs: s.VM.NumCPUs()}
 	timed := func(cmd string) (time.Duration, uint64, error) {
 		e0 := s.VM.Stats().Total.Load()
 		t0 := time.Now()
@@ -57,6 +65,19 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 	}
 	res.BareExit = tExit / time.Duration(exits)
 	res.PerCall = tBase / time.Duration(n)
+	threads := fmt.Sprintf("threads:%d:%d", res.CPUs, n)
+	var tThreads time.Duration
+	var threadExits uint64
+	if res.CPUs > 1 {
+		// Warmed up too: the first threads run also creates the kthreads'
+		// stacks.
+		if _, _, err := timed(threads); err != nil {
+			return res, err
+		}
+		if tThreads, threadExits, err = timed(threads); err != nil {
+			return res, err
+		}
+	}
 
 	// The target's third instruction (after push %rbp; mov %rsp,%rbp,
 	// which the host emulates) takes a slot: boosted, or single-stepped
@@ -87,6 +108,11 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 			return res, fmt.Errorf("%s: %w", c.name, err)
 		}
 		t, exits, err := timed(calls)
+		var tp time.Duration
+		var pExits uint64
+		if err == nil && res.CPUs > 1 {
+			tp, pExits, err = timed(threads)
+		}
 		if rerr := c.remov(); err == nil {
 			err = rerr
 		}
@@ -98,6 +124,13 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 			PerHit:      (t - tBase) / time.Duration(n),
 			ExitsPerHit: float64(int64(exits)-int64(baseExits)) / float64(n),
 		})
+		if res.CPUs > 1 {
+			res.Parallel = append(res.Parallel, BenchCase{
+				Name:        c.name,
+				PerHit:      (tp - tThreads) / time.Duration(n),
+				ExitsPerHit: float64(int64(pExits)-int64(threadExits)) / float64(res.CPUs*n),
+			})
+		}
 	}
 	return res, nil
 }

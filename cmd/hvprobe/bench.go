@@ -15,12 +15,13 @@ func cmdBench(args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ExitOnError)
 	kernel, sysmap, initrd := guestFlags(fs)
 	calls := fs.Int("calls", 2000, "probed calls per measurement")
+	cpus := fs.Int("cpus", 1, "number of vCPUs; with more than one, every case is measured again with all vCPUs hitting the probe at once")
 	bootTimeout := fs.Duration("boot-timeout", 20*time.Minute, "how long the guest may take to reach its workload")
 	fs.Parse(args)
 
 	s, err := session.New(session.Options{
 		Kernel: *kernel, SystemMap: *sysmap, Initrd: *initrd,
-		CmdlineAppend: "hvprobe_wl=serve", Console: nil,
+		CmdlineAppend: "hvprobe_wl=serve", Console: nil, CPUs: *cpus,
 	})
 	if err != nil {
 		return err
@@ -50,6 +51,14 @@ func cmdBench(args []string) error {
 	fmt.Fprintf(w, "%-42s %12s %14s %12s\n", "probe", "cost/hit", "÷ bare exit", "exits/hit")
 	for _, c := range res.Cases {
 		fmt.Fprintf(w, "%-42s %12v %14.2f %12.2f\n", c.Name, c.PerHit, float64(c.PerHit)/float64(res.BareExit), c.ExitsPerHit)
+	}
+	if len(res.Parallel) == 0 {
+		return nil
+	}
+	fmt.Fprintf(w, "\nall %d vCPUs hitting at once (%d calls each; cost/hit is per call of one vCPU):\n", res.CPUs, res.Calls)
+	fmt.Fprintf(w, "%-42s %12s %14s %12s\n", "probe", "cost/hit", "÷ 1 vCPU", "exits/hit")
+	for i, c := range res.Parallel {
+		fmt.Fprintf(w, "%-42s %12v %14.2f %12.2f\n", c.Name, c.PerHit, float64(c.PerHit)/float64(res.Cases[i].PerHit), c.ExitsPerHit)
 	}
 	return nil
 }
