@@ -68,3 +68,29 @@ func (s *Session) Inspect() (Inspection, error) {
 	in.Tasks, err = introspect.Tasks(a.Kernel.Mem, initTask, l)
 	return in, err
 }
+
+// WhereCPUs says where each vCPU is: rip as symbol+offset, rsp, and
+// whether interrupts are on. For a guest that stopped making progress;
+// call it after Run has returned (or on a running guest, which it stops
+// one vCPU at a time).
+func (s *Session) WhereCPUs() []string {
+	var out []string
+	for i := 0; i < s.VM.NumCPUs(); i++ {
+		err := s.VM.Do(i, func(c vmm.CPU) error {
+			r, err := c.Regs()
+			if err != nil {
+				return err
+			}
+			irq := "off"
+			if r.RFLAGS&vmm.FlagIF != 0 {
+				irq = "on"
+			}
+			out = append(out, fmt.Sprintf("vCPU %d: rip %#x %s rsp %#x interrupts %s", i, r.RIP, s.symbolize(r.RIP), r.RSP, irq))
+			return nil
+		})
+		if err != nil {
+			out = append(out, fmt.Sprintf("vCPU %d: %v", i, err))
+		}
+	}
+	return out
+}

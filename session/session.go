@@ -98,6 +98,7 @@ func New(o Options) (*Session, error) {
 		Kernel:        k.Image,
 		Initrd:        initrd,
 		Cmdline:       host.Cmdline(extra...),
+		Host:          host,
 		MemSize:       o.MemSize,
 		CPUs:          o.CPUs,
 		KASLR:         !o.NoKASLR,

@@ -62,6 +62,32 @@ func DetectHost(sysModule, devKVM string) (Host, error) {
 	return h, nil
 }
 
+// KVM paravirtual features (CPUID 0x40000001 EAX) whose use is a
+// hypercall: pv spinlock kicks, PV IPIs, directed yield.
+const (
+	kvmFeaturePVUnhalt     = 1 << 7
+	kvmFeaturePVSendIPI    = 1 << 11
+	kvmFeaturePVSchedYield = 1 << 13
+	cpuidKVMFeatures       = 0x40000001
+)
+
+// CPUID adjusts the guest's CPUID to the host. An emulating KVM (PVM)
+// never completes a guest's vmcall: a 2-vCPU guest hung at "Booting SMP
+// configuration" with the AP on the PV-IPI hypercall and CPU 0 spinning
+// on its lock (docs/QUIRKS.md #29), so the hypercall-based PV features are
+// hidden there; Linux then uses plain APIC IPIs, HLT and spinning.
+func (h Host) CPUID(entries []CPUIDEntry) []CPUIDEntry {
+	if !h.Emulating {
+		return entries
+	}
+	for i := range entries {
+		if entries[i].Function == cpuidKVMFeatures {
+			entries[i].EAX &^= kvmFeaturePVUnhalt | kvmFeaturePVSendIPI | kvmFeaturePVSchedYield
+		}
+	}
+	return entries
+}
+
 // BaseCmdline is what every hvprobe guest gets: the console on the UART
 // the VMM emulates, reset through the i8042 (the VMM's clean end),
 // reboot-on-panic so a panic ends the run, and no lockup watchdogs.

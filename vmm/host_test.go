@@ -94,3 +94,16 @@ func TestRegsArg(t *testing.T) {
 		t.Errorf("Arg(7) at %#x", at)
 	}
 }
+
+func TestHostCPUIDHidesHypercallFeaturesWhenEmulating(t *testing.T) {
+	in := []CPUIDEntry{{Function: 1, ECX: 0x80000000}, {Function: cpuidKVMFeatures, EAX: 0x01ffffff}}
+	hw := Host{}.CPUID(append([]CPUIDEntry(nil), in...))
+	if hw[1].EAX != 0x01ffffff {
+		t.Fatalf("hardware KVM: features %#x changed", hw[1].EAX)
+	}
+	em := Host{Emulating: true}.CPUID(append([]CPUIDEntry(nil), in...))
+	want := uint32(0x01ffffff &^ (1<<7 | 1<<11 | 1<<13))
+	if em[1].EAX != want || em[0] != in[0] {
+		t.Fatalf("emulating KVM: features %#x, want %#x (PV_UNHALT, PV_SEND_IPI, PV_SCHED_YIELD off); leaf 1 %+v", em[1].EAX, want, em[0])
+	}
+}

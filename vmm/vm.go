@@ -20,9 +20,12 @@ import (
 
 // Config describes a VM to boot.
 type Config struct {
-	Kernel   *kimage.Image // opened bzImage or vmlinux ELF
-	Initrd   []byte        // optional
-	Cmdline  string
+	Kernel  *kimage.Image // opened bzImage or vmlinux ELF
+	Initrd  []byte        // optional
+	Cmdline string
+	// Host is the KVM underneath; it decides the CPUID the guest gets
+	// (Host.CPUID).
+	Host     Host
 	MemSize  uint64 // bytes; default 512 MiB
 	CPUs     int    // default 1
 	Reserved uint64 // bytes kept from the guest at the top of RAM for hvprobe; default 2 MiB
@@ -107,7 +110,10 @@ func New(cfg Config) (*VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mapping %d MiB of guest RAM: %w", cfg.MemSize>>20, err)
 	}
-	if err := vm.create(ram, vcpuCPUID); err != nil {
+	cpuid := func(id int, supported []CPUIDEntry) []CPUIDEntry {
+		return cfg.Host.CPUID(vcpuCPUID(id, supported))
+	}
+	if err := vm.create(ram, cpuid); err != nil {
 		vm.Close()
 		return nil, err
 	}

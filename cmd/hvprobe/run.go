@@ -202,6 +202,11 @@ func cmdRun(args []string) error {
 	if *snapAt != "" && res.Reason == vmm.StopRequested && ctx.Err() == nil {
 		return nil // stopped after the snapshot, as asked
 	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		for _, l := range s.WhereCPUs() {
+			events.printf("hvprobe: at the timeout, %s", l)
+		}
+	}
 
 	if err := s.AttachErr(); err != nil {
 		events.printf("hvprobe: attaching probes failed: %v", err)
