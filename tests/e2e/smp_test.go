@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,19 +19,13 @@ var (
 	smpErr   error
 )
 
-// twoCPUGuest is a second shared guest with two vCPUs.
+// twoCPUGuest is a second shared guest with two vCPUs. (Its intermittent
+// reset of issue 8 was KVM_GET_REGS losing its result to a goroutine stack
+// copy, docs/QUIRKS.md #25; on PVM it boots only with the hypercall PV
+// features hidden, #29.)
 func twoCPUGuest(t *testing.T) *guest {
 	t.Helper()
 	kvmtest.RequireKVM(t)
-	if os.Getenv("HVPROBE_E2E_SMP") == "" {
-		// Issue 8: the intermittent reset here was KVM_GET_REGS losing its
-		// result to a goroutine stack copy (zero registers, a vCPU sent to a
-		// slot with rsp 0: docs/QUIRKS.md #25), fixed in vmm.ioctlP. On PVM
-		// a 2-vCPU guest also needs the KVM PV hypercall features (PV IPI,
-		// sched yield, unhalt) hidden to boot at all. Opt-in until both are
-		// in and rehearsed; run with HVPROBE_E2E_SMP=1.
-		t.Skip("2-vCPU tests are opt-in (issue 8); HVPROBE_E2E_SMP=1 runs them")
-	}
 	smpOnce.Do(func() {
 		smpGuest, smpErr = bootMini(2)
 		if smpErr != nil { // docs/QUIRKS.md #23, as for the 1-vCPU guest
