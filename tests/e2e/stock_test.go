@@ -119,6 +119,10 @@ func bootStockOnce(t *testing.T, dir string, attempt int) (stalled bool) {
 		if r.Panicked {
 			t.Errorf("stock kernel panicked: %s", strings.Join(r.Tail, "\n"))
 		}
+		if r.Err != nil {
+			t.Errorf("the stock guest stopped: %v", r.Err)
+		}
+		cancel() // a guest that ended will print nothing more
 	}()
 	var silent atomic.Bool
 	go func() {
