@@ -8,35 +8,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The KVM state a snapshot carries beyond registers: ioctl numbers and
-// mirrors of the uapi structs (arch/x86/include/uapi/asm/kvm.h).
-var (
-	kvmGetMSRIndexList = ioc(iocRead|iocWrite, 0x02, 4)
-	kvmGetIRQChip      = ioc(iocRead|iocWrite, 0x62, 520)
-	kvmSetIRQChip      = ioc(iocRead, 0x63, 520) // _IOR in kvm.h, not _IOW
-	kvmSetClock        = ioc(iocWrite, 0x7b, 48)
-	kvmGetClock        = ioc(iocRead, 0x7c, 48)
-	kvmGetCPUID2       = ioc(iocRead|iocWrite, 0x91, 8)
-	kvmGetMPState      = ioc(iocRead, 0x98, 4)
-	kvmSetMPState      = ioc(iocWrite, 0x99, 4)
-	kvmGetPIT2         = ioc(iocRead, 0x9f, 112)
-	kvmSetPIT2         = ioc(iocWrite, 0xa0, 112)
-	kvmGetDebugRegs    = ioc(iocRead, 0xa1, 128)
-	kvmSetDebugRegs    = ioc(iocWrite, 0xa2, 128)
-	kvmGetXSave        = ioc(iocRead, 0xa4, 4096)
-	kvmSetXSave        = ioc(iocWrite, 0xa5, 4096)
-	kvmGetXCRs         = ioc(iocRead, 0xa6, 392)
-	kvmSetXCRs         = ioc(iocWrite, 0xa7, 392)
-	kvmKVMClockCtrl    = ioc(iocNone, 0xad, 0)
-	kvmGetXSave2       = ioc(iocRead, 0xcf, 4096)
-)
+// Mirrors of the uapi structs a snapshot carries beyond registers
+// (arch/x86/include/uapi/asm/kvm.h); their ioctl numbers are in kvm.go.
 
 const (
-	capDebugRegs = 50
-	capXSave     = 55
-	capXCRs      = 56
-	capXSave2    = 208
-
 	// MSR_IA32_TSC_DEADLINE: KVM arms the LAPIC timer from it against the
 	// current TSC, so it is written after every other MSR (as Firecracker does).
 	msrTSCDeadline = 0x6e0

@@ -25,6 +25,13 @@ func TestMirrorSizesMatchIoctlNumbers(t *testing.T) {
 		{"kvm_lapic_state", unsafe.Sizeof(LAPICState{}), kvmGetLAPIC},
 		{"kvm_vcpu_events", unsafe.Sizeof(VCPUEvents{}), kvmGetVCPUEvents},
 		{"kvm_enable_cap", unsafe.Sizeof(enableCap{}), kvmEnableCap},
+		{"kvm_irqchip", unsafe.Sizeof(irqChip{}), kvmGetIRQChip},
+		{"kvm_irqchip (set)", unsafe.Sizeof(irqChip{}), kvmSetIRQChip},
+		{"kvm_clock_data", unsafe.Sizeof(clockData{}), kvmGetClock},
+		{"kvm_pit_state2", unsafe.Sizeof(pitState2{}), kvmGetPIT2},
+		{"kvm_debugregs", unsafe.Sizeof(debugRegs{}), kvmGetDebugRegs},
+		{"kvm_xcrs", unsafe.Sizeof(xcrs{}), kvmGetXCRs},
+		{"kvm_mp_state", unsafe.Sizeof(uint32(0)), kvmGetMPState},
 	}
 	for _, c := range cases {
 		if c.got != size(c.req) {
