@@ -92,13 +92,13 @@ func bootMini(cpus int) (*guest, error) {
 		return nil, err
 	}
 	if _, err := os.Stat(path); err == nil {
-		g, err := restoreMini(path, cpus)
+		g, err := restoreMini(path, cpus, "shared")
 		if err == nil {
 			return g, nil
 		}
 		fmt.Fprintf(os.Stderr, "e2e: restoring %s failed, booting afresh: %v\n", path, err)
 	}
-	cold, err := coldBootMini(cpus, "hvprobe_wl=serve")
+	cold, err := coldBootMini(cpus, "hvprobe_wl=serve", "cold")
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +109,7 @@ func bootMini(cpus int) (*guest, error) {
 	}
 	fmt.Fprintf(os.Stderr, "e2e: cold boot to \"HVWL: ready\" %.1fs; snapshot %s (%d MiB on disk)\n",
 		cold.booted.Seconds(), path, info.DiskBytes>>20)
-	g, err := restoreMini(path, cpus)
+	g, err := restoreMini(path, cpus, "shared")
 	if err != nil {
 		return nil, err
 	}
@@ -154,11 +154,12 @@ func consoleLog(name string) (*os.File, error) {
 	return os.Create(filepath.Join(logDir(), name))
 }
 
-// coldBootMini boots the mini guest with the workload command line wl and,
-// for "serve", waits until it serves with the engine attached.
-func coldBootMini(cpus int, wl string) (*guest, error) {
+// coldBootMini boots the mini guest with the workload command line wl and
+// waits until it serves with the engine attached; name tells its console
+// log apart.
+func coldBootMini(cpus int, wl, name string) (*guest, error) {
 	kernel, sysmap, initrd := miniPaths()
-	console, err := consoleLog(fmt.Sprintf("hvprobe-e2e-console-%dcpu-cold.log", cpus))
+	console, err := consoleLog(fmt.Sprintf("hvprobe-e2e-console-%dcpu-%s.log", cpus, name))
 	if err != nil {
 		return nil, err
 	}
@@ -201,10 +202,11 @@ func coldBootMini(cpus int, wl string) (*guest, error) {
 	return g, nil
 }
 
-// restoreMini restores a serving mini guest from a snapshot.
-func restoreMini(path string, cpus int) (*guest, error) {
+// restoreMini restores a serving mini guest from a snapshot; name tells
+// its console log apart.
+func restoreMini(path string, cpus int, name string) (*guest, error) {
 	kernel, sysmap, _ := miniPaths()
-	console, err := consoleLog(fmt.Sprintf("hvprobe-e2e-console-%dcpu.log", cpus))
+	console, err := consoleLog(fmt.Sprintf("hvprobe-e2e-console-%dcpu-%s.log", cpus, name))
 	if err != nil {
 		return nil, err
 	}

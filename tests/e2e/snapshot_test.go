@@ -43,7 +43,7 @@ func TestSnapshotRestoreScenarios(t *testing.T) {
 	}
 	truth := coldResults(t, strings.Join(cmds, ","))
 
-	cold, err := coldBootMini(1, "hvprobe_wl=serve")
+	cold, err := coldBootMini(1, "hvprobe_wl=serve", "snapshot-cold")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestSnapshotRestoreScenarios(t *testing.T) {
 
 	for i, sc := range snapScenarios {
 		t0 := time.Now()
-		g, err := restoreMini(path, 1)
+		g, err := restoreMini(path, 1, fmt.Sprintf("restore%d", i+1))
 		if err != nil {
 			t.Fatalf("restore %d: %v", i+1, err)
 		}
