@@ -44,11 +44,23 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 	}
 	m := a.Manager
 	res := BenchResult{Calls: n, CPUs: s.VM.NumCPUs()}
+	// timed runs cmd three times and keeps the fastest run: the mailbox is
+	// polled every 20 ms and the guest's scheduler adds noise of its own
+	// (a threads baseline was once slower than every probed run).
 	timed := func(cmd string) (time.Duration, uint64, error) {
-		e0 := s.VM.Stats().Total.Load()
-		t0 := time.Now()
-		_, err := s.Scenario(ctx, cmd)
-		return time.Since(t0), s.VM.Stats().Total.Load() - e0, err
+		var best time.Duration
+		var bestExits uint64
+		for i := 0; i < 3; i++ {
+			e0 := s.VM.Stats().Total.Load()
+			t0 := time.Now()
+			if _, err := s.Scenario(ctx, cmd); err != nil {
+				return 0, 0, err
+			}
+			if d := time.Since(t0); i == 0 || d < best {
+				best, bestExits = d, s.VM.Stats().Total.Load()-e0
+			}
+		}
+		return best, bestExits, nil
 	}
 	calls := fmt.Sprintf("calls:%d", n)
 	// Warm up (first-touch page faults, caches) before measuring.
