@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
@@ -81,5 +82,25 @@ func TestEventCounter(t *testing.T) {
 	}
 	if c.n[`open: path="/a"`] != 2 || c.n[`open: path="/b"`] != 1 || len(c.n) != 2 {
 		t.Fatalf("counts %v", c.n)
+	}
+}
+
+// Snapshot and restore flags that cannot go together are refused before
+// anything is opened or booted.
+func TestRunSnapshotFlagConflicts(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--snapshot-at", "HVWL: ready"}, "--snapshot-at and --snapshot-out go together"},
+		{[]string{"--snapshot-out", "x.snap"}, "--snapshot-at and --snapshot-out go together"},
+		{[]string{"--snapshot-at", "m", "--snapshot-out", "x.snap", "--kprobe", "f"}, "a snapshot holds no probes"},
+		{[]string{"--restore", "x.snap", "--mem", "1G"}, "--restore: --mem is the snapshot's own"},
+		{[]string{"--restore", "x.snap", "--cmdline-append", "quiet"}, "--restore: --cmdline-append is the snapshot's own"},
+	} {
+		err := cmdRun(c.args)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("run %q: %v, want %q", c.args, err, c.want)
+		}
 	}
 }
