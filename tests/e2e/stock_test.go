@@ -89,9 +89,9 @@ func bootStockOnce(t *testing.T, dir string, attempt int) (stalled bool) {
 	}
 	defer console.Close()
 	s, err := session.New(session.Options{
-		Kernel:        filepath.Join(dir, "vmlinuz"),
-		SystemMap:     filepath.Join(dir, "System.map"),
-		Initrd:        filepath.Join(imagesDir(), "mini", "initramfs.cpio"),
+		Kernel:    filepath.Join(dir, "vmlinuz"),
+		SystemMap: filepath.Join(dir, "System.map"),
+		Initrd:    filepath.Join(imagesDir(), "mini", "initramfs.cpio"),
 		// cryptomgr.notests: the crypto self-tests are no initcalls and take
 		// over 5 minutes where kernel mode is emulated (docs/QUIRKS.md #31).
 		CmdlineAppend: "initcall_debug ignore_loglevel cryptomgr.notests",
