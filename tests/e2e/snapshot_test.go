@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,6 +60,12 @@ func TestSnapshotRestoreScenarios(t *testing.T) {
 	t.Logf("cold boot to \"HVWL: ready\": %.2fs; snapshot written in %.3fs: %d MiB file, %d MiB on disk",
 		cold.booted.Seconds(), took.Seconds(), info.FileSize>>20, info.DiskBytes>>20)
 
+	written := fileSum(t, path)
+	defer func() {
+		if fileSum(t, path) != written {
+			t.Errorf("restores wrote to the snapshot file %s", path)
+		}
+	}()
 	for i, sc := range snapScenarios {
 		t0 := time.Now()
 		g, err := restoreMini(path, 1, fmt.Sprintf("restore%d", i+1))
@@ -106,6 +114,23 @@ func TestSnapshotRestoreScenarios(t *testing.T) {
 		t.Logf("restore %d: %s in %.3fs, first scenario done %.3fs after the restore began (cold boot ÷ restore = %.0f×); %s, %d hits",
 			i+1, path, restored.Seconds(), responded.Seconds(), cold.booted.Seconds()/restored.Seconds(), got, hits.Load())
 	}
+}
+
+// fileSum is the SHA-256 of a file's bytes.
+func fileSum(t *testing.T, path string) [32]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum
 }
 
 // coldResults boots the mini guest once with cmds on its command line and
@@ -171,7 +196,7 @@ func TestSnapshotRefusals(t *testing.T) {
 		{kernel, filepath.Join(stock, "System.map"), "was taken with System.map"},
 	} {
 		if _, err := os.Stat(c.kernel); err != nil {
-			t.Skipf("stock kernel not fetched: %v", err)
+			t.Fatalf("stock kernel not fetched (make images-stock): %v", err)
 		}
 		_, err := session.Restore(session.Options{Kernel: c.kernel, SystemMap: c.sysmap}, path)
 		if !errors.Is(err, session.ErrSnapshotMismatch) || !strings.Contains(err.Error(), c.want) {
