@@ -5,9 +5,12 @@
 // assists an emulating KVM needs.
 //
 // Layering: vmm imports nothing of hvprobe but vmm/kimage. Every KVM
-// ioctl goes through ioctl() in ioctl_unsafe.go, which with the kvm_run
-// views is the package's only unsafe code; kvm.go mirrors the kernel's
-// structs, and sizes_test.go checks each against its ioctl number.
+// ioctl goes through ioctl() or, with a pointer argument, ioctlP() in
+// ioctl_unsafe.go (the pointer must stay an unsafe.Pointer until the
+// Syscall expression: docs/QUIRKS.md #25); with the kvm_run views and the
+// snapshot mirrors' raw bytes that is the package's only unsafe code.
+// kvm.go and kvmstate.go mirror the kernel's structs, and sizes_test.go
+// checks each against its ioctl number.
 //
 // Threading invariants:
 //   - Each vCPU is one goroutine locked to one OS thread for its whole
@@ -21,7 +24,12 @@
 //     vCPUs run is safe; multi-byte patches are not atomic to the guest.
 //
 // The only difference between hardware KVM and an emulating KVM that this
-// package acts on is Host (host.go): the kernel command-line masks, and
-// int3/fwait/ldmxcsr arriving as emulation failures (assist.go), which are
-// turned into the same DebugEvent a KVM_EXIT_DEBUG gives.
+// package acts on is Host (host.go): the kernel command-line masks, the
+// hypercall PV features hidden in CPUID, and int3/fwait/ldmxcsr arriving
+// as emulation failures (assist.go), which are turned into the same
+// DebugEvent a KVM_EXIT_DEBUG gives.
+//
+// Snapshots (snapshot.go) stop every vCPU on its own thread, save KVM's
+// and the devices' state and RAM to a file, and restore a VM from one with
+// RAM mapped copy-on-write from the file.
 package vmm
