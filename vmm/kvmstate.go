@@ -76,6 +76,31 @@ func fromRaw[T any](b []byte, p *T) error {
 	return nil
 }
 
+// getRaw is a step that reads a mirror struct T with one GET ioctl and
+// keeps its bytes in dst.
+func getRaw[T any](fd int, req uintptr, name string, dst *[]byte) func() error {
+	return func() error {
+		var x T
+		if err := ioctlPtr(fd, req, &x); err != nil {
+			return wrap(name, err)
+		}
+		*dst = raw(&x)
+		return nil
+	}
+}
+
+// setRaw is a step that loads saved bytes into a mirror struct T and
+// writes it with one SET ioctl.
+func setRaw[T any](fd int, req uintptr, name string, b []byte) func() error {
+	return func() error {
+		var x T
+		if err := fromRaw(b, &x); err != nil {
+			return err
+		}
+		return wrap(name, ioctlPtr(fd, req, &x))
+	}
+}
+
 // msrIndexList is every MSR KVM saves and restores for a vCPU
 // (KVM_GET_MSR_INDEX_LIST on /dev/kvm: architectural, emulated and
 // kvm-clock MSRs).

@@ -134,72 +134,38 @@ func (v *VCPU) saveState(c stateCaps) (vcpuState, error) {
 	if err := v.completePending(); err != nil {
 		return s, err
 	}
-	cpuid, err := cpuidIoctl(v.fd, kvmGetCPUID2, make([]CPUIDEntry, 256))
-	if err != nil {
-		return s, wrap("KVM_GET_CPUID2", err)
+	fd := v.fd
+	steps := []func() error{
+		func() (err error) {
+			s.CPUID, err = cpuidIoctl(fd, kvmGetCPUID2, make([]CPUIDEntry, 256))
+			return wrap("KVM_GET_CPUID2", err)
+		},
+		func() error { return wrap("KVM_GET_MP_STATE", ioctlPtr(fd, kvmGetMPState, &s.MPState)) },
+		getRaw[Regs](fd, kvmGetRegs, "KVM_GET_REGS", &s.Regs),
+		getRaw[Sregs](fd, kvmGetSregs, "KVM_GET_SREGS", &s.Sregs),
 	}
-	s.CPUID = cpuid
-	if err := ioctlPtr(v.fd, kvmGetMPState, &s.MPState); err != nil {
-		return s, wrap("KVM_GET_MP_STATE", err)
-	}
-	regs, err := v.Regs()
-	if err != nil {
-		return s, err
-	}
-	s.Regs = raw(&regs)
-	sregs, err := v.Sregs()
-	if err != nil {
-		return s, err
-	}
-	s.Sregs = raw(&sregs)
 	switch {
 	case c.xsave2Size > 4096:
-		buf := make([]byte, c.xsave2Size)
-		if err := ioctlBuf(v.fd, kvmGetXSave2, buf); err != nil {
-			return s, wrap("KVM_GET_XSAVE2", err)
-		}
-		s.XSave = buf
+		s.XSave = make([]byte, c.xsave2Size)
+		steps = append(steps, func() error { return wrap("KVM_GET_XSAVE2", ioctlBuf(fd, kvmGetXSave2, s.XSave)) })
 	case c.xsave > 0:
-		buf := make([]byte, 4096)
-		if err := ioctlBuf(v.fd, kvmGetXSave, buf); err != nil {
-			return s, wrap("KVM_GET_XSAVE", err)
-		}
-		s.XSave = buf
+		s.XSave = make([]byte, 4096)
+		steps = append(steps, func() error { return wrap("KVM_GET_XSAVE", ioctlBuf(fd, kvmGetXSave, s.XSave)) })
 	default:
-		f, err := v.fpu()
-		if err != nil {
-			return s, err
-		}
-		s.FPU = raw(&f)
+		steps = append(steps, getRaw[FPU](fd, kvmGetFPU, "KVM_GET_FPU", &s.FPU))
 	}
 	if c.xcrs > 0 {
-		var x xcrs
-		if err := ioctlPtr(v.fd, kvmGetXCRs, &x); err != nil {
-			return s, wrap("KVM_GET_XCRS", err)
-		}
-		s.XCRs = raw(&x)
+		steps = append(steps, getRaw[xcrs](fd, kvmGetXCRs, "KVM_GET_XCRS", &s.XCRs))
 	}
 	if c.debugRegs > 0 {
-		var d debugRegs
-		if err := ioctlPtr(v.fd, kvmGetDebugRegs, &d); err != nil {
-			return s, wrap("KVM_GET_DEBUGREGS", err)
-		}
-		s.DebugRegs = raw(&d)
+		steps = append(steps, getRaw[debugRegs](fd, kvmGetDebugRegs, "KVM_GET_DEBUGREGS", &s.DebugRegs))
 	}
-	l, err := v.lapic()
-	if err != nil {
-		return s, err
-	}
-	s.LAPIC = raw(&l)
-	if s.MSRs, err = v.readMSRs(c.msrs); err != nil {
-		return s, err
-	}
-	ev, err := v.events()
-	if err != nil {
-		return s, err
-	}
-	s.Events = raw(&ev)
-	return s, nil
+	steps = append(steps,
+		getRaw[LAPICState](fd, kvmGetLAPIC, "KVM_GET_LAPIC", &s.LAPIC),
+		func() (err error) { s.MSRs, err = v.readMSRs(c.msrs); return err },
+		getRaw[VCPUEvents](fd, kvmGetVCPUEvents, "KVM_GET_VCPU_EVENTS", &s.Events),
+	)
+	return s, runSteps(steps)
 }
 
 // restoreState writes a saved state back. Order matters (Firecracker's
@@ -207,78 +173,47 @@ func (v *VCPU) saveState(c stateCaps) (vcpuState, error) {
 // SET_SREGS carries the APIC base, so the LAPIC follows it; the TSC
 // deadline MSR needs the LAPIC.
 func (v *VCPU) restoreState(s vcpuState) error {
-	if err := ioctlPtr(v.fd, kvmSetMPState, &s.MPState); err != nil {
-		return wrap("KVM_SET_MP_STATE", err)
-	}
-	var regs Regs
-	if err := fromRaw(s.Regs, &regs); err != nil {
-		return err
-	}
-	if err := v.SetRegs(regs); err != nil {
-		return err
-	}
-	var sregs Sregs
-	if err := fromRaw(s.Sregs, &sregs); err != nil {
-		return err
-	}
-	if err := v.SetSregs(sregs); err != nil {
-		return err
+	fd := v.fd
+	steps := []func() error{
+		func() error { return wrap("KVM_SET_MP_STATE", ioctlPtr(fd, kvmSetMPState, &s.MPState)) },
+		setRaw[Regs](fd, kvmSetRegs, "KVM_SET_REGS", s.Regs),
+		setRaw[Sregs](fd, kvmSetSregs, "KVM_SET_SREGS", s.Sregs),
 	}
 	switch {
+	case len(s.XSave) >= 4096:
+		steps = append(steps, func() error { return wrap("KVM_SET_XSAVE", ioctlBuf(fd, kvmSetXSave, s.XSave)) })
 	case len(s.XSave) > 0:
-		if len(s.XSave) < 4096 {
-			return fmt.Errorf("%w: XSAVE state of %d bytes", ErrBadSnapshot, len(s.XSave))
-		}
-		if err := ioctlBuf(v.fd, kvmSetXSave, s.XSave); err != nil {
-			return wrap("KVM_SET_XSAVE", err)
-		}
+		return fmt.Errorf("%w: XSAVE state of %d bytes", ErrBadSnapshot, len(s.XSave))
 	default:
-		var f FPU
-		if err := fromRaw(s.FPU, &f); err != nil {
-			return err
-		}
-		if err := v.setFPU(f); err != nil {
-			return err
-		}
+		steps = append(steps, setRaw[FPU](fd, kvmSetFPU, "KVM_SET_FPU", s.FPU))
 	}
 	if len(s.XCRs) > 0 {
-		var x xcrs
-		if err := fromRaw(s.XCRs, &x); err != nil {
-			return err
-		}
-		if err := ioctlPtr(v.fd, kvmSetXCRs, &x); err != nil {
-			return wrap("KVM_SET_XCRS", err)
-		}
+		steps = append(steps, setRaw[xcrs](fd, kvmSetXCRs, "KVM_SET_XCRS", s.XCRs))
 	}
 	if len(s.DebugRegs) > 0 {
-		var d debugRegs
-		if err := fromRaw(s.DebugRegs, &d); err != nil {
-			return err
-		}
-		if err := ioctlPtr(v.fd, kvmSetDebugRegs, &d); err != nil {
-			return wrap("KVM_SET_DEBUGREGS", err)
-		}
+		steps = append(steps, setRaw[debugRegs](fd, kvmSetDebugRegs, "KVM_SET_DEBUGREGS", s.DebugRegs))
 	}
-	var l LAPICState
-	if err := fromRaw(s.LAPIC, &l); err != nil {
-		return err
-	}
-	if err := v.setLAPIC(l); err != nil {
-		return err
-	}
-	if err := v.writeMSRs(s.MSRs); err != nil {
-		return err
-	}
-	var ev VCPUEvents
-	if err := fromRaw(s.Events, &ev); err != nil {
-		return err
-	}
-	if err := v.setEvents(ev); err != nil {
+	steps = append(steps,
+		setRaw[LAPICState](fd, kvmSetLAPIC, "KVM_SET_LAPIC", s.LAPIC),
+		func() error { return v.writeMSRs(s.MSRs) },
+		setRaw[VCPUEvents](fd, kvmSetVCPUEvents, "KVM_SET_VCPU_EVENTS", s.Events),
+	)
+	if err := runSteps(steps); err != nil {
 		return err
 	}
 	// Tells a kvm-clock guest it was paused, so its watchdogs do not count
 	// the pause; EINVAL without kvm-clock is fine.
-	ioctl(v.fd, kvmKVMClockCtrl, 0)
+	ioctl(fd, kvmKVMClockCtrl, 0)
+	return nil
+}
+
+// runSteps runs steps in order up to the first error.
+func runSteps(steps []func() error) error {
+	for _, f := range steps {
+		if err := f(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -407,46 +342,34 @@ func (vm *VM) saveMachine(st *snapshotState) error {
 		}
 		st.IRQChips = append(st.IRQChips, raw(&c))
 	}
-	var pit pitState2
-	if err := ioctlPtr(vm.vmFD, kvmGetPIT2, &pit); err != nil {
-		return wrap("KVM_GET_PIT2", err)
-	}
-	st.PIT = raw(&pit)
 	var clk clockData
-	if err := ioctlPtr(vm.vmFD, kvmGetClock, &clk); err != nil {
-		return wrap("KVM_GET_CLOCK", err)
-	}
+	err := runSteps([]func() error{
+		getRaw[pitState2](vm.vmFD, kvmGetPIT2, "KVM_GET_PIT2", &st.PIT),
+		func() error { return wrap("KVM_GET_CLOCK", ioctlPtr(vm.vmFD, kvmGetClock, &clk)) },
+	})
 	st.Clock = clk.Clock
 	st.Serial = vm.serial.State()
 	st.CMOSIndex = vm.handler.bus.cmos.index
-	return nil
+	return err
 }
 
 func (vm *VM) restoreMachine(st *snapshotState) error {
 	if len(st.IRQChips) != 3 {
 		return fmt.Errorf("%w: %d irqchip states, want 3", ErrBadSnapshot, len(st.IRQChips))
 	}
+	var steps []func() error
 	for _, b := range st.IRQChips {
-		var c irqChip
-		if err := fromRaw(b, &c); err != nil {
-			return err
-		}
-		if err := ioctlPtr(vm.vmFD, kvmSetIRQChip, &c); err != nil {
-			return wrap("KVM_SET_IRQCHIP", err)
-		}
-	}
-	var pit pitState2
-	if err := fromRaw(st.PIT, &pit); err != nil {
-		return err
-	}
-	if err := ioctlPtr(vm.vmFD, kvmSetPIT2, &pit); err != nil {
-		return wrap("KVM_SET_PIT2", err)
+		steps = append(steps, setRaw[irqChip](vm.vmFD, kvmSetIRQChip, "KVM_SET_IRQCHIP", b))
 	}
 	// The guest's clock resumes where it stopped: the time between
 	// snapshot and restore never happened for it.
 	clk := clockData{Clock: st.Clock}
-	if err := ioctlPtr(vm.vmFD, kvmSetClock, &clk); err != nil {
-		return wrap("KVM_SET_CLOCK", err)
+	steps = append(steps,
+		setRaw[pitState2](vm.vmFD, kvmSetPIT2, "KVM_SET_PIT2", st.PIT),
+		func() error { return wrap("KVM_SET_CLOCK", ioctlPtr(vm.vmFD, kvmSetClock, &clk)) },
+	)
+	if err := runSteps(steps); err != nil {
+		return err
 	}
 	vm.serial.SetState(st.Serial)
 	vm.handler.bus.cmos.index = st.CMOSIndex
