@@ -69,6 +69,8 @@ type fakeKernel struct {
 	mem  *fakeMem
 	maps []mapping
 	syms []sym
+	// onRead, when set, runs before each ReadVirt.
+	onRead func(va uint64)
 }
 
 func (k *fakeKernel) Resolve(name string, off uint64) (uint64, error) {
@@ -115,7 +117,12 @@ func (k *fakeKernel) access(va uint64, p []byte, write bool) error {
 	return nil
 }
 
-func (k *fakeKernel) ReadVirt(va uint64, p []byte) error  { return k.access(va, p, false) }
+func (k *fakeKernel) ReadVirt(va uint64, p []byte) error {
+	if k.onRead != nil {
+		k.onRead(va)
+	}
+	return k.access(va, p, false)
+}
 func (k *fakeKernel) WriteVirt(va uint64, p []byte) error { return k.access(va, p, true) }
 
 type fakeVM struct {

@@ -72,15 +72,16 @@ func (m *Manager) onBreakpoint(cpu vmm.CPU, rip uint64) bool {
 	st := m.cpuState(cpu.ID())
 	m.mu.RLock()
 	s := m.byVA[rip]
-	var members []*member
-	if s != nil {
-		s.inflight.Add(1)
-		members = *s.members.Load()
-	}
-	m.mu.RUnlock()
 	if s == nil {
-		return m.strayBreakpoint(rip)
+		// Decided under the lock: an arm between the lookup and the look
+		// at the byte would make our new int3 look like the guest's own.
+		ours := m.strayBreakpoint(rip)
+		m.mu.RUnlock()
+		return ours
 	}
+	s.inflight.Add(1)
+	members := *s.members.Load()
+	m.mu.RUnlock()
 	regs, err := cpu.Regs()
 	if err != nil {
 		// Without registers nothing can be done; leaving the vCPU as it is
@@ -175,7 +176,8 @@ func (m *Manager) reenter(cpu vmm.CPU, st *cpuState, s *site, members []*member,
 	m.startStep(cpu, st, &regs)
 }
 
-// strayBreakpoint handles an int3 at an address without a site.
+// strayBreakpoint handles an int3 at an address without a site. Callers
+// hold mu (read).
 func (m *Manager) strayBreakpoint(rip uint64) bool {
 	if m.slots.contains(rip) {
 		return false

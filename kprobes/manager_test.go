@@ -3,7 +3,9 @@ package kprobes
 import (
 	"bytes"
 	"errors"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hvprobe/hvprobe/vmm"
 )
@@ -364,6 +366,36 @@ func TestStrayBreakpoints(t *testing.T) {
 	g := e.fn("g1", 0x90, 0xc3)
 	if !e.m.HandleDebug(e.cpu, vmm.DebugEvent{Kind: vmm.DebugBreakpoint, RIP: g}) || e.m.Stats().Raced != 1 {
 		t.Error("raced int3 not absorbed")
+	}
+}
+
+// TestRearmDuringStrayCheck: a vCPU hit an int3 whose probe was then
+// removed, and the probe is registered again while the engine decides
+// whether the int3 is the guest's own. The decision must see either the
+// site or the restored byte, never the new int3 without its site (seen in
+// the 2-vCPU arm/disarm stress: the guest got a #BP and oopsed).
+func TestRearmDuringStrayCheck(t *testing.T) {
+	e := newEnv(t)
+	g := e.fn("g1", 0x90, 0xc3)
+	p := &Kprobe{Symbol: "g1"}
+	var fired atomic.Bool
+	registered := make(chan error, 1)
+	e.k.onRead = func(va uint64) {
+		if va != g || !fired.CompareAndSwap(false, true) {
+			return
+		}
+		go func() { registered <- e.m.Register(p) }()
+		select {
+		case err := <-registered:
+			registered <- err // done before the engine reads the byte: the race
+		case <-time.After(100 * time.Millisecond): // held off by the engine
+		}
+	}
+	if !e.m.HandleDebug(e.cpu, vmm.DebugEvent{Kind: vmm.DebugBreakpoint, RIP: g}) {
+		t.Error("the int3 of a probe armed again during the hit was handed to the guest as its own")
+	}
+	if err := <-registered; err != nil {
+		t.Fatal(err)
 	}
 }
 
