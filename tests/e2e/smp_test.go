@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -117,14 +116,11 @@ func TestSMPArmDisarmStress(t *testing.T) {
 			cycles++
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
-	defer cancel()
-	lines, err := g.s.Scenario(ctx, "threads:2:5000")
-	close(stop)
-	wg.Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
+	// g.run fails at once if the guest dies; the loop stops either way.
+	stopLoop := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopLoop()
+	lines := g.run(t, "threads:2:5000")
+	stopLoop()
 	r := report(t, lines, "threads")
 	total := num(t, r, "total")
 	t.Logf("%d arm/disarm cycles, %d hits counted of %d calls", cycles, hits.Load(), total)
