@@ -28,6 +28,10 @@ type Kernel struct {
 	btfOnce sync.Once
 	btf     *Types
 	btfErr  error
+
+	patchOnce sync.Once
+	patch     *PatchSites
+	patchErr  error
 }
 
 // OpenKernel reads a kernel image (bzImage or vmlinux) and its System.map,

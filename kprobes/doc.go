@@ -24,14 +24,27 @@
 // at the int3. Pre handlers run in registration order (the seeds insert
 // non-jprobes at the head of their list; hvprobe keeps the order callers
 // see). Then the displaced instruction executes in one of three ways:
-//   - emulated by the host (nop, endbr, push %reg, mov %reg,%reg,
-//     add/sub $imm,%reg, xor %reg,%reg): one exit, no slot;
+//   - emulated by the host from the registers the pre handlers left, post
+//     handlers in the same exit: nop, endbr, push/pop %reg, push $imm,
+//     push mem, leave, mov %reg,%reg, add/sub $imm,%reg, xor %reg,%reg,
+//     and near control transfers (jmp/jcc/loop/jrcxz rel, call rel32,
+//     call/jmp through a register or a %rip-relative pointer, ret,
+//     ret $imm16); one exit, no slot. Stack and pointer accesses go
+//     through the guest's page tables; when one fails (or a target is not
+//     canonical) the instruction goes to its slot instead, so the guest
+//     takes the CPU's own fault;
 //   - boosted: rip = slot, which ends with a jmp back; one exit; only when
-//     no post handler is registered at the address;
+//     no post handler is registered at the address and the kernel has no
+//     exception-table entry for it (a fault in the slot names the slot,
+//     which no entry does; any other fault oopses or is resolved alike in
+//     place and in the slot). Repeated string instructions run to
+//     completion there;
 //   - single-stepped in the slot with IF cleared (an interrupt must not land
 //     in the step): two exits; on the step event the seeds' resume_execution
 //     fixups are applied, IF restored (unless the instruction set it: cli,
-//     sti, popf), post handlers run.
+//     sti, popf), post handlers run. A repeated string instruction traps
+//     after each iteration with rip still on it; the step goes on until it
+//     leaves, one exit per iteration, post handlers once at the end.
 //
 // # Invariants
 //
@@ -60,5 +73,9 @@
 // non-maskable interrupt taken after the instruction completed) cannot be
 // accounted for; it is counted in Stats.LostSteps and reported by Err.
 // Probes are looked up by the VA the guest executes at; text reached
-// through an alias mapping is not probed.
+// through an alias mapping is not probed. A stepped repeated string
+// instruction keeps interrupts off for all its iterations. An emulated
+// indirect call or jmp skips the CPU's ENDBR (IBT) check of its target.
+// A kretprobed function returning with ret $imm16 reaches the trampoline
+// with its frame no longer at rsp-8: an orphan return.
 package kprobes

@@ -110,30 +110,54 @@ func subFlags(a, b uint64) (uint64, uint64) {
 	return res, f
 }
 
-// emulate executes an emulable instruction on regs (and, for push, on the
-// guest stack through k), as the CPU would at addr. It returns false, with
-// regs untouched, when it cannot (the stack write failed): the caller then
+// emulate executes an emulable instruction on regs (and on guest memory
+// through k), as the CPU would at addr; regs are those the pre handlers
+// left. It returns false, with regs and memory untouched, when it cannot
+// (a memory access failed, a target is not canonical): the caller then
 // executes the instruction in a slot so that the guest takes the fault the
 // CPU would have raised.
 func emulate(in *insn, addr uint64, regs *vmm.Regs, k Kernel) bool {
+	r := *regs // all or nothing: regs is written only on success
 	next := addr + uint64(in.inst.Len)
+	r.RIP = next
+	// Every case does its reads first and at most one write, last.
 	switch in.emul {
 	case emulNop:
 	case emulPush:
-		var b [8]byte
-		binary.LittleEndian.PutUint64(b[:], *gpr(regs, in.src))
-		if k.WriteVirt(regs.RSP-8, b[:]) != nil {
+		if !push(k, &r, *gpr(regs, in.src)) {
 			return false
 		}
-		regs.RSP -= 8
+	case emulPushImm:
+		if !push(k, &r, in.imm) {
+			return false
+		}
+	case emulPushMem:
+		// The operand's address uses %rsp from before the push.
+		v, ok := load(k, effAddr(in.mem, next, regs))
+		if !ok || !push(k, &r, v) {
+			return false
+		}
+	case emulPop:
+		v, ok := load(k, r.RSP)
+		if !ok {
+			return false
+		}
+		r.RSP += 8
+		*gpr(&r, in.dst) = v // pop %rsp loads the popped word
+	case emulLeave:
+		v, ok := load(k, r.RBP)
+		if !ok {
+			return false
+		}
+		r.RSP, r.RBP = r.RBP+8, v
 	case emulMov:
 		v := *gpr(regs, in.src)
 		if isGPR32(in.dst) {
 			v = uint64(uint32(v)) // a 32-bit write zero-extends
 		}
-		*gpr(regs, in.dst) = v
+		*gpr(&r, in.dst) = v
 	case emulAdd, emulSub:
-		d := gpr(regs, in.dst)
+		d := gpr(&r, in.dst)
 		var res, f uint64
 		if in.emul == emulAdd {
 			res, f = addFlags(*d, in.imm)
@@ -141,15 +165,153 @@ func emulate(in *insn, addr uint64, regs *vmm.Regs, k Kernel) bool {
 			res, f = subFlags(*d, in.imm)
 		}
 		*d = res
-		regs.RFLAGS = regs.RFLAGS&^arithFlags | f
+		r.RFLAGS = r.RFLAGS&^arithFlags | f
 	case emulXorSelf:
-		*gpr(regs, in.dst) = 0
+		*gpr(&r, in.dst) = 0
 		// Logical ops clear CF and OF; AF is architecturally undefined and
 		// cleared by current CPUs.
-		regs.RFLAGS = regs.RFLAGS&^arithFlags | resultFlags(0)
+		r.RFLAGS = r.RFLAGS&^arithFlags | resultFlags(0)
+	case emulJmp:
+		if !branchTo(&r, next+uint64(in.rel)) {
+			return false
+		}
+	case emulJcc:
+		if jccTaken(in.inst.Op, &r) && !branchTo(&r, next+uint64(in.rel)) {
+			return false
+		}
+	case emulCall:
+		if !branchTo(&r, next+uint64(in.rel)) || !push(k, &r, next) {
+			return false
+		}
+	case emulJmpInd:
+		to, ok := indirectTarget(in, next, regs, k)
+		if !ok || !branchTo(&r, to) {
+			return false
+		}
+	case emulCallInd:
+		to, ok := indirectTarget(in, next, regs, k)
+		if !ok || !branchTo(&r, to) || !push(k, &r, next) {
+			return false
+		}
+	case emulRet:
+		to, ok := load(k, r.RSP)
+		if !ok || !branchTo(&r, to) {
+			return false
+		}
+		r.RSP += 8 + in.imm
 	default:
 		return false
 	}
-	regs.RIP = next
+	*regs = r
+	return true
+}
+
+// branchTo sets r.RIP to a branch target. A non-canonical one would fail
+// the VM entry; the CPU raises #GP at the branch instead, which the slot
+// reproduces, so it is refused.
+func branchTo(r *vmm.Regs, to uint64) bool {
+	r.RIP = to
+	return canonical(to)
+}
+
+func indirectTarget(in *insn, next uint64, regs *vmm.Regs, k Kernel) (uint64, bool) {
+	if in.src != 0 {
+		return *gpr(regs, in.src), true
+	}
+	return load(k, effAddr(in.mem, next, regs))
+}
+
+// jccTaken evaluates a conditional branch's condition on r; loop*
+// decrement %rcx first (flags untouched), as the CPU does.
+func jccTaken(op x86asm.Op, r *vmm.Regs) bool {
+	f := r.RFLAGS
+	cf, zf, sf, of, pf := f&flagCF != 0, f&flagZF != 0, f&flagSF != 0, f&flagOF != 0, f&flagPF != 0
+	switch op {
+	case x86asm.JO:
+		return of
+	case x86asm.JNO:
+		return !of
+	case x86asm.JB:
+		return cf
+	case x86asm.JAE:
+		return !cf
+	case x86asm.JE:
+		return zf
+	case x86asm.JNE:
+		return !zf
+	case x86asm.JBE:
+		return cf || zf
+	case x86asm.JA:
+		return !cf && !zf
+	case x86asm.JS:
+		return sf
+	case x86asm.JNS:
+		return !sf
+	case x86asm.JP:
+		return pf
+	case x86asm.JNP:
+		return !pf
+	case x86asm.JL:
+		return sf != of
+	case x86asm.JGE:
+		return sf == of
+	case x86asm.JLE:
+		return zf || sf != of
+	case x86asm.JG:
+		return !zf && sf == of
+	case x86asm.JRCXZ:
+		return r.RCX == 0
+	case x86asm.LOOP:
+		r.RCX--
+		return r.RCX != 0
+	case x86asm.LOOPE:
+		r.RCX--
+		return r.RCX != 0 && zf
+	case x86asm.LOOPNE:
+		r.RCX--
+		return r.RCX != 0 && !zf
+	}
+	panic("kprobes: jccTaken called with " + op.String())
+}
+
+// effAddr computes a memory operand's address from regs; next is the
+// address of the following instruction (the base of %rip-relative ones).
+func effAddr(m x86asm.Mem, next uint64, regs *vmm.Regs) uint64 {
+	a := uint64(int64(int32(m.Disp))) // x86asm zero-extends a disp32
+	switch {
+	case m.Base == x86asm.RIP:
+		a += next
+	case m.Base != 0:
+		a += *gpr(regs, m.Base)
+	}
+	if m.Index != 0 {
+		a += *gpr(regs, m.Index) * uint64(m.Scale)
+	}
+	return a
+}
+
+// canonical is the 48-bit rule; a 57-bit address beyond it is left to the
+// slot, which is always right.
+func canonical(va uint64) bool { return uint64(int64(va<<16)>>16) == va }
+
+// load and push reach guest memory through the kernel's page tables,
+// which map the kernel half alike in every mm; a lower-half address is a
+// user one only the guest's current mm maps, so it is left to the CPU.
+func load(k Kernel, va uint64) (uint64, bool) {
+	var b [8]byte
+	if va>>63 == 0 || k.ReadVirt(va, b[:]) != nil {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(b[:]), true
+}
+
+// push stores v below r.RSP and moves r.RSP down.
+func push(k Kernel, r *vmm.Regs, v uint64) bool {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], v)
+	if sp := r.RSP - 8; sp>>63 == 0 || k.WriteVirt(sp, b[:]) != nil {
+		return false
+	}
+	r.RSP -= 8
 	return true
 }

@@ -33,6 +33,12 @@ var (
 	ErrClosed = errors.New("probe manager closed")
 	// ErrTextModified: the guest rewrote the byte where hvprobe's int3 was.
 	ErrTextModified = errors.New("guest modified probed text")
+	// ErrPatchedText: the kernel rewrites these bytes itself (jump label,
+	// static call, inside a boot-time patch site).
+	ErrPatchedText = errors.New("text the kernel patches itself")
+	// ErrNotYetPatched: the kernel rewrites these bytes at boot and has not
+	// done so yet; a probe there can be armed once it has.
+	ErrNotYetPatched = errors.New("text not yet patched by the kernel")
 )
 
 // ProbeError says why one probe could not be registered. Probe names the

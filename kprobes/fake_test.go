@@ -71,6 +71,10 @@ type fakeKernel struct {
 	syms []sym
 	// onRead, when set, runs before each ReadVirt.
 	onRead func(va uint64)
+	// reserved, when set, is Reserved; fixups are the addresses with an
+	// exception-table entry.
+	reserved func(va, n uint64) error
+	fixups   map[uint64]bool
 }
 
 func (k *fakeKernel) Resolve(name string, off uint64) (uint64, error) {
@@ -327,15 +331,52 @@ type pageFault struct{ va uint64 }
 
 func (p *pageFault) Error() string { return fmt.Sprintf("page fault at %#x", p.va) }
 
+const flagDF = 1 << 10
+
+// regField is the interpreter's own view of a register: the 64-bit field
+// holding it, the bit offset and the width (AH..BH are bits 8-15).
+func regField(r *vmm.Regs, a x86asm.Reg) (*uint64, uint, uint) {
+	file := [16]*uint64{&r.RAX, &r.RCX, &r.RDX, &r.RBX, &r.RSP, &r.RBP, &r.RSI, &r.RDI,
+		&r.R8, &r.R9, &r.R10, &r.R11, &r.R12, &r.R13, &r.R14, &r.R15}
+	switch {
+	case a >= x86asm.AL && a <= x86asm.BL:
+		return file[a-x86asm.AL], 0, 8
+	case a >= x86asm.AH && a <= x86asm.BH:
+		return file[a-x86asm.AH], 8, 8
+	case a >= x86asm.SPB && a <= x86asm.R15B:
+		return file[a-x86asm.SPB+4], 0, 8
+	case a >= x86asm.AX && a <= x86asm.R15W:
+		return file[a-x86asm.AX], 0, 16
+	case a >= x86asm.EAX && a <= x86asm.R15L:
+		return file[a-x86asm.EAX], 0, 32
+	case a >= x86asm.RAX && a <= x86asm.R15:
+		return file[a-x86asm.RAX], 0, 64
+	}
+	panic("interpreter: register " + a.String())
+}
+
+func mask(bits uint) uint64 {
+	if bits >= 64 {
+		return ^uint64(0)
+	}
+	return 1<<bits - 1
+}
+
+func signExtend(v uint64, bits uint) uint64 { return uint64(int64(v<<(64-bits)) >> (64 - bits)) }
+
 // execInsn is the test's CPU: it executes the instruction at the start of
-// code on regs, for the instructions the tests use. Flags are computed
-// independently of the engine's emulator. tf is the trap flag the hardware
-// would have set while single-stepping (visible to pushf).
+// code on regs, for the instructions the tests use. Flags, conditions and
+// string iterations are computed independently of the engine's emulator.
+// tf is the trap flag the hardware would have set while single-stepping
+// (visible to pushf). A repeated string instruction does one iteration per
+// call and leaves rip on itself until it is done, as the CPU does between
+// interruptible iterations (and single-step traps).
 func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
 	inst, ok := decode(code)
 	if !ok {
 		return fmt.Errorf("interpreter: undecodable % x", code[:4])
 	}
+	code = code[:inst.Len]
 	next := r.RIP + uint64(inst.Len)
 	addr := func(m x86asm.Mem) uint64 {
 		a := uint64(int64(int32(m.Disp))) // x86asm zero-extends disp32
@@ -343,66 +384,88 @@ func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
 		case m.Base == x86asm.RIP:
 			a += next
 		case m.Base != 0:
-			a += *gpr(r, m.Base)
+			p, _, _ := regField(r, m.Base)
+			a += *p
 		}
 		if m.Index != 0 {
-			a += *gpr(r, m.Index) * uint64(m.Scale)
+			p, _, _ := regField(r, m.Index)
+			a += *p * uint64(m.Scale)
 		}
 		return a
 	}
-	size := inst.DataSize / 8
-	if inst.MemBytes != 0 {
-		size = inst.MemBytes
+	memBytes := inst.MemBytes
+	if memBytes == 0 {
+		memBytes = inst.DataSize / 8
+	}
+	load := func(va uint64, n int) (uint64, error) {
+		var b [8]byte
+		if k.ReadVirt(va, b[:n]) != nil {
+			return 0, &pageFault{va}
+		}
+		return binary.LittleEndian.Uint64(b[:]), nil
+	}
+	store := func(va, v uint64, n int) error {
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], v)
+		if k.WriteVirt(va, b[:n]) != nil {
+			return &pageFault{va}
+		}
+		return nil
+	}
+	width := func(a x86asm.Arg) uint {
+		if reg, ok := a.(x86asm.Reg); ok {
+			_, _, w := regField(r, reg)
+			return w
+		}
+		return uint(memBytes * 8)
 	}
 	read := func(a x86asm.Arg) (uint64, error) {
 		switch a := a.(type) {
 		case x86asm.Reg:
-			if a >= x86asm.AX && a <= x86asm.R15W {
-				return *gpr(r, a-x86asm.AX+x86asm.RAX) & 0xffff, nil
-			}
-			v := *gpr(r, a)
-			if isGPR32(a) {
-				v = uint64(uint32(v))
-			}
-			return v, nil
+			p, sh, w := regField(r, a)
+			return *p >> sh & mask(w), nil
 		case x86asm.Imm:
 			return uint64(int64(a)), nil
 		case x86asm.Mem:
-			var b [8]byte
-			va := addr(a)
-			if k.ReadVirt(va, b[:size]) != nil {
-				return 0, &pageFault{va}
-			}
-			return binary.LittleEndian.Uint64(b[:]), nil
+			return load(addr(a), memBytes)
 		}
 		return 0, fmt.Errorf("interpreter: operand %v", a)
 	}
 	write := func(a x86asm.Arg, v uint64) error {
 		switch a := a.(type) {
 		case x86asm.Reg:
-			switch {
-			case a >= x86asm.AX && a <= x86asm.R15W:
-				p := gpr(r, a-x86asm.AX+x86asm.RAX)
-				*p = *p&^0xffff | v&0xffff
-			case isGPR32(a):
-				*gpr(r, a) = uint64(uint32(v))
-			default:
-				*gpr(r, a) = v
+			p, sh, w := regField(r, a)
+			if w == 32 {
+				*p = uint64(uint32(v)) // a 32-bit write zero-extends
+			} else {
+				*p = *p&^(mask(w)<<sh) | (v&mask(w))<<sh
 			}
 			return nil
 		case x86asm.Mem:
-			var b [8]byte
-			binary.LittleEndian.PutUint64(b[:], v)
-			va := addr(a)
-			if k.WriteVirt(va, b[:size]) != nil {
-				return &pageFault{va}
-			}
-			return nil
+			return store(addr(a), v, memBytes)
 		}
 		return fmt.Errorf("interpreter: operand %v", a)
 	}
-	push := func(v uint64) { r.RSP -= 8; writeU64(k, r.RSP, v) }
-	pop := func() uint64 { v := readU64(k, r.RSP); r.RSP += 8; return v }
+	// push and pop move DataSize bits: 16 with a 0x66 prefix, else 64.
+	stackBytes := 8
+	if inst.DataSize == 16 {
+		stackBytes = 2
+	}
+	push := func(v uint64) error {
+		if err := store(r.RSP-uint64(stackBytes), v, stackBytes); err != nil {
+			return err
+		}
+		r.RSP -= uint64(stackBytes)
+		return nil
+	}
+	pop := func() (uint64, error) {
+		v, err := load(r.RSP, stackBytes)
+		if err != nil {
+			return 0, err
+		}
+		r.RSP += uint64(stackBytes)
+		return v, nil
+	}
 	target := func(a x86asm.Arg) (uint64, error) {
 		if rel, ok := a.(x86asm.Rel); ok {
 			return next + uint64(int64(rel)), nil
@@ -410,6 +473,10 @@ func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
 		return read(a)
 	}
 	setFlags := func(f uint64) { r.RFLAGS = r.RFLAGS&^arithFlags | f }
+	logic := func(res uint64, bits uint) {
+		_, f := refArith(false, res, 0, int(bits/8))
+		setFlags(f &^ flagAF)
+	}
 	args := inst.Args
 	switch inst.Op {
 	case x86asm.NOP, x86asm.PAUSE:
@@ -421,8 +488,19 @@ func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
 		if err := write(args[0], v); err != nil {
 			return err
 		}
+	case x86asm.MOVZX, x86asm.MOVSX, x86asm.MOVSXD:
+		v, err := read(args[1])
+		if err != nil {
+			return err
+		}
+		if inst.Op != x86asm.MOVZX {
+			v = signExtend(v, width(args[1]))
+		}
+		if err := write(args[0], v); err != nil {
+			return err
+		}
 	case x86asm.LEA:
-		*gpr(r, args[0].(x86asm.Reg)) = addr(args[1].(x86asm.Mem))
+		_ = write(args[0], addr(args[1].(x86asm.Mem)))
 	case x86asm.ADD, x86asm.SUB, x86asm.CMP:
 		a, err := read(args[0])
 		if err != nil {
@@ -432,57 +510,137 @@ func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
 		if err != nil {
 			return err
 		}
-		res, f := refArith(inst.Op == x86asm.ADD, a, b, size)
+		res, f := refArith(inst.Op == x86asm.ADD, a, b, int(width(args[0])/8))
 		setFlags(f)
 		if inst.Op != x86asm.CMP {
 			if err := write(args[0], res); err != nil {
 				return err
 			}
 		}
-	case x86asm.TEST:
-		a, _ := read(args[0])
-		b, _ := read(args[1])
-		_, f := refArith(false, a&b, 0, size)
-		setFlags(f &^ flagAF)
-	case x86asm.XOR:
-		a, _ := read(args[0])
-		b, _ := read(args[1])
-		_, f := refArith(false, a^b, 0, size)
-		setFlags(f &^ flagAF)
-		if err := write(args[0], a^b); err != nil {
+	case x86asm.TEST, x86asm.XOR, x86asm.AND, x86asm.OR:
+		a, err := read(args[0])
+		if err != nil {
 			return err
 		}
-	case x86asm.DEC:
-		a, _ := read(args[0])
-		res, f := refArith(false, a, 1, size)
+		b, _ := read(args[1])
+		res := a & b
+		switch inst.Op {
+		case x86asm.XOR:
+			res = a ^ b
+		case x86asm.OR:
+			res = a | b
+		}
+		logic(res, width(args[0]))
+		if inst.Op != x86asm.TEST {
+			if err := write(args[0], res); err != nil {
+				return err
+			}
+		}
+	case x86asm.INC, x86asm.DEC:
+		a, err := read(args[0])
+		if err != nil {
+			return err
+		}
+		res, f := refArith(inst.Op == x86asm.INC, a, 1, int(width(args[0])/8))
 		setFlags(f&^flagCF | r.RFLAGS&flagCF)
 		if err := write(args[0], res); err != nil {
 			return err
 		}
-	case x86asm.PUSH:
-		v, err := read(args[0])
+	case x86asm.XCHG:
+		a, err := read(args[0])
 		if err != nil {
 			return err
 		}
-		push(v)
-	case x86asm.POP:
-		if err := write(args[0], pop()); err != nil {
+		b, _ := read(args[1])
+		if err := write(args[0], b); err != nil {
 			return err
 		}
+		_ = write(args[1], a)
+	case x86asm.XADD:
+		a, err := read(args[0])
+		if err != nil {
+			return err
+		}
+		b, _ := read(args[1])
+		res, f := refArith(true, a, b, int(width(args[0])/8))
+		if err := write(args[0], res); err != nil {
+			return err
+		}
+		setFlags(f)
+		_ = write(args[1], a)
+	case x86asm.CMPXCHG:
+		dst, err := read(args[0])
+		if err != nil {
+			return err
+		}
+		w := width(args[0])
+		acc := r.RAX & mask(w)
+		_, f := refArith(false, acc, dst, int(w/8))
+		setFlags(f)
+		if acc == dst {
+			src, _ := read(args[1])
+			if err := write(args[0], src); err != nil {
+				return err
+			}
+		} else {
+			p, _, _ := regField(r, x86asm.RAX)
+			if w == 32 {
+				*p = dst
+			} else {
+				*p = *p&^mask(w) | dst
+			}
+		}
+	case x86asm.PUSH:
+		v, err := read(args[0]) // a %rsp-based operand is read before the push
+		if err != nil {
+			return err
+		}
+		if err := push(v); err != nil {
+			return err
+		}
+	case x86asm.POP:
+		v, err := pop() // a %rsp-based destination is addressed after the pop
+		if err != nil {
+			return err
+		}
+		if err := write(args[0], v); err != nil {
+			return err
+		}
+	case x86asm.LEAVE:
+		sp := r.RSP
+		r.RSP = r.RBP
+		v, err := pop()
+		if err != nil {
+			r.RSP = sp
+			return err
+		}
+		r.RBP = v
 	case x86asm.PUSHFQ:
-		push(r.RFLAGS | boolFlag(tf, vmm.FlagTF))
+		if err := push(r.RFLAGS | boolFlag(tf, vmm.FlagTF)); err != nil {
+			return err
+		}
 	case x86asm.POPFQ:
-		r.RFLAGS = pop()&^vmm.FlagTF | 2
+		v, err := pop()
+		if err != nil {
+			return err
+		}
+		r.RFLAGS = v&^vmm.FlagTF | 2
 	case x86asm.CLI:
 		r.RFLAGS &^= vmm.FlagIF
 	case x86asm.STI:
 		r.RFLAGS |= vmm.FlagIF
+	case x86asm.CLD:
+		r.RFLAGS &^= flagDF
+	case x86asm.STD:
+		r.RFLAGS |= flagDF
 	case x86asm.CALL:
 		t, err := target(args[0])
 		if err != nil {
 			return err
 		}
-		push(next)
+		if err := push(next); err != nil {
+			return err
+		}
 		next = t
 	case x86asm.JMP:
 		t, err := target(args[0])
@@ -490,22 +648,157 @@ func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
 			return err
 		}
 		next = t
-	case x86asm.JE, x86asm.JNE:
-		if (r.RFLAGS&flagZF != 0) == (inst.Op == x86asm.JE) {
+	case x86asm.RET:
+		t, err := pop()
+		if err != nil {
+			return err
+		}
+		if imm, ok := args[0].(x86asm.Imm); ok {
+			r.RSP += uint64(imm)
+		}
+		next = t
+	case x86asm.IRETQ:
+		next, _ = pop()
+		pop() // cs
+		r.RFLAGS, _ = pop()
+		r.RSP, _ = pop()
+	case x86asm.MOVSB, x86asm.MOVSW, x86asm.MOVSD, x86asm.MOVSQ,
+		x86asm.STOSB, x86asm.STOSW, x86asm.STOSD, x86asm.STOSQ,
+		x86asm.LODSB, x86asm.LODSW, x86asm.LODSD, x86asm.LODSQ,
+		x86asm.CMPSB, x86asm.CMPSW, x86asm.CMPSD, x86asm.CMPSQ,
+		x86asm.SCASB, x86asm.SCASW, x86asm.SCASD, x86asm.SCASQ:
+		done, err := stringIter(r, code, inst.DataSize, load, store)
+		if err != nil || !done {
+			return err // rip stays on the instruction
+		}
+	default:
+		if _, ok := args[0].(x86asm.Rel); !ok {
+			return fmt.Errorf("interpreter: %v not implemented", inst.Op)
+		}
+		taken, err := refCond(code, inst.PCRel, r)
+		if err != nil {
+			return err
+		}
+		if taken {
 			next, _ = target(args[0])
 		}
-	case x86asm.RET:
-		next = pop()
-	case x86asm.IRETQ:
-		next = pop()
-		pop() // cs
-		r.RFLAGS = pop()
-		r.RSP = pop()
-	default:
-		return fmt.Errorf("interpreter: %v not implemented", inst.Op)
 	}
 	r.RIP = next
 	return nil
+}
+
+// stringIter does one iteration of the string instruction code (opcode
+// last, after its prefixes) and reports whether the instruction is done.
+func stringIter(r *vmm.Regs, code []byte, dataSize int, load func(uint64, int) (uint64, error), store func(uint64, uint64, int) error) (bool, error) {
+	op := code[len(code)-1]
+	var rep byte // the last of f2/f3 among the prefixes
+	for _, p := range code[:len(code)-1] {
+		switch p {
+		case 0x67:
+			return false, fmt.Errorf("interpreter: 32-bit string addressing")
+		case 0xf2, 0xf3:
+			rep = p
+		}
+	}
+	if rep != 0 && r.RCX == 0 {
+		return true, nil
+	}
+	n := dataSize / 8
+	if op&1 == 0 {
+		n = 1
+	}
+	step := uint64(n)
+	if r.RFLAGS&flagDF != 0 {
+		step = -step
+	}
+	bits := uint(8 * n)
+	acc := r.RAX & mask(bits)
+	compare := false
+	switch op &^ 1 {
+	case 0xa4: // movs
+		v, err := load(r.RSI, n)
+		if err != nil {
+			return false, err
+		}
+		if err := store(r.RDI, v, n); err != nil {
+			return false, err
+		}
+		r.RSI += step
+		r.RDI += step
+	case 0xaa: // stos
+		if err := store(r.RDI, acc, n); err != nil {
+			return false, err
+		}
+		r.RDI += step
+	case 0xac: // lods
+		v, err := load(r.RSI, n)
+		if err != nil {
+			return false, err
+		}
+		if n == 4 {
+			r.RAX = v
+		} else {
+			r.RAX = r.RAX&^mask(bits) | v
+		}
+		r.RSI += step
+	case 0xa6: // cmps: [rsi] - [rdi]
+		a, err := load(r.RSI, n)
+		if err != nil {
+			return false, err
+		}
+		b, err := load(r.RDI, n)
+		if err != nil {
+			return false, err
+		}
+		_, f := refArith(false, a, b, n)
+		r.RFLAGS = r.RFLAGS&^arithFlags | f
+		r.RSI += step
+		r.RDI += step
+		compare = true
+	case 0xae: // scas: acc - [rdi]
+		b, err := load(r.RDI, n)
+		if err != nil {
+			return false, err
+		}
+		_, f := refArith(false, acc, b, n)
+		r.RFLAGS = r.RFLAGS&^arithFlags | f
+		r.RDI += step
+		compare = true
+	default:
+		return false, fmt.Errorf("interpreter: string opcode %#x", op)
+	}
+	if rep == 0 {
+		return true, nil
+	}
+	r.RCX--
+	zf := r.RFLAGS&flagZF != 0
+	return r.RCX == 0 || compare && (rep == 0xf3) != zf, nil
+}
+
+// refCond decides a conditional branch from its opcode's condition code
+// (jcc rel8 0x70+cc, rel32 0x0f 0x80+cc; loop* and jrcxz 0xe0-0xe3).
+func refCond(code []byte, pcRel int, r *vmm.Regs) (bool, error) {
+	n := len(code)
+	var op byte
+	switch {
+	case pcRel == 1 && (code[n-2]&0xf0 == 0x70 || code[n-2] >= 0xe0 && code[n-2] <= 0xe3):
+		op = code[n-2]
+	case pcRel == 4 && n >= 6 && code[n-6] == 0x0f && code[n-5]&0xf0 == 0x80:
+		op = code[n-5] - 0x10
+	default:
+		return false, fmt.Errorf("interpreter: branch % x not implemented", code)
+	}
+	f := r.RFLAGS
+	cf, zf, sf, of, pf := f&flagCF != 0, f&flagZF != 0, f&flagSF != 0, f&flagOF != 0, f&flagPF != 0
+	switch op {
+	case 0xe3:
+		return r.RCX == 0, nil
+	case 0xe0, 0xe1, 0xe2:
+		r.RCX--
+		return r.RCX != 0 && (op == 0xe2 || zf == (op == 0xe1)), nil
+	}
+	c := [8]bool{of, cf, zf, cf || zf, sf, pf, sf != of, zf || sf != of}[op&0xf>>1]
+	return c != (op&1 == 1), nil
 }
 
 // refArith is the interpreter's own add/sub (computed on sign-extended
@@ -559,3 +852,14 @@ func refArith(add bool, a, b uint64, size int) (uint64, uint64) {
 	}
 	return res, f
 }
+
+// Reserved and HasFixup: the fake kernel patches nothing unless a test
+// says so.
+func (k *fakeKernel) Reserved(va, n uint64) error {
+	if k.reserved != nil {
+		return k.reserved(va, n)
+	}
+	return nil
+}
+
+func (k *fakeKernel) HasFixup(va uint64) bool { return k.fixups[va] }

@@ -30,6 +30,10 @@ type cpuState struct {
 	// when the instruction sets IF itself (cli, sti, popf).
 	saved uint64
 	rsp   uint64 // RSP when the step started: identifies a fault frame
+	exits uint64 // VM exits the hit has cost so far
+	// count is a rep string instruction's count at the start of the step
+	// and at each iteration trap since.
+	count uint64
 	prev  *cpuState
 }
 
@@ -123,6 +127,9 @@ func (m *Manager) onBreakpoint(cpu vmm.CPU, rip uint64) bool {
 		}
 		m.setRegs(cpu, &regs)
 		m.st.emulated.Add(1)
+		if in.emul.branch() {
+			m.st.emulatedBranches.Add(1)
+		}
 		m.account(members, 1)
 		m.release(s)
 	case in.boostable && !hasPost:
@@ -148,6 +155,8 @@ func (m *Manager) startStep(cpu vmm.CPU, st *cpuState, regs *vmm.Regs) {
 		st.saved &^= vmm.FlagIF
 	}
 	st.rsp = regs.RSP
+	st.exits = 1
+	st.count = regs.RCX & st.site.in.repMask
 	regs.RFLAGS &^= vmm.FlagIF
 	regs.RIP = st.site.slotVA
 	m.setRegs(cpu, regs)
@@ -197,16 +206,27 @@ func (m *Manager) onStep(cpu vmm.CPU) bool {
 	if st.status != statusHitSS && st.status != statusReenter {
 		return false
 	}
+	st.exits++
+	s, in := st.site, st.site.in
+	regs, rerr := cpu.Regs()
+	if rerr == nil && in.rep && regs.RIP == s.slotVA {
+		// A rep string instruction traps after each iteration with rip
+		// still on it; with its count gone down it is under way, so the
+		// step goes on (IF still clear) until rip leaves it.
+		if n := regs.RCX & in.repMask; n != 0 && n < st.count {
+			st.count = n
+			m.st.repIterations.Add(1)
+			return true
+		}
+	}
 	if err := cpu.SetSingleStep(false); err != nil {
 		m.noteErr(fmt.Errorf("ending step on vCPU %d: %w", cpu.ID(), err))
 	}
-	regs, err := cpu.Regs()
-	if err != nil {
-		m.noteErr(fmt.Errorf("ending step on vCPU %d: reading registers: %w", cpu.ID(), err))
+	if rerr != nil {
+		m.noteErr(fmt.Errorf("ending step on vCPU %d: reading registers: %w", cpu.ID(), rerr))
 		m.finishStep(cpu, st)
 		return true
 	}
-	s, in := st.site, st.site.in
 	if in.branch || regs.RIP != s.slotVA+uint64(len(in.raw)) {
 		if m.fixFaultFrame(cpu, st, &regs) {
 			m.finishStep(cpu, st)
@@ -236,7 +256,7 @@ func (m *Manager) onStep(cpu vmm.CPU) bool {
 		m.st.stepped.Add(1)
 	}
 	m.setRegs(cpu, &regs)
-	m.account(st.members, 2)
+	m.account(st.members, st.exits)
 	m.finishStep(cpu, st)
 	return true
 }
@@ -333,7 +353,7 @@ func (m *Manager) fixFaultFrame(cpu vmm.CPU, st *cpuState, regs *vmm.Regs) bool 
 				}
 			}
 		}
-		m.account(st.members, 2)
+		m.account(st.members, st.exits)
 		return true
 	}
 	return false
@@ -370,10 +390,13 @@ func (m *Manager) setRegs(cpu vmm.CPU, regs *vmm.Regs) {
 
 // account records the exits one hit cost.
 func (m *Manager) account(members []*member, exits uint64) {
-	if exits == 1 {
+	switch exits {
+	case 1:
 		m.st.exits1.Add(1)
-	} else {
+	case 2:
 		m.st.exits2.Add(1)
+	default:
+		m.st.exitsMore.Add(1)
 	}
 	for _, mb := range members {
 		mb.c.exits.Add(exits)

@@ -3,6 +3,7 @@ package kprobes
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"testing"
 
 	"github.com/hvprobe/hvprobe/vmm"
@@ -33,24 +34,63 @@ type hitCase struct {
 	code  func(disp func(n int, to uint64) []byte) []byte
 	off   uint64 // probe offset in f
 	setup func(e *env)
-	mode  string // "emulate", "boost" or "step" for a probe without post handler
+	fixup bool // the probed instruction has an exception-table entry
+	// mode is how a hit executes without a post handler: "emulate",
+	// "branch" (an emulated control transfer), "boost" or "step".
+	mode string
+	// steps is how many step exits a stepped hit costs (a rep string
+	// instruction: one per iteration); 0 means 1.
+	steps int
+	// rbx, when set, is RBX after the run: which way a branch went.
+	rbx uint64
 }
 
 func code(c ...byte) func(func(int, uint64) []byte) []byte {
 	return func(func(int, uint64) []byte) []byte { return c }
 }
 
+// ripOp is an instruction with a %rip-relative operand addressing to:
+// pre, the disp32, post, then the rest of f.
+func ripOp(pre []byte, to uint64, post []byte, rest ...byte) func(func(int, uint64) []byte) []byte {
+	return func(d func(int, uint64) []byte) []byte {
+		return cat(pre, d(len(pre)+4+len(post), to), post, rest)
+	}
+}
+
 func setRegs(f func(r *vmm.Regs)) func(e *env) { return func(e *env) { f(&e.cpu.regs) } }
 
-var hitCases = []hitCase{
+const (
+	// Untouched by layout: rep and other memory rows use these.
+	repSrc = dataVA + 0x400
+	repDst = dataVA + 0x500
+	sxData = dataVA + 0x48 // 0x8786858483828180: sign bits set in every byte
+)
+
+var hitCases = append(baseCases, jccCases()...)
+
+var baseCases = []hitCase{
 	{name: "nop", code: code(0x90, 0xc3), mode: "emulate"},
-	{name: "nopl", code: code(0x0f, 0x1f, 0x44, 0, 0, 0xc3), mode: "emulate"},
+	{name: "nop5", code: code(0x0f, 0x1f, 0x44, 0, 0, 0xc3), mode: "emulate"},
 	{name: "nopw9", code: code(0x66, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0, 0xc3), mode: "emulate"},
 	{name: "cs nopw", code: code(0x2e, 0x66, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0, 0xc3), mode: "emulate"},
 	{name: "endbr64", code: code(0xf3, 0x0f, 0x1e, 0xfa, 0xc3), mode: "emulate"},
 	{name: "push rbp", code: code(0x55, 0x5d, 0xc3), mode: "emulate"},
 	{name: "push r12", code: code(0x41, 0x54, 0x41, 0x5c, 0xc3), mode: "emulate"},
 	{name: "push rsp", code: code(0x54, 0x5b, 0xc3), mode: "emulate"},
+	{name: "pop rbp", code: code(0x55, 0x5d, 0xc3), off: 1, mode: "emulate"},
+	{name: "pop r12", code: code(0x41, 0x54, 0x41, 0x5c, 0xc3), off: 2, mode: "emulate"},
+	{name: "pop rsp", code: code(0x54, 0x5c, 0xc3), off: 1, mode: "emulate"},
+	{name: "push imm8", code: code(0x6a, 0xff, 0x58, 0xc3), mode: "emulate"},
+	{name: "push imm32", code: code(0x68, 0x78, 0x56, 0x34, 0x82, 0x58, 0xc3), mode: "emulate"},
+	{name: "pushw imm8", code: code(0x66, 0x6a, 0xff, 0x66, 0x58, 0xc3), mode: "boost"}, // 16-bit: not emulated
+	{name: "push rsp mem", code: code(0xff, 0x74, 0x24, 0x08, 0x58, 0xc3), mode: "emulate",
+		setup: func(e *env) { writeU64(e.k, e.cpu.regs.RSP+8, 0xfeedface) }},
+	{name: "push rip mem", code: ripOp(b(0xff, 0x35), dataVA, nil, 0x58, 0xc3), mode: "emulate"},
+	{name: "push r10 mem", code: code(0x41, 0xff, 0x72, 0xf8, 0x58, 0xc3), mode: "emulate",
+		setup: setRegs(func(r *vmm.Regs) { r.R10 = dataVA + 0x10 })},
+	{name: "pop rsp mem", code: code(0x6a, 0x07, 0x8f, 0x44, 0x24, 0x08, 0xc3), off: 2, mode: "boost"},
+	{name: "pop rsp mem fixup", code: code(0x6a, 0x07, 0x8f, 0x44, 0x24, 0x08, 0xc3), off: 2, fixup: true, mode: "step"},
+	{name: "leave", code: code(0x55, 0x48, 0x89, 0xe5, 0xc9, 0xc3), off: 4, mode: "emulate"},
 	{name: "mov rsp,rbp", code: code(0x48, 0x89, 0xe5, 0xc3), mode: "emulate"},
 	{name: "mov ecx,eax", code: code(0x89, 0xc8, 0xc3), mode: "emulate",
 		setup: setRegs(func(r *vmm.Regs) { r.RCX = 0xdeadbeef_cafef00d })},
@@ -66,60 +106,120 @@ var hitCases = []hitCase{
 	{name: "xor eax", code: code(0x31, 0xc0, 0xc3), mode: "emulate",
 		setup: setRegs(func(r *vmm.Regs) { r.RFLAGS |= flagCF | flagOF | flagSF })},
 	{name: "xor r8", code: code(0x4d, 0x31, 0xc0, 0xc3), mode: "emulate"},
-	{name: "mov rip load", code: func(d func(int, uint64) []byte) []byte {
-		return cat(b(0x48, 0x8b, 0x05), d(7, dataVA), b(0xc3))
-	}, mode: "boost"},
-	{name: "mov rip store", code: func(d func(int, uint64) []byte) []byte {
-		return cat(b(0x48, 0x89, 0x05), d(7, dataVA+0x20), b(0xc3))
-	}, mode: "boost"},
-	{name: "movl imm rip store", code: func(d func(int, uint64) []byte) []byte {
-		return cat(b(0xc7, 0x05), d(10, dataVA+0x28), b(0x78, 0x56, 0x34, 0x12, 0xc3))
-	}, mode: "boost"},
-	{name: "66 mov rip store", code: func(d func(int, uint64) []byte) []byte {
-		return cat(b(0x66, 0x89, 0x05), d(7, dataVA+0x30), b(0xc3))
-	}, mode: "boost"},
-	{name: "cmp imm rip ne", code: func(d func(int, uint64) []byte) []byte {
-		return cat(b(0x83, 0x3d), d(7, dataVA), b(0x90, 0x74, 0x07), movRBX1, b(0xc3))
-	}, mode: "boost"},
-	{name: "cmp imm rip eq", code: func(d func(int, uint64) []byte) []byte {
-		return cat(b(0x83, 0x3d), d(7, dataVA+0x38), b(0x90, 0x74, 0x07), movRBX1, b(0xc3))
-	}, mode: "boost", setup: func(e *env) { writeU64(e.k, dataVA+0x38, 0xffffff90) }},
-	{name: "lea rip", code: func(d func(int, uint64) []byte) []byte {
-		return cat(b(0x48, 0x8d, 0x35), d(7, dataVA+0x40), b(0xc3))
-	}, mode: "boost"},
+
+	// %rip-relative loads of each width, stores, compares.
+	{name: "mov rip load8", code: ripOp(b(0x8a, 0x05), sxData, nil, 0xc3), mode: "boost"},
+	{name: "mov rip load16", code: ripOp(b(0x66, 0x8b, 0x05), sxData, nil, 0xc3), mode: "boost"},
+	{name: "mov rip load32", code: ripOp(b(0x8b, 0x05), sxData, nil, 0xc3), mode: "boost"},
+	{name: "mov rip load64", code: ripOp(b(0x48, 0x8b, 0x05), dataVA, nil, 0xc3), mode: "boost"},
+	{name: "mov rip load64 fixup", code: ripOp(b(0x48, 0x8b, 0x05), dataVA, nil, 0xc3), fixup: true, mode: "step"},
+	{name: "movzbl rip", code: ripOp(b(0x0f, 0xb6, 0x05), sxData, nil, 0xc3), mode: "boost"},
+	{name: "movzwl rip", code: ripOp(b(0x0f, 0xb7, 0x05), sxData, nil, 0xc3), mode: "boost"},
+	{name: "movsbq rip", code: ripOp(b(0x48, 0x0f, 0xbe, 0x05), sxData, nil, 0xc3), mode: "boost"},
+	{name: "movslq rip", code: ripOp(b(0x48, 0x63, 0x05), sxData, nil, 0xc3), mode: "boost"},
+	{name: "mov rip store", code: ripOp(b(0x48, 0x89, 0x05), dataVA+0x20, nil, 0xc3), mode: "boost"},
+	{name: "movl imm rip store", code: ripOp(b(0xc7, 0x05), dataVA+0x28, b(0x78, 0x56, 0x34, 0x12), 0xc3), mode: "boost"},
+	{name: "66 mov rip store", code: ripOp(b(0x66, 0x89, 0x05), dataVA+0x30, nil, 0xc3), mode: "boost"},
+	{name: "cmp imm rip ne", code: ripOp(b(0x83, 0x3d), dataVA, b(0x90), cat(b(0x74, 0x07), movRBX1, b(0xc3))...),
+		mode: "boost", rbx: 1},
+	{name: "cmp imm rip eq", code: ripOp(b(0x83, 0x3d), dataVA+0x38, b(0x90), cat(b(0x74, 0x07), movRBX1, b(0xc3))...),
+		mode: "boost", rbx: 0x2222, setup: func(e *env) { writeU64(e.k, dataVA+0x38, 0xffffff90) }},
+	{name: "lea rip", code: ripOp(b(0x48, 0x8d, 0x35), dataVA+0x40, nil, 0xc3), mode: "boost"},
 	{name: "lea base+index", code: code(0x48, 0x8d, 0x04, 0x37, 0xc3), mode: "boost",
 		setup: setRegs(func(r *vmm.Regs) { r.RDI, r.RSI = 0xffff888000001000, 7 })},
-	{name: "pop rbp", code: code(0x55, 0x5d, 0xc3), off: 1, mode: "boost"},
-	{name: "call rel32", code: func(d func(int, uint64) []byte) []byte {
-		return cat(b(0xe8), d(5, gVA), b(0xc3))
-	}, mode: "step"},
-	{name: "call reg", code: code(0xff, 0xd0, 0xc3), mode: "step",
+
+	// Any addressing is boosted where the kernel has no fixup.
+	{name: "mov rdi mem", code: code(0x48, 0x8b, 0x07, 0xc3), mode: "boost",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI = dataVA })},
+	{name: "mov rdi mem fixup", code: code(0x48, 0x8b, 0x07, 0xc3), fixup: true, mode: "step",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI = dataVA })},
+	{name: "mov base+index*8 mem", code: code(0x48, 0x8b, 0x04, 0xf7, 0xc3), mode: "boost",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI, r.RSI = dataVA, 2 })},
+	{name: "mov r8 store", code: code(0x4c, 0x89, 0x47, 0x08, 0xc3), mode: "boost",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI = repDst })},
+
+	// Locked and implicitly locked read-modify-writes.
+	{name: "lock add rip", code: ripOp(b(0xf0, 0x48, 0x01, 0x05), dataVA, nil, 0xc3), mode: "boost"},
+	{name: "lock incl", code: code(0xf0, 0xff, 0x07, 0xc3), mode: "boost",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI = dataVA })},
+	{name: "lock orb", code: code(0xf0, 0x80, 0x0f, 0x01, 0xc3), mode: "boost",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI = dataVA + 0x38 })},
+	{name: "lock xadd", code: code(0xf0, 0x48, 0x0f, 0xc1, 0x07, 0xc3), mode: "boost",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI = dataVA })},
+	{name: "lock xadd fixup", code: code(0xf0, 0x48, 0x0f, 0xc1, 0x07, 0xc3), fixup: true, mode: "step",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI = dataVA })},
+	{name: "lock cmpxchg equal", code: code(0xf0, 0x48, 0x0f, 0xb1, 0x0f, 0xc3), mode: "boost",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI, r.RAX, r.RCX = dataVA, 0x1234567890, 0x42 })},
+	{name: "lock cmpxchg differ", code: code(0xf0, 0x48, 0x0f, 0xb1, 0x0f, 0xc3), mode: "boost",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI, r.RCX = dataVA, 0x42 })},
+	{name: "xchg mem", code: code(0x48, 0x87, 0x07, 0xc3), mode: "boost",
+		setup: setRegs(func(r *vmm.Regs) { r.RDI = dataVA })},
+
+	// String instructions: repeated ones run to completion from a boosted
+	// slot, or are stepped one iteration per exit (post handler, fixup).
+	{name: "rep stosq", code: code(0xf3, 0x48, 0xab, 0xc3), mode: "boost", steps: 4, setup: repRegs(4)},
+	{name: "rep stosq rcx=0", code: code(0xf3, 0x48, 0xab, 0xc3), mode: "boost", setup: repRegs(0)},
+	{name: "rep stosq fixup", code: code(0xf3, 0x48, 0xab, 0xc3), fixup: true, mode: "step", steps: 4, setup: repRegs(4)},
+	{name: "rep stosq rcx=0 fixup", code: code(0xf3, 0x48, 0xab, 0xc3), fixup: true, mode: "step", setup: repRegs(0)},
+	{name: "rep movsb", code: code(0xf3, 0xa4, 0xc3), mode: "boost", steps: 5, setup: repRegs(5)},
+	{name: "rep movsb fixup", code: code(0xf3, 0xa4, 0xc3), fixup: true, mode: "step", steps: 5, setup: repRegs(5)},
+	{name: "rep movsb rcx=0", code: code(0xf3, 0xa4, 0xc3), mode: "boost", setup: repRegs(0)},
+	{name: "rep movsb rcx=0 fixup", code: code(0xf3, 0xa4, 0xc3), fixup: true, mode: "step", setup: repRegs(0)},
+	{name: "std rep movsq fixup", code: code(0xfd, 0xf3, 0x48, 0xa5, 0xfc, 0xc3), off: 1, fixup: true, mode: "step", steps: 3,
+		setup: func(e *env) { repRegs(3)(e); e.cpu.regs.RSI += 16; e.cpu.regs.RDI += 16 }},
+	{name: "repe cmpsb", code: code(0xf3, 0xa6, 0xc3), mode: "boost", steps: 3, setup: repRegs(8)},
+	{name: "repe cmpsb fixup", code: code(0xf3, 0xa6, 0xc3), fixup: true, mode: "step", steps: 3, setup: repRegs(8)},
+	{name: "repne scasb fixup", code: code(0xf2, 0xae, 0xc3), fixup: true, mode: "step", steps: 4,
+		setup: func(e *env) { repRegs(16)(e); e.cpu.regs.RDI, e.cpu.regs.RAX = repSrc, 0x33 }},
+	{name: "movsq", code: code(0x48, 0xa5, 0xc3), mode: "boost", setup: repRegs(9)},
+	{name: "lodsq", code: code(0x48, 0xad, 0xc3), mode: "boost", setup: repRegs(9)},
+
+	// Control transfers.
+	{name: "call rel32", code: ripOp(b(0xe8), gVA, nil, 0xc3), mode: "branch"},
+	{name: "call reg", code: code(0xff, 0xd0, 0xc3), mode: "branch",
 		setup: setRegs(func(r *vmm.Regs) { r.RAX = gVA })},
-	{name: "call rip mem", code: func(d func(int, uint64) []byte) []byte {
-		return cat(b(0xff, 0x15), d(6, dataVA+8), b(0xc3))
-	}, mode: "step"},
+	{name: "call r11", code: code(0x41, 0xff, 0xd3, 0xc3), mode: "branch",
+		setup: setRegs(func(r *vmm.Regs) { r.R11 = gVA })},
+	{name: "call rip mem", code: ripOp(b(0xff, 0x15), dataVA+8, nil, 0xc3), mode: "branch"},
 	{name: "call reg mem", code: code(0xff, 0x53, 0x08, 0xc3), mode: "step",
 		setup: setRegs(func(r *vmm.Regs) { r.RBX = dataVA })},
-	{name: "jmp reg", code: code(0xff, 0xe0), mode: "step",
+	{name: "call rsp mem", code: code(0xff, 0x54, 0x24, 0x08, 0xc3), mode: "step",
+		setup: func(e *env) { writeU64(e.k, e.cpu.regs.RSP+8, gVA) }},
+	{name: "jmp reg", code: code(0xff, 0xe0), mode: "branch",
 		setup: setRegs(func(r *vmm.Regs) { r.RAX = hVA })},
-	{name: "jmp rip mem", code: func(d func(int, uint64) []byte) []byte {
-		return cat(b(0xff, 0x25), d(6, dataVA+16))
-	}, mode: "step"},
-	{name: "bnd jmp reg", code: code(0xf2, 0xff, 0xe0), mode: "step",
+	{name: "jmp r11", code: code(0x41, 0xff, 0xe3), mode: "branch",
+		setup: setRegs(func(r *vmm.Regs) { r.R11 = hVA })},
+	{name: "jmp rip mem", code: ripOp(b(0xff, 0x25), dataVA+16, nil), mode: "branch"},
+	{name: "bnd jmp reg", code: code(0xf2, 0xff, 0xe0), mode: "branch",
 		setup: setRegs(func(r *vmm.Regs) { r.RAX = hVA })},
-	{name: "ret", code: code(0xc3), mode: "step"},
-	{name: "rep ret", code: code(0xf3, 0xc3), mode: "step"},
-	{name: "jmp rel8", code: func(func(int, uint64) []byte) []byte { return cat(b(0xeb, 0x07), movRBX1, b(0xc3)) }, mode: "step"},
-	{name: "jmp rel32", code: func(func(int, uint64) []byte) []byte {
-		return cat(b(0xe9, 0x07, 0, 0, 0), movRBX1, b(0xc3))
-	}, mode: "step"},
-	{name: "je taken", code: func(func(int, uint64) []byte) []byte { return cat(b(0x74, 0x07), movRBX1, b(0xc3)) },
-		mode: "step", setup: setRegs(func(r *vmm.Regs) { r.RFLAGS |= flagZF })},
-	{name: "je not taken", code: func(func(int, uint64) []byte) []byte { return cat(b(0x74, 0x07), movRBX1, b(0xc3)) },
-		mode: "step"},
-	{name: "jne rel32", code: func(func(int, uint64) []byte) []byte {
-		return cat(b(0x0f, 0x85, 0x07, 0, 0, 0), movRBX1, b(0xc3))
-	}, mode: "step"},
+	{name: "notrack jmp reg", code: code(0x3e, 0xff, 0xe0), mode: "branch",
+		setup: setRegs(func(r *vmm.Regs) { r.RAX = hVA })},
+	{name: "ret", code: code(0xc3), mode: "branch"},
+	{name: "rep ret", code: code(0xf3, 0xc3), mode: "branch"},
+	{name: "bnd ret", code: code(0xf2, 0xc3), mode: "branch"},
+	{name: "ret imm16", code: code(0xc2, 0x10, 0x00), mode: "branch"},
+	{name: "jmp rel8", code: code(cat(b(0xeb, 0x07), movRBX1, b(0xc3))...), mode: "branch", rbx: 0x2222},
+	{name: "jmp rel32", code: code(cat(b(0xe9, 0x07, 0, 0, 0), movRBX1, b(0xc3))...), mode: "branch", rbx: 0x2222},
+	// f: jmp +9 to the probe; mov $1,%rbx; ret; nop; probe: jmp back to the mov.
+	{name: "jmp rel8 back", code: code(cat(b(0xeb, 0x09), movRBX1, b(0xc3, 0x90, 0xeb, 0xf5))...), off: 11, mode: "branch", rbx: 1},
+	{name: "jmp rel32 back", code: code(cat(b(0xeb, 0x09), movRBX1, b(0xc3, 0x90, 0xe9, 0xf2, 0xff, 0xff, 0xff))...), off: 11, mode: "branch", rbx: 1},
+	{name: "jrcxz taken", code: code(cat(b(0xe3, 0x07), movRBX1, b(0xc3))...), mode: "branch", rbx: 0x2222,
+		setup: setRegs(func(r *vmm.Regs) { r.RCX = 0 })},
+	{name: "jrcxz not taken", code: code(cat(b(0xe3, 0x07), movRBX1, b(0xc3))...), mode: "branch", rbx: 1},
+	{name: "loop taken", code: code(cat(b(0xe2, 0x07), movRBX1, b(0xc3))...), mode: "branch", rbx: 0x2222,
+		setup: setRegs(func(r *vmm.Regs) { r.RCX = 2 })},
+	{name: "loop not taken", code: code(cat(b(0xe2, 0x07), movRBX1, b(0xc3))...), mode: "branch", rbx: 1,
+		setup: setRegs(func(r *vmm.Regs) { r.RCX = 1 })},
+	{name: "loope taken", code: code(cat(b(0xe1, 0x07), movRBX1, b(0xc3))...), mode: "branch", rbx: 0x2222,
+		setup: setRegs(func(r *vmm.Regs) { r.RCX, r.RFLAGS = 2, 0x202|flagZF })},
+	{name: "loope not taken", code: code(cat(b(0xe1, 0x07), movRBX1, b(0xc3))...), mode: "branch", rbx: 1,
+		setup: setRegs(func(r *vmm.Regs) { r.RCX = 2 })},
+	{name: "loopne taken", code: code(cat(b(0xe0, 0x07), movRBX1, b(0xc3))...), mode: "branch", rbx: 0x2222,
+		setup: setRegs(func(r *vmm.Regs) { r.RCX = 2 })},
+	{name: "loopne not taken", code: code(cat(b(0xe0, 0x07), movRBX1, b(0xc3))...), mode: "branch", rbx: 1,
+		setup: setRegs(func(r *vmm.Regs) { r.RCX, r.RFLAGS = 2, 0x202|flagZF })},
+
+	// Flags and IF: stepped, with the seeds' fixups.
 	{name: "pushf IF=1", code: code(0x9c, 0x58, 0xc3), mode: "step"},
 	{name: "pushf IF=0", code: code(0x9c, 0x58, 0xc3), mode: "step",
 		setup: setRegs(func(r *vmm.Regs) { r.RFLAGS = 0x2 })},
@@ -129,6 +229,50 @@ var hitCases = []hitCase{
 	{name: "cli", code: code(0xfa, 0xc3), mode: "step"},
 	{name: "sti", code: code(0xfb, 0xc3), mode: "step",
 		setup: setRegs(func(r *vmm.Regs) { r.RFLAGS = 0x2 })},
+}
+
+// repRegs sets up a string instruction over repSrc (bytes 0x30, 0x31, ...)
+// and repDst (the same bytes up to the third, which differs) with count n.
+func repRegs(n uint64) func(e *env) {
+	return func(e *env) {
+		for i := range uint64(64) {
+			e.mem.b[dataGPA+repSrc-dataVA+i] = byte(0x30 + i)
+			e.mem.b[dataGPA+repDst-dataVA+i] = byte(0x30 + i)
+		}
+		e.mem.b[dataGPA+repDst-dataVA+2] = 0xee
+		r := &e.cpu.regs
+		r.RCX, r.RSI, r.RDI, r.RAX = n, repSrc, repDst, 0xa5a5a5a5_5a5a5a5a
+	}
+}
+
+// jccCases: each of the 16 conditions taken and not taken as jcc rel8,
+// and once as jcc rel32. f is jcc +7; mov $1,%rbx; ret.
+func jccCases() []hitCase {
+	names := []string{"o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g"}
+	// Flags making each even condition (o, b, e, be, s, p, l, le) true,
+	// another set making it true, and one making it false.
+	yes := []uint64{flagOF, flagCF, flagZF, flagCF, flagSF, flagPF, flagSF, flagZF}
+	yes2 := []uint64{flagOF | flagCF, flagCF | flagSF, flagZF | flagSF, flagZF, flagSF | flagOF | flagZF, flagPF | flagZF, flagOF, flagSF}
+	no := []uint64{flagCF, flagZF, flagCF, flagSF, flagZF, 0, flagSF | flagOF, flagSF | flagOF}
+	var out []hitCase
+	for cc, name := range names {
+		t, f := yes[cc/2], no[cc/2]
+		if cc%2 == 1 {
+			t, f = f, yes[cc/2]
+		}
+		rel8 := cat(b(0x70+byte(cc), 0x07), movRBX1, b(0xc3))
+		rel32 := cat(b(0x0f, 0x80+byte(cc), 0x07, 0, 0, 0), movRBX1, b(0xc3))
+		flags := func(f uint64) func(*env) { return setRegs(func(r *vmm.Regs) { r.RFLAGS = 0x202 | f }) }
+		out = append(out,
+			hitCase{name: "j" + name + " taken", code: code(rel8...), mode: "branch", rbx: 0x2222, setup: flags(t)},
+			hitCase{name: "j" + name + " not taken", code: code(rel8...), mode: "branch", rbx: 1, setup: flags(f)})
+		t32, rbx := yes2[cc/2], uint64(0x2222)
+		if cc%2 == 1 {
+			rbx = 1 // the negated condition on the same flags: not taken
+		}
+		out = append(out, hitCase{name: "j" + name + " rel32", code: code(rel32...), mode: "branch", rbx: rbx, setup: flags(t32)})
+	}
+	return out
 }
 
 // layout builds the fixed guest of a differential run.
@@ -145,6 +289,10 @@ func layout(t *testing.T, c hitCase) *env {
 	writeU64(e.k, dataVA, 0x1234567890)
 	writeU64(e.k, dataVA+8, gVA)
 	writeU64(e.k, dataVA+16, hVA)
+	writeU64(e.k, sxData, 0x8786858483828180)
+	if c.fixup {
+		e.k.fixups = map[uint64]bool{fVA + c.off: true}
+	}
 	if c.setup != nil {
 		c.setup(e)
 	}
@@ -178,26 +326,41 @@ func (s snapshot) diff(t *testing.T, what string, o snapshot) {
 	}
 }
 
-// TestHitsMatchUnprobedExecution runs each function unprobed and probed
-// (with and without a post handler) and requires the same final state, the
-// expected execution mode and exit count, and a post handler that sees the
-// state right after the probed instruction executed in place.
+// TestHitsMatchUnprobedExecution has one row per instruction class. Each
+// function runs unprobed and probed (with and without a post handler); the
+// probed run must end in the same state, hit once, execute the instruction
+// the expected way (as Check predicts) at the expected cost in exits, and
+// show the post handler the state right after the instruction executed in
+// place.
 func TestHitsMatchUnprobedExecution(t *testing.T) {
+	verdicts := map[string]string{"emulate": "emulated", "branch": "emulated", "boost": "boosted", "step": "stepped"}
 	for _, c := range hitCases {
 		t.Run(c.name, func(t *testing.T) {
 			ref := layout(t, c)
 			addr := fVA + c.off
 			ref.cpu.regs.RIP = fVA
 			ref.run(addr, 100)
-			if err := execInsn(ref.k, &ref.cpu.regs, ref.mem.b[textGPA+addr-textVA:], false); err != nil {
-				t.Fatal(err)
+			for i := 0; i == 0 || ref.cpu.regs.RIP == addr; i++ { // every iteration of a rep
+				if err := execInsn(ref.k, &ref.cpu.regs, ref.mem.b[textGPA+addr-textVA:], false); err != nil {
+					t.Fatal(err)
+				}
 			}
 			after := ref.snap()
 			ref.run(sentinel, 100)
 			want := ref.snap()
+			if c.rbx != 0 && want.regs.RBX != c.rbx {
+				t.Fatalf("reference run: rbx %#x, want %#x: the row does not test what it says", want.regs.RBX, c.rbx)
+			}
 
 			for _, withPost := range []bool{false, true} {
 				e := layout(t, c)
+				v, err := Check(e.k, addr, "f")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if v.Exec != verdicts[c.mode] {
+					t.Errorf("Check says %s, want %s", v.Exec, verdicts[c.mode])
+				}
 				var pre, post int
 				var seen snapshot
 				p := &Kprobe{Symbol: "f", Offset: c.off, PreHandler: func(ctx *Context) bool {
@@ -228,15 +391,27 @@ func TestHitsMatchUnprobedExecution(t *testing.T) {
 					mode = "step"
 				}
 				got := map[string]uint64{"emulate": st.Emulated, "boost": st.Boosted, "step": st.Stepped}
-				if got[mode] != 1 || st.Emulated+st.Boosted+st.Stepped != 1 {
+				kind := map[string]string{"branch": "emulate"}[mode]
+				if kind == "" {
+					kind = mode
+				}
+				if got[kind] != 1 || st.Emulated+st.Boosted+st.Stepped != 1 {
 					t.Errorf("post=%v: want one %s hit, got %+v", withPost, mode, got)
 				}
-				wantExits := 1
-				if mode == "step" {
-					wantExits = 2
+				if wantBr := map[bool]uint64{true: 1}[mode == "branch"]; st.EmulatedBranches != wantBr {
+					t.Errorf("post=%v: %d emulated branches, want %d", withPost, st.EmulatedBranches, wantBr)
 				}
-				if e.exits != wantExits || st.ExitsPerHit[wantExits] != 1 || st.Probes[0].Exits != uint64(wantExits) {
-					t.Errorf("exits: %d events, stats %v, probe %d; want %d", e.exits, st.ExitsPerHit, st.Probes[0].Exits, wantExits)
+				wantExits, iters := 1, 0
+				if mode == "step" {
+					steps := max(c.steps, 1)
+					wantExits, iters = 1+steps, steps-1
+				}
+				if e.exits != wantExits || st.ExitsPerHit[min(wantExits, 3)] != 1 || st.Probes[0].Exits != uint64(wantExits) {
+					t.Errorf("post=%v: exits: %d events, stats %v, probe %d; want %d", withPost, e.exits, st.ExitsPerHit, st.Probes[0].Exits, wantExits)
+				}
+				if st.RepIterations != uint64(iters) || st.LostSteps != 0 || st.Errors != 0 {
+					t.Errorf("post=%v: rep iterations %d (want %d), lost steps %d, errors %d (%v)",
+						withPost, st.RepIterations, iters, st.LostSteps, st.Errors, e.m.Err())
 				}
 				if withPost {
 					if post != 1 {
@@ -253,6 +428,37 @@ func TestHitsMatchUnprobedExecution(t *testing.T) {
 				if e.mem.b[textGPA+addr-textVA] != ref.mem.b[textGPA+addr-textVA] {
 					t.Error("original byte not restored")
 				}
+			}
+		})
+	}
+}
+
+// TestRefusedInstructions: instructions that cannot run out of line are
+// refused by Check and Register alike, with the text untouched.
+func TestRefusedInstructions(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		code []byte
+		kind error
+	}{
+		{"hlt", b(0xf4, 0xc3), ErrUnsafeInstruction},
+		{"sysret", b(0x48, 0x0f, 0x07), ErrUnsafeInstruction},
+		{"iret", b(0x48, 0xcf), ErrUnsafeInstruction},
+		{"ud2", b(0x0f, 0x0b), ErrUnsafeInstruction},
+		{"int3", b(0xcc, 0xc3), ErrUnsafeInstruction},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			f := e.fn("f", c.code...)
+			before := textBytes(e)
+			if _, err := Check(e.k, f, "f"); !errors.Is(err, c.kind) {
+				t.Errorf("Check: %v, want %v", err, c.kind)
+			}
+			if err := e.m.Register(&Kprobe{Symbol: "f"}); !errors.Is(err, c.kind) {
+				t.Errorf("Register: %v, want %v", err, c.kind)
+			}
+			if !bytes.Equal(before, textBytes(e)) {
+				t.Error("text changed")
 			}
 		})
 	}

@@ -31,6 +31,17 @@ type Kernel interface {
 	Translate(va uint64) (gpa uint64, err error)
 	ReadVirt(va uint64, p []byte) error
 	WriteVirt(va uint64, p []byte) error
+	// Reserved says why the instruction bytes [va, va+n) must not get an
+	// int3 now — text the kernel rewrites itself (jump labels, static
+	// calls, boot-time alternatives), as Linux's jump_label_text_reserved
+	// and static_call_text_reserved say — or nil. The error wraps
+	// ErrPatchedText, or ErrNotYetPatched when the kernel has yet to
+	// rewrite the bytes at boot and the probe can be armed afterwards.
+	Reserved(va, n uint64) error
+	// HasFixup reports whether the instruction at va has an exception-table
+	// entry: a fault there is handled by looking va up, so the instruction
+	// must fault at va, never in a slot.
+	HasFixup(va uint64) bool
 }
 
 // SlotArea is the guest region reserved for hvprobe's instruction slots:

@@ -62,31 +62,55 @@ const (
 )
 
 // emulKind names the instructions the host executes itself (one exit, no
-// slot): the usual function-entry instructions.
+// slot): the usual function-entry and -exit instructions and near control
+// transfers, which a step would cost two exits.
 type emulKind int
 
 const (
 	emulNone    emulKind = iota
 	emulNop              // nop/nopl/nopw of any length, pause, endbr
 	emulPush             // push %r64
+	emulPop              // pop %r64
+	emulPushImm          // push $imm8/$imm32 (sign-extended)
+	emulPushMem          // push m64 (no FS/GS)
 	emulMov              // mov %r64,%r64 / mov %r32,%r32
 	emulAdd              // add $imm,%r64
 	emulSub              // sub $imm,%r64
 	emulXorSelf          // xor %r32,%r32 / xor %r64,%r64 (same register)
+	emulLeave            // leave
+	// Control transfers from here on (Stats.EmulatedBranches).
+	emulJmp     // jmp rel8/rel32
+	emulJcc     // jcc rel8/rel32, jrcxz, loop/loope/loopne
+	emulCall    // call rel32
+	emulJmpInd  // jmp *%r64 / jmp *disp(%rip)
+	emulCallInd // call *%r64 / call *disp(%rip)
+	emulRet     // ret / ret $imm16
 )
+
+func (k emulKind) branch() bool { return k >= emulJmp }
 
 // insn is one analysed instruction at a probe address.
 type insn struct {
-	raw       []byte // the original bytes, len(raw) == inst.Len
-	inst      x86asm.Inst
-	fix       fixup
-	branch    bool // the step may legitimately end anywhere
-	ifMod     bool // cli, sti, popf: IF after the step is the instruction's own
-	ripMem    bool // a %rip-relative memory operand; its disp32 is at inst.PCRelOff
+	raw    []byte // the original bytes, len(raw) == inst.Len
+	inst   x86asm.Inst
+	fix    fixup
+	branch bool // the step may legitimately end anywhere
+	ifMod  bool // cli, sti, popf: IF after the step is the instruction's own
+	ripMem bool // a %rip-relative memory operand; its disp32 is at inst.PCRelOff
+	// boostable: may run from a slot followed by a jmp back. analyze
+	// judges the instruction; check clears it where the kernel has an
+	// exception-table entry.
 	boostable bool
-	emul      emulKind
-	dst, src  x86asm.Reg // operands of emulated instructions
-	imm       uint64     // sign-extended immediate of emulAdd/emulSub
+	// rep: a repeated string instruction; a step traps after each
+	// iteration with rip still on it. repMask is its count register
+	// (%rcx, or %ecx with an address-size prefix).
+	rep      bool
+	repMask  uint64
+	emul     emulKind
+	dst, src x86asm.Reg // register operands of emulated instructions
+	imm      uint64     // sign-extended immediate (add/sub/push), ret's imm16
+	rel      int64      // displacement of an emulated relative branch
+	mem      x86asm.Mem // memory operand of emulPushMem, emulJmpInd, emulCallInd
 }
 
 func (in *insn) String() string {
@@ -191,6 +215,18 @@ func (in *insn) classify() {
 		in.fix = fixPushf
 	case x86asm.POPF, x86asm.POPFD, x86asm.POPFQ, x86asm.CLI, x86asm.STI:
 		in.ifMod = true
+	case x86asm.MOVSB, x86asm.MOVSW, x86asm.MOVSD, x86asm.MOVSQ,
+		x86asm.STOSB, x86asm.STOSW, x86asm.STOSD, x86asm.STOSQ,
+		x86asm.LODSB, x86asm.LODSW, x86asm.LODSD, x86asm.LODSQ,
+		x86asm.CMPSB, x86asm.CMPSW, x86asm.CMPSD, x86asm.CMPSQ,
+		x86asm.SCASB, x86asm.SCASW, x86asm.SCASD, x86asm.SCASQ,
+		x86asm.INSB, x86asm.INSW, x86asm.INSD, x86asm.OUTSB, x86asm.OUTSW, x86asm.OUTSD:
+		if in.hasPrefix(0xf3) || in.hasPrefix(0xf2) {
+			in.rep, in.repMask = true, math.MaxUint64
+			if in.hasPrefix(x86asm.PrefixAddrSize) {
+				in.repMask = math.MaxUint32
+			}
+		}
 	default:
 		// Conditional and counted branches: relative, fixed like
 		// straight-line code.
@@ -201,11 +237,11 @@ func (in *insn) classify() {
 }
 
 // boostOps are the instructions whose effect does not depend on where they
-// execute and which cannot trap into an exception-table fixup by
-// themselves, so they may run from a slot followed by a jmp back, without a
+// execute, so they may run from a slot followed by a jmp back, without a
 // step. The seeds' can_boost admits a similar set by opcode; branches,
-// calls, rets, pushf/popf and cli/sti are left to the step, whose fixups
-// handle them.
+// calls, rets, pushf/popf and cli/sti are left to emulation or the step,
+// whose fixups handle them. String instructions, repeated or not, run to
+// completion in the slot (an interrupt between iterations returns there).
 var boostOps = map[x86asm.Op]bool{
 	x86asm.MOV: true, x86asm.MOVZX: true, x86asm.MOVSX: true, x86asm.MOVSXD: true,
 	x86asm.LEA: true, x86asm.ADD: true, x86asm.SUB: true, x86asm.ADC: true,
@@ -222,6 +258,11 @@ var boostOps = map[x86asm.Op]bool{
 	x86asm.LFENCE: true, x86asm.MFENCE: true, x86asm.SFENCE: true,
 	x86asm.RDTSC: true, x86asm.CLC: true, x86asm.STC: true, x86asm.CMC: true,
 	x86asm.CLD: true, x86asm.STD: true,
+	x86asm.MOVSB: true, x86asm.MOVSW: true, x86asm.MOVSD: true, x86asm.MOVSQ: true,
+	x86asm.STOSB: true, x86asm.STOSW: true, x86asm.STOSD: true, x86asm.STOSQ: true,
+	x86asm.LODSB: true, x86asm.LODSW: true, x86asm.LODSD: true, x86asm.LODSQ: true,
+	x86asm.CMPSB: true, x86asm.CMPSW: true, x86asm.CMPSD: true, x86asm.CMPSQ: true,
+	x86asm.SCASB: true, x86asm.SCASW: true, x86asm.SCASD: true, x86asm.SCASQ: true,
 	x86asm.CMOVA: true, x86asm.CMOVAE: true, x86asm.CMOVB: true, x86asm.CMOVBE: true,
 	x86asm.CMOVE: true, x86asm.CMOVG: true, x86asm.CMOVGE: true, x86asm.CMOVL: true,
 	x86asm.CMOVLE: true, x86asm.CMOVNE: true, x86asm.CMOVNO: true, x86asm.CMOVNP: true,
@@ -232,46 +273,39 @@ var boostOps = map[x86asm.Op]bool{
 	x86asm.SETNS: true, x86asm.SETO: true, x86asm.SETP: true, x86asm.SETS: true,
 }
 
+// canBoost judges the instruction alone. Its memory operands may be
+// anything: a fault in the slot reaches the guest with the slot's address,
+// which matters only to an exception-table lookup, and check refuses to
+// boost where the kernel has an entry. Without one the fault is an oops
+// in the slot as in place, and a fault the guest resolves (a lazy or
+// spurious page fault) returns to the slot and re-executes there.
 func (in *insn) canBoost() bool {
 	if !boostOps[in.inst.Op] {
 		return false
 	}
-	for _, p := range in.inst.Prefix {
-		if p == 0 {
-			break
-		}
-		// As in the seeds: no CS override, no address-size override.
-		if p&0xff == x86asm.PrefixCS || p&0xff == x86asm.PrefixAddrSize {
-			return false
-		}
+	// As in the seeds: no CS override, no address-size override.
+	if in.hasPrefix(x86asm.PrefixCS) || in.hasPrefix(x86asm.PrefixAddrSize) {
+		return false
 	}
 	for _, a := range in.inst.Args {
-		switch a := a.(type) {
-		case x86asm.Mem:
-			if in.inst.Op == x86asm.LEA {
-				continue // address arithmetic only: lea never accesses memory
-			}
-			// A fault in a boosted slot would reach the guest with the
-			// slot's address, which no exception-table entry names; so only
-			// operands that cannot be user or fixup-guarded accesses:
-			// globals (%rip-relative or absolute, incl. %gs: per-cpu) and
-			// the stack.
-			if a.Index != 0 {
-				return false
-			}
-			if a.Base != 0 && a.Base != x86asm.RIP && a.Base != x86asm.RSP {
-				return false
-			}
-			if a.Segment != 0 && a.Segment != x86asm.GS && a.Segment != x86asm.FS {
-				return false
-			}
-		case x86asm.Reg:
-			if !isGPR(a) {
-				return false // segment, control, debug registers
-			}
+		if r, ok := a.(x86asm.Reg); ok && !isGPR(r) {
+			return false // segment, control, debug registers
 		}
 	}
 	return true
+}
+
+// hasPrefix reports whether the instruction carries the prefix byte p.
+func (in *insn) hasPrefix(p x86asm.Prefix) bool {
+	for _, q := range in.inst.Prefix {
+		if q == 0 {
+			return false
+		}
+		if q&0xff == p&0xff {
+			return true
+		}
+	}
+	return false
 }
 
 func isGPR(r x86asm.Reg) bool {
@@ -282,23 +316,50 @@ func isGPR(r x86asm.Reg) bool {
 func isGPR64(r x86asm.Reg) bool { return r >= x86asm.RAX && r <= x86asm.R15 }
 func isGPR32(r x86asm.Reg) bool { return r >= x86asm.EAX && r <= x86asm.R15L }
 
+// jccOps are the conditional relative branches the host emulates.
+var jccOps = map[x86asm.Op]bool{
+	x86asm.JO: true, x86asm.JNO: true, x86asm.JB: true, x86asm.JAE: true,
+	x86asm.JE: true, x86asm.JNE: true, x86asm.JBE: true, x86asm.JA: true,
+	x86asm.JS: true, x86asm.JNS: true, x86asm.JP: true, x86asm.JNP: true,
+	x86asm.JL: true, x86asm.JGE: true, x86asm.JLE: true, x86asm.JG: true,
+	x86asm.JRCXZ: true, x86asm.LOOP: true, x86asm.LOOPE: true, x86asm.LOOPNE: true,
+}
+
 func (in *insn) emulation() emulKind {
-	args := in.inst.Args
-	for _, p := range in.inst.Prefix {
-		if p == 0 {
-			break
-		}
-		if p&0xff == x86asm.PrefixLOCK {
-			return emulNone
-		}
+	if in.hasPrefix(x86asm.PrefixLOCK) {
+		return emulNone
 	}
-	switch in.inst.Op {
+	args := in.inst.Args
+	// Operand size (16-bit push/ret/branch), address size (%ecx counts,
+	// 32-bit addresses) and FS/GS bases are not modelled: such forms go to
+	// the slot. They change nothing in the register-only forms below.
+	plain := !in.hasPrefix(x86asm.PrefixDataSize) && !in.hasPrefix(x86asm.PrefixAddrSize) &&
+		!in.hasPrefix(x86asm.PrefixFS) && !in.hasPrefix(x86asm.PrefixGS)
+	switch op := in.inst.Op; op {
 	case x86asm.NOP, x86asm.PAUSE:
 		return emulNop
 	case x86asm.PUSH:
+		switch a := args[0].(type) {
+		case x86asm.Reg:
+			if isGPR64(a) {
+				in.src = a
+				return emulPush
+			}
+		case x86asm.Imm:
+			if plain {
+				in.imm = uint64(int64(a))
+				return emulPushImm
+			}
+		case x86asm.Mem:
+			if plain && plainMem(a) {
+				in.mem = a
+				return emulPushMem
+			}
+		}
+	case x86asm.POP:
 		if r, ok := args[0].(x86asm.Reg); ok && isGPR64(r) {
-			in.src = r
-			return emulPush
+			in.dst = r
+			return emulPop
 		}
 	case x86asm.MOV:
 		d, ok1 := args[0].(x86asm.Reg)
@@ -312,7 +373,7 @@ func (in *insn) emulation() emulKind {
 		i, ok2 := args[1].(x86asm.Imm)
 		if ok1 && ok2 && isGPR64(d) {
 			in.dst, in.imm = d, uint64(int64(i))
-			if in.inst.Op == x86asm.ADD {
+			if op == x86asm.ADD {
 				return emulAdd
 			}
 			return emulSub
@@ -324,8 +385,57 @@ func (in *insn) emulation() emulKind {
 			in.dst = d
 			return emulXorSelf
 		}
+	case x86asm.LEAVE:
+		if plain {
+			return emulLeave
+		}
+	case x86asm.RET:
+		if !plain {
+			break
+		}
+		if i, ok := args[0].(x86asm.Imm); ok {
+			in.imm = uint64(i)
+		}
+		return emulRet
+	case x86asm.JMP, x86asm.CALL:
+		if !plain {
+			break
+		}
+		direct, indirect := emulJmp, emulJmpInd
+		if op == x86asm.CALL {
+			direct, indirect = emulCall, emulCallInd
+		}
+		switch a := args[0].(type) {
+		case x86asm.Rel:
+			in.rel = int64(a)
+			return direct
+		case x86asm.Reg:
+			if isGPR64(a) {
+				in.src = a
+				return indirect
+			}
+		case x86asm.Mem:
+			// Only a pointer in a global: one aligned word the kernel
+			// writes whole, unlike an arbitrary address.
+			if a.Base == x86asm.RIP && a.Index == 0 && a.Segment == 0 && in.inst.MemBytes == 8 {
+				in.mem = a
+				return indirect
+			}
+		}
+	default:
+		if rel, ok := args[0].(x86asm.Rel); ok && jccOps[op] && plain {
+			in.rel = int64(rel)
+			return emulJcc
+		}
 	}
 	return emulNone
+}
+
+// plainMem: an operand the emulator can address, base and index GPRs
+// (or %rip) and no segment.
+func plainMem(m x86asm.Mem) bool {
+	return m.Segment == 0 && (m.Base == 0 || m.Base == x86asm.RIP || isGPR64(m.Base)) &&
+		(m.Index == 0 || isGPR64(m.Index))
 }
 
 // slotImage builds the slot contents for the instruction originally at

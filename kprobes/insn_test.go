@@ -18,28 +18,43 @@ func TestAnalyze(t *testing.T) {
 		fix    fixup
 		branch bool
 		ifMod  bool
+		rep    bool
 		refuse error
 	}{
 		{code: b(0x90), emul: emulNop, boost: true},
 		{code: b(0xf3, 0x0f, 0x1e, 0xfa), emul: emulNop, boost: true},
 		{code: b(0x41, 0x57), emul: emulPush, boost: true},
-		{code: b(0x66, 0x55), boost: true},                         // 16-bit push: not emulated
-		{code: b(0xf0, 0x48, 0x01, 0x05, 1, 0, 0, 0), boost: true}, // lock add %rax,rip: boostable
-		{code: b(0x48, 0x8b, 0x07)},                                // via %rdi: may be a user access
+		{code: b(0x41, 0x5f), emul: emulPop, boost: true},
+		{code: b(0x66, 0x55), boost: true},                                // 16-bit push: not emulated
+		{code: b(0x6a, 0xff), emul: emulPushImm, boost: true},             // push $-1
+		{code: b(0x66, 0x6a, 0xff), boost: true},                          // pushw $-1
+		{code: b(0xff, 0x74, 0x24, 0x08), emul: emulPushMem, boost: true}, // push 8(%rsp)
+		{code: b(0x65, 0xff, 0x34, 0x25, 0, 0, 0, 0), boost: true},        // push %gs:0: no segment bases
+		{code: b(0xc9), emul: emulLeave, boost: true},                     // leave
+		{code: b(0xf0, 0x48, 0x01, 0x05, 1, 0, 0, 0), boost: true},        // lock add %rax,rip: boostable
+		{code: b(0x48, 0x8b, 0x07), boost: true},                          // via %rdi: check decides by the fixup
 		{code: b(0x65, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0), boost: true},
 		{code: b(0x2e, 0x48, 0x8b, 0x05, 0, 0, 0, 0)}, // CS override: seeds don't boost
 		{code: b(0x67, 0x48, 0x8b, 0x05, 0, 0, 0, 0)}, // address size: seeds don't boost
-		{code: b(0x48, 0xa5)},                         // movsq
+		{code: b(0x48, 0xa5), boost: true},            // movsq
+		{code: b(0xf3, 0x48, 0xab), boost: true, rep: true},
+		{code: b(0xf2, 0xae), boost: true, rep: true}, // repne scasb
+		{code: b(0xf3, 0x6c), rep: true},              // rep insb: port I/O, stepped
 		{code: b(0x0f, 0x22, 0xd8)},                   // mov %rax,%cr3
-		{code: b(0xe8, 0, 0, 0, 0), fix: fixCallRel, branch: true},
-		{code: b(0xff, 0xd0), fix: fixCallAbs, branch: true},
-		{code: b(0xff, 0x15, 0, 0, 0, 0), fix: fixCallAbs, branch: true},
-		{code: b(0xc3), fix: fixNone, branch: true},
-		{code: b(0xc2, 8, 0), fix: fixNone, branch: true},
-		{code: b(0xff, 0xe0), fix: fixNone, branch: true},
-		{code: b(0xeb, 0), fix: fixRIP, branch: true},
-		{code: b(0x0f, 0x84, 0, 0, 0, 0), fix: fixRIP, branch: true},
-		{code: b(0xe2, 0xfe), fix: fixRIP, branch: true}, // loop
+		{code: b(0xe8, 0, 0, 0, 0), emul: emulCall, fix: fixCallRel, branch: true},
+		{code: b(0xff, 0xd0), emul: emulCallInd, fix: fixCallAbs, branch: true},
+		{code: b(0x66, 0xff, 0xd0), fix: fixCallAbs, branch: true},
+		{code: b(0xff, 0x15, 0, 0, 0, 0), emul: emulCallInd, fix: fixCallAbs, branch: true},
+		{code: b(0xff, 0x53, 0x08), fix: fixCallAbs, branch: true}, // call *8(%rbx)
+		{code: b(0xc3), emul: emulRet, fix: fixNone, branch: true},
+		{code: b(0xc2, 8, 0), emul: emulRet, fix: fixNone, branch: true},
+		{code: b(0x66, 0xc3), fix: fixNone, branch: true}, // retw
+		{code: b(0xff, 0xe0), emul: emulJmpInd, fix: fixNone, branch: true},
+		{code: b(0xff, 0x24, 0xc5, 0, 0, 0, 0), fix: fixNone, branch: true}, // jmp *table(,%rax,8)
+		{code: b(0xeb, 0), emul: emulJmp, fix: fixRIP, branch: true},
+		{code: b(0x0f, 0x84, 0, 0, 0, 0), emul: emulJcc, fix: fixRIP, branch: true},
+		{code: b(0xe2, 0xfe), emul: emulJcc, fix: fixRIP, branch: true}, // loop
+		{code: b(0x67, 0xe3, 0x00), fix: fixRIP, branch: true},          // jecxz
 		{code: b(0x9c), fix: fixPushf},
 		{code: b(0x9d), ifMod: true},
 		{code: b(0xfa), ifMod: true},
@@ -66,8 +81,8 @@ func TestAnalyze(t *testing.T) {
 			t.Errorf("% x: refused: %s", c.code, r.reason)
 			continue
 		}
-		if in.emul != c.emul || in.boostable != c.boost || in.fix != c.fix || in.branch != c.branch || in.ifMod != c.ifMod {
-			t.Errorf("% x (%s): emul %d boost %v fix %d branch %v ifMod %v", c.code, in, in.emul, in.boostable, in.fix, in.branch, in.ifMod)
+		if in.emul != c.emul || in.boostable != c.boost || in.fix != c.fix || in.branch != c.branch || in.ifMod != c.ifMod || in.rep != c.rep {
+			t.Errorf("% x (%s): emul %d boost %v fix %d branch %v ifMod %v rep %v", c.code, in, in.emul, in.boostable, in.fix, in.branch, in.ifMod, in.rep)
 		}
 	}
 }

@@ -95,7 +95,7 @@ func (m *Manager) RegisterJprobe(jp *Jprobe) error {
 	if jp.Entry == nil {
 		return probeErr(name, ErrBadProbe, "jprobe without an Entry handler")
 	}
-	if err := m.checkEntry(addr, name); err != nil {
+	if err := checkEntry(m.k, addr, name); err != nil {
 		return err
 	}
 	mb := &member{kind: "jprobe", owner: jp, name: name, c: &jp.c,

@@ -113,7 +113,7 @@ func (m *Manager) RegisterKretprobe(rp *Kretprobe) error {
 	if err != nil {
 		return err
 	}
-	if err := m.checkEntry(addr, name); err != nil {
+	if err := checkEntry(m.k, addr, name); err != nil {
 		return err
 	}
 	n := rp.MaxActive
@@ -158,14 +158,6 @@ func (m *Manager) UnregisterKretprobe(rp *Kretprobe) error {
 	}
 	m.orphanInstances(rp)
 	return m.removeLocked(mb)
-}
-
-// checkEntry insists on a function's first instruction.
-func (m *Manager) checkEntry(addr uint64, name string) error {
-	if _, off, _, ok := m.k.SymbolAt(addr); ok && off != 0 {
-		return probeErr(name, ErrBadProbe, "not a function entry (offset %#x); entry probes go at offset 0", off)
-	}
-	return nil
 }
 
 // orphanInstances detaches rp's calls in flight. Callers hold mu.

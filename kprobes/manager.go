@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -258,23 +257,9 @@ func (m *Manager) add(mb *member, addr uint64) error {
 
 // arm checks addr, prepares its slot and writes the int3. Callers hold mu.
 func (m *Manager) arm(addr uint64, name string) (*site, error) {
-	if !m.k.InText(addr) {
-		return nil, probeErr(name, ErrNotInText, "%#x is not in kernel text", addr)
-	}
-	sym, off, _, ok := m.k.SymbolAt(addr)
-	if !ok {
-		return nil, probeErr(name, ErrNotBoundary, "no symbol contains %#x, so its instruction boundaries cannot be checked", addr)
-	}
-	if err := m.checkBoundary(addr, sym, off, name); err != nil {
-		return nil, err
-	}
-	code, err := m.readText(addr, maxInsnLen)
+	in, sym, off, err := check(m.k, m.readText, addr, name)
 	if err != nil {
-		return nil, fmt.Errorf("registering %s: reading the instruction: %w", name, err)
-	}
-	in, r := analyze(code)
-	if r != nil {
-		return nil, probeErr(name, r.kind, "%s", r.reason)
+		return nil, err
 	}
 	gpa, err := m.k.Translate(addr)
 	if err != nil {
@@ -313,51 +298,12 @@ func (m *Manager) arm(addr uint64, name string) (*site, error) {
 	return s, nil
 }
 
-// checkBoundary decodes the symbol from its start up to addr.
-func (m *Manager) checkBoundary(addr uint64, sym string, off uint64, name string) error {
-	if off == 0 {
-		return nil
-	}
-	start := addr - off
-	code, err := m.readText(start, int(off)+maxInsnLen)
-	if err != nil {
-		return fmt.Errorf("registering %s: reading %s: %w", name, sym, err)
-	}
-	var starts []uint64
-	pos := uint64(0)
-	for pos < off {
-		starts = append(starts, pos)
-		inst, ok := decode(code[pos:])
-		if !ok {
-			return probeErr(name, ErrNotBoundary, "cannot check the instruction boundary: %s+%#x does not decode (% x)",
-				sym, pos, code[pos:min(uint64(len(code)), pos+maxInsnLen)])
-		}
-		pos += uint64(inst.Len)
-	}
-	if pos == off {
-		return nil
-	}
-	starts = append(starts, pos)
-	// Name the starts around the offset: two before, one after.
-	shown := starts[max(0, len(starts)-3):]
-	parts := make([]string, len(shown))
-	for i, s := range shown {
-		parts[i] = fmt.Sprintf("+%#x", s)
-	}
-	return probeErr(name, ErrNotBoundary, "not on an instruction boundary (instructions start at %s)", strings.Join(parts, ", "))
-}
-
 // readText reads kernel text as the guest kernel wrote it: the bytes of
 // hvprobe's own armed int3s are replaced by the originals. Callers hold mu.
 func (m *Manager) readText(va uint64, n int) ([]byte, error) {
-	b := make([]byte, n)
-	if err := m.k.ReadVirt(va, b); err != nil {
-		// The read may run off the end of mapped text; settle for the
-		// bytes up to the end of va's page.
-		b = b[:min(uint64(n), pageSize-va%pageSize)]
-		if err2 := m.k.ReadVirt(va, b); err2 != nil {
-			return nil, err
-		}
+	b, err := readKernelText(m.k, va, n)
+	if err != nil {
+		return nil, err
 	}
 	for a, s := range m.byVA {
 		if a >= va && a-va < uint64(len(b)) {

@@ -189,10 +189,12 @@ func TestTextModified(t *testing.T) {
 	}
 }
 
-// stepFault: the probed instruction reads through an unmapped pointer.
+// TestFaultInSlot: the probed instruction, which has an exception-table
+// entry and so is stepped, reads through an unmapped pointer.
 func TestFaultInSlot(t *testing.T) {
 	e := newEnv(t)
 	f := e.fn("f1", 0x48, 0x8b, 0x07, 0xc3) // mov (%rdi),%rax; ret
+	e.k.fixups = map[uint64]bool{f: true}
 	var faults []Fault
 	p := &Kprobe{Symbol: "f1", FaultHandler: func(_ *Context, f Fault) bool { faults = append(faults, f); return true }}
 	if err := e.m.Register(p); err != nil {
@@ -285,7 +287,7 @@ func TestReenter(t *testing.T) {
 // the text at once, lets the step finish, and frees the slot only then.
 func TestUnregisterMidStep(t *testing.T) {
 	e := newEnv(t)
-	f := e.fn("f1", 0xe8, 0, 0, 0, 0, 0xc3) // call next; ret (falls into ret twice)
+	f := e.fn("f1", 0x9c, 0x9d, 0xc3) // pushf (stepped); popf; ret
 	e.fn("g1", 0x48, 0x8b, 0x07, 0xc3)
 	p := &Kprobe{Symbol: "f1", PostHandler: func(*Context) {}}
 	if err := e.m.Register(p); err != nil {
@@ -297,7 +299,7 @@ func TestUnregisterMidStep(t *testing.T) {
 	if err := e.m.Unregister(p); err != nil {
 		t.Fatal(err)
 	}
-	if e.mem.b[textGPA+f-textVA] != 0xe8 {
+	if e.mem.b[textGPA+f-textVA] != 0x9c {
 		t.Fatal("int3 still armed")
 	}
 	q := &Kprobe{Symbol: "g1", PostHandler: func(*Context) {}}

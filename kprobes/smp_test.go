@@ -49,8 +49,9 @@ func (e *env) runOn(c *fakeCPU, stop uint64) error {
 // registers, and every count adds up.
 func TestSMPConcurrentHits(t *testing.T) {
 	e := newEnv(t)
-	// push %rbp; mov %rsp,%rbp; lea (%rdi,%rsi),%rax; pop %rbp; ret
-	f := e.fn("smp_add", 0x55, 0x48, 0x89, 0xe5, 0x48, 0x8d, 0x04, 0x37, 0x5d, 0xc3)
+	// push %rbp; mov %rsp,%rbp; lea (%rdi,%rsi),%rax; lea (%rax),%rdx;
+	// pop %rbp; ret
+	f := e.fn("smp_add", 0x55, 0x48, 0x89, 0xe5, 0x48, 0x8d, 0x04, 0x37, 0x48, 0x8d, 0x10, 0x5d, 0xc3)
 	c1 := e.secondCPU()
 	cpus := []*fakeCPU{e.cpu, c1}
 	const calls = 300

@@ -7,10 +7,11 @@ import (
 )
 
 type globalCounters struct {
-	hits, skipped, emulated, boosted, stepped, reentered atomic.Uint64
-	faults, lostSteps, raced, exits1, exits2, errors     atomic.Uint64
-	returns, orphanReturns, recoveredReturns, reclaimed  atomic.Uint64
-	jprobeRestores                                       atomic.Uint64
+	hits, skipped, emulated, emulatedBranches, boosted, stepped atomic.Uint64
+	reentered, repIterations, faults, lostSteps, raced          atomic.Uint64
+	exits1, exits2, exitsMore, errors                           atomic.Uint64
+	returns, orphanReturns, recoveredReturns, reclaimed         atomic.Uint64
+	jprobeRestores                                              atomic.Uint64
 }
 
 // Stats is a snapshot of the engine's counters.
@@ -19,15 +20,23 @@ type Stats struct {
 
 	Hits uint64 // int3 hits at armed addresses (trampoline returns excluded)
 	// ExitsPerHit: how many hits cost 1 exit (emulated, boosted, or handled
-	// by a pre handler that set rip) and how many cost 2 (stepped).
+	// by a pre handler that set rip), how many 2 (stepped), and under key 3
+	// how many cost more: a rep string instruction stepped costs one exit
+	// per iteration (ProbeStats.Exits has the exact sums).
 	ExitsPerHit map[int]uint64
 	Emulated    uint64 // displaced instruction executed by the host
-	Boosted     uint64 // ran from a slot with a jmp back, no step
-	Stepped     uint64 // single-stepped in a slot
-	Skipped     uint64 // a pre handler returned true
-	Reentered   uint64 // hit while the vCPU was mid-step (handlers not run)
-	Faults      uint64 // out-of-line instruction faulted; frame redirected
-	LostSteps   uint64 // step ended where the engine could not account for
+	// EmulatedBranches: of Emulated, the control transfers (jmp, jcc,
+	// loop, call, ret).
+	EmulatedBranches uint64
+	Boosted          uint64 // ran from a slot with a jmp back, no step
+	Stepped          uint64 // single-stepped in a slot
+	// RepIterations: iteration traps of rep string instructions stepped in
+	// a slot (one exit each, beyond the step's own).
+	RepIterations uint64
+	Skipped       uint64 // a pre handler returned true
+	Reentered     uint64 // hit while the vCPU was mid-step (handlers not run)
+	Faults        uint64 // out-of-line instruction faulted; frame redirected
+	LostSteps     uint64 // step ended where the engine could not account for
 	// Raced: an int3 removed by Unregister after a vCPU had hit it; the
 	// vCPU re-executed the original instruction.
 	Raced uint64
@@ -56,10 +65,12 @@ func (m *Manager) Stats() Stats {
 	g := &m.st
 	s := Stats{
 		Hits:             g.hits.Load(),
-		ExitsPerHit:      map[int]uint64{1: g.exits1.Load(), 2: g.exits2.Load()},
+		ExitsPerHit:      map[int]uint64{1: g.exits1.Load(), 2: g.exits2.Load(), 3: g.exitsMore.Load()},
 		Emulated:         g.emulated.Load(),
+		EmulatedBranches: g.emulatedBranches.Load(),
 		Boosted:          g.boosted.Load(),
 		Stepped:          g.stepped.Load(),
+		RepIterations:    g.repIterations.Load(),
 		Skipped:          g.skipped.Load(),
 		Reentered:        g.reentered.Load(),
 		Faults:           g.faults.Load(),

@@ -46,6 +46,7 @@ type RunningKernel struct {
 	Syms   *guest.SymbolTable // slid
 	Mem    *introspect.VirtMem
 	Layout vmm.Layout
+	policy *textPolicy
 }
 
 // kernelGPA is where the kernel image keeps a slid image address
@@ -87,6 +88,12 @@ func (k *RunningKernel) ReadVirt(va uint64, p []byte) error { return k.Mem.Read(
 
 // WriteVirt writes kernel virtual memory.
 func (k *RunningKernel) WriteVirt(va uint64, p []byte) error { return k.Mem.Write(va, p) }
+
+// Reserved applies hvprobe's rule for text the kernel patches itself.
+func (k *RunningKernel) Reserved(va, n uint64) error { return k.policy.reserved(va, n) }
+
+// HasFixup looks va up in the kernel's exception table.
+func (k *RunningKernel) HasFixup(va uint64) bool { return k.policy.hasFixup(va) }
 
 // hookMux is the VM's one debug hook, installed before the guest runs so
 // that the VM intercepts int3 from the start; it forwards to the engine
@@ -133,7 +140,11 @@ func (s *Session) maybeAttach() {
 		return
 	}
 	s.attachTried.Store(true)
-	s.setAttachErr(s.attach())
+	err = s.attach()
+	s.setAttachErr(err)
+	if err != nil {
+		s.notify(Notice{Kind: NoticeFailed, Probe: "engine", Err: fmt.Errorf("attaching the probe engine: %w", err)})
+	}
 }
 
 func (s *Session) setAttachErr(err error) {
@@ -171,7 +182,11 @@ func (s *Session) runningKernel() (*RunningKernel, error) {
 		return nil, fmt.Errorf("finding the kernel page tables: %w", err)
 	}
 	vmem := introspect.NewVirtMem(s.VM.Mem(), kernelGPA(l, pgd.Addr), false)
-	return &RunningKernel{Syms: syms, Mem: vmem, Layout: l}, nil
+	pol, err := newTextPolicy(s.Kernel, l.VirtDelta)
+	if err != nil {
+		return nil, err
+	}
+	return &RunningKernel{Syms: syms, Mem: vmem, Layout: l, policy: pol}, nil
 }
 
 // startEngine starts the probe engine on free, a part of the mapped slot
@@ -182,6 +197,11 @@ func (s *Session) startEngine(rk *RunningKernel, area, free kprobes.SlotArea) er
 		return fmt.Errorf("starting the probe engine: %w", err)
 	}
 	a := &Attached{Manager: mgr, Kernel: rk, Slots: area}
+	s.watchBoot(a)
+	if s.watchErr == nil {
+		s.workers.Add(1)
+		go s.followWrites(a)
+	}
 	s.attachMu.Lock()
 	s.attached = a
 	cbs := s.atAttach

@@ -16,23 +16,23 @@ var ErrProbeDef = errors.New("probe definition")
 
 // DefProbes are the engine probes made from probe definitions.
 type DefProbes struct {
-	m          *kprobes.Manager
-	kprobes    []*kprobes.Kprobe
-	jprobes    []*kprobes.Jprobe
-	kretprobes []*kprobes.Kretprobe
+	s      *Session
+	a      *Attached
+	probes []*Probe
 }
 
 // Stats is one line per probe: its event, hits and nmissed.
 func (d *DefProbes) Stats() []string {
 	var out []string
-	for _, p := range d.kprobes {
-		out = append(out, fmt.Sprintf("kprobe %s+%#x: hits=%d nmissed=%d", p.Symbol, p.Offset, p.Hits(), p.NMissed()))
-	}
-	for _, p := range d.jprobes {
-		out = append(out, fmt.Sprintf("jprobe %s: hits=%d nmissed=%d", p.Symbol, p.Hits(), p.NMissed()))
-	}
-	for _, p := range d.kretprobes {
-		out = append(out, fmt.Sprintf("kretprobe %s: hits=%d nmissed=%d", p.Symbol, p.Hits(), p.NMissed()))
+	for _, p := range d.probes {
+		switch {
+		case p.Kprobe != nil:
+			out = append(out, fmt.Sprintf("kprobe %s+%#x: hits=%d nmissed=%d", p.Kprobe.Symbol, p.Kprobe.Offset, p.Kprobe.Hits(), p.Kprobe.NMissed()))
+		case p.Jprobe != nil:
+			out = append(out, fmt.Sprintf("jprobe %s: hits=%d nmissed=%d", p.Jprobe.Symbol, p.Jprobe.Hits(), p.Jprobe.NMissed()))
+		default:
+			out = append(out, fmt.Sprintf("kretprobe %s: hits=%d nmissed=%d", p.Kretprobe.Symbol, p.Kretprobe.Hits(), p.Kretprobe.NMissed()))
+		}
 	}
 	return out
 }
@@ -40,14 +40,8 @@ func (d *DefProbes) Stats() []string {
 // Remove unregisters every probe made from the definitions.
 func (d *DefProbes) Remove() error {
 	var errs []error
-	for _, p := range d.kprobes {
-		errs = append(errs, d.m.Unregister(p))
-	}
-	for _, p := range d.jprobes {
-		errs = append(errs, d.m.UnregisterJprobe(p))
-	}
-	for _, p := range d.kretprobes {
-		errs = append(errs, d.m.UnregisterKretprobe(p))
+	for _, p := range d.probes {
+		errs = append(errs, d.s.Disarm(d.a, p))
 	}
 	return errors.Join(errs...)
 }
@@ -56,7 +50,9 @@ func (d *DefProbes) Remove() error {
 // j: extension). Each hit evaluates the definition's fetch args in the
 // guest and is passed to emit, on the vCPU's thread. Symbols are checked
 // (with suggestions) and BTF parameter names bound before anything is
-// armed; on any error nothing stays armed.
+// armed, and a bad line arms nothing. Each definition is then armed on
+// its own (or deferred, see Arm): the DefProbes hold those that were, the
+// error names each that was not.
 func (s *Session) AddDefs(a *Attached, defs []*probedef.Def, emit func(probedef.Event)) (*DefProbes, error) {
 	k := a.Kernel
 	if err := probedef.Validate(defs, func(sym string) error {
@@ -69,97 +65,78 @@ func (s *Session) AddDefs(a *Attached, defs []*probedef.Def, emit func(probedef.
 		if d.Kind == probedef.Delete {
 			return nil, fmt.Errorf("%w: line %d: %q deletes an event; there is none to delete here", ErrProbeDef, d.Line, d.Text)
 		}
-		if err := s.bindParams(d); err != nil {
-			return nil, err
+		if err := bindParams(s.Kernel, d); err != nil {
+			return nil, fmt.Errorf("%w: line %d: %v", ErrProbeDef, d.Line, err)
 		}
 	}
 	env := &eventEnv{s: s, k: k}
 	if l, err := s.TaskLayout(); err == nil {
 		env.layout = &l // without BTF, events carry no comm/pid
 	}
-	out := &DefProbes{m: a.Manager}
+	out := &DefProbes{s: s, a: a}
+	var bad probedef.SyntaxErrors
 	for _, d := range defs {
-		if err := out.add(d, env, emit); err != nil {
-			return nil, errors.Join(err, out.Remove())
+		p, err := defProbe(d)
+		if err == nil {
+			env.handle(p, d, emit)
+			err = s.Arm(a, p)
 		}
+		if err != nil {
+			bad = append(bad, d.Error(d.SymbolCol(), reason(err)))
+			continue
+		}
+		out.probes = append(out.probes, p)
+	}
+	if len(bad) > 0 {
+		return out, bad
 	}
 	return out, nil
 }
 
-// bindParams resolves BTF parameter names (filename, $arg*) when the
-// definition uses any.
-func (s *Session) bindParams(d *probedef.Def) error {
-	needs := false
-	for _, a := range d.Args {
-		needs = needs || usesParams(a.Fetch)
+// defProbe is the engine probe a definition asks for, without handlers.
+func defProbe(d *probedef.Def) (*Probe, error) {
+	p := &Probe{Name: d.String()}
+	if d.Text != "" {
+		p.Name = d.Text
 	}
-	if !needs {
-		return nil
-	}
-	types, err := s.Kernel.BTF()
-	if err != nil {
-		return fmt.Errorf("%w: line %d: parameter names need the kernel's BTF: %v", ErrProbeDef, d.Line, err)
-	}
-	params, _, err := types.FuncProto(d.Symbol)
-	if err != nil {
-		return fmt.Errorf("%w: line %d: %v", ErrProbeDef, d.Line, err)
-	}
-	names := make([]string, len(params))
-	for i, p := range params {
-		names[i] = p.Name
-	}
-	return d.ResolveParams(names)
-}
-
-func usesParams(f *probedef.Fetch) bool {
-	for ; f != nil; f = f.Inner {
-		if f.Kind == probedef.FetchParam || f.Kind == probedef.FetchAllArgs {
-			return true
-		}
-	}
-	return false
-}
-
-func (d *DefProbes) add(def *probedef.Def, env *eventEnv, emit func(probedef.Event)) error {
-	switch def.Kind {
+	switch d.Kind {
 	case probedef.Probe:
-		p := &kprobes.Kprobe{Symbol: def.Symbol, Offset: def.Offset, Addr: def.Addr}
-		p.PreHandler = func(c *kprobes.Context) bool {
-			emit(env.event(def, c, *c.Regs(), nil, ""))
+		p.Kprobe = &kprobes.Kprobe{Symbol: d.Symbol, Offset: d.Offset, Addr: d.Addr}
+	case probedef.Jprobe:
+		p.Jprobe = &kprobes.Jprobe{Symbol: d.Symbol, Addr: d.Addr}
+	case probedef.Retprobe:
+		p.Kretprobe = &kprobes.Kretprobe{Symbol: d.Symbol, Addr: d.Addr, MaxActive: d.MaxActive}
+	default:
+		return nil, fmt.Errorf("%w: %q is no probe", ErrProbeDef, d.Text)
+	}
+	return p, nil
+}
+
+// handle gives p the handlers that turn its hits into events.
+func (e *eventEnv) handle(p *Probe, def *probedef.Def, emit func(probedef.Event)) {
+	switch {
+	case p.Kprobe != nil:
+		p.Kprobe.PreHandler = func(c *kprobes.Context) bool {
+			emit(e.event(def, c, *c.Regs(), nil, ""))
 			return false
 		}
-		if err := d.m.Register(p); err != nil {
-			return err
+	case p.Jprobe != nil:
+		p.Jprobe.Entry = func(c *kprobes.JprobeContext) {
+			emit(e.event(def, c.Context, *c.Regs(), nil, ""))
 		}
-		d.kprobes = append(d.kprobes, p)
-	case probedef.Jprobe:
-		p := &kprobes.Jprobe{Symbol: def.Symbol, Addr: def.Addr}
-		p.Entry = func(c *kprobes.JprobeContext) {
-			emit(env.event(def, c.Context, *c.Regs(), nil, ""))
-		}
-		if err := d.m.RegisterJprobe(p); err != nil {
-			return err
-		}
-		d.jprobes = append(d.jprobes, p)
-	case probedef.Retprobe:
-		p := &kprobes.Kretprobe{Symbol: def.Symbol, Addr: def.Addr, MaxActive: def.MaxActive}
-		p.EntryHandler = func(c *kprobes.RetContext) bool {
+	case p.Kretprobe != nil:
+		p.Kretprobe.EntryHandler = func(c *kprobes.RetContext) bool {
 			entry := *c.Regs()
 			c.Data = &entry // $argN at return reads the entry registers
 			return false
 		}
-		p.Handler = func(c *kprobes.RetContext) {
+		p.Kretprobe.Handler = func(c *kprobes.RetContext) {
 			entry, _ := c.Data.(*vmm.Regs)
-			ev := env.event(def, c.Context, *c.Regs(), entry, c.Symbol)
-			ev.Where = env.k.Syms.FormatAddr(c.ReturnAddress)
+			ev := e.event(def, c.Context, *c.Regs(), entry, c.Symbol)
+			ev.Where = e.k.Syms.FormatAddr(c.ReturnAddress)
 			emit(ev)
 		}
-		if err := d.m.RegisterKretprobe(p); err != nil {
-			return err
-		}
-		d.kretprobes = append(d.kretprobes, p)
 	}
-	return nil
 }
 
 // eventEnv evaluates fetch args in the running guest.

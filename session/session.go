@@ -30,6 +30,13 @@ type Options struct {
 	// "nokaslr" to the command line).
 	NoKASLR bool
 	Console io.Writer
+	// Notify hears of every change in a probe's state that the session
+	// makes on its own (deferred, armed later, failed, retired). It runs
+	// on a vCPU thread and must not block.
+	Notify func(Notice)
+	// Image, when set, is the kernel already opened from Kernel and
+	// SystemMap (to check probes before boot without opening it twice).
+	Image *guest.Kernel
 }
 
 // Session is one guest: the VM, its kernel as data, and its console.
@@ -51,6 +58,12 @@ type Session struct {
 	attachErr   error
 	atAttach    []func(*Attached) error
 	attachedCh  chan struct{}
+	probes      probeSet
+	watchErr    error
+	// done ends the session's own goroutines (workers) at Close.
+	done      chan struct{}
+	closeOnce sync.Once
+	workers   sync.WaitGroup
 
 	mu      sync.Mutex
 	subs    []*subscriber
@@ -75,10 +88,14 @@ var ErrConsoleTimeout = errors.New("console line did not appear")
 // New opens the kernel and its System.map (refusing a map that does not
 // belong to the image), and creates the VM. Nothing runs until Run.
 func New(o Options) (*Session, error) {
-	k, err := guest.OpenKernel(o.Kernel, o.SystemMap)
-	if err != nil {
-		return nil, err
+	k := o.Image
+	if k == nil {
+		var err error
+		if k, err = guest.OpenKernel(o.Kernel, o.SystemMap); err != nil {
+			return nil, err
+		}
 	}
+	var err error
 	var initrd []byte
 	if o.Initrd != "" {
 		if initrd, err = os.ReadFile(o.Initrd); err != nil {
@@ -112,11 +129,12 @@ func New(o Options) (*Session, error) {
 	if err := s.setVM(vm); err != nil {
 		return nil, err
 	}
+	s.watchText()
 	return s, nil
 }
 
 func newSession(o Options, k *guest.Kernel, host vmm.Host) *Session {
-	return &Session{Kernel: k, opts: o, host: host, mux: &hookMux{}, attachedCh: make(chan struct{})}
+	return &Session{Kernel: k, opts: o, host: host, mux: &hookMux{}, attachedCh: make(chan struct{}), done: make(chan struct{})}
 }
 
 // setVM adopts vm and installs the hook mux, so that the VM intercepts
@@ -156,8 +174,12 @@ func (s *Session) Run(ctx context.Context) vmm.Result {
 	return s.VM.Run(ctx)
 }
 
-// Close releases the VM.
-func (s *Session) Close() error { return s.VM.Close() }
+// Close stops the session's goroutines, then releases the VM.
+func (s *Session) Close() error {
+	s.closeOnce.Do(func() { close(s.done) })
+	s.workers.Wait()
+	return s.VM.Close()
+}
 
 func (s *Session) onLine(text string) {
 	s.maybeAttach()

@@ -114,9 +114,11 @@ func Restore(o Options, path string) (*Session, error) {
 				ErrSnapshotMismatch, path, c.what, c.id.Path, c.id.SHA256, c.have, got.SHA256)
 		}
 	}
-	k, err := guest.OpenKernel(o.Kernel, o.SystemMap)
-	if err != nil {
-		return nil, err
+	k := o.Image
+	if k == nil {
+		if k, err = guest.OpenKernel(o.Kernel, o.SystemMap); err != nil {
+			return nil, err
+		}
 	}
 	host, err := o.detectHost()
 	if err != nil {
@@ -140,6 +142,7 @@ func Restore(o Options, path string) (*Session, error) {
 	if err := s.setVM(vm); err != nil {
 		return nil, err
 	}
+	s.watchText()
 	if !m.Attached {
 		return s, nil // attaches on a console line, as during a boot
 	}

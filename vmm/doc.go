@@ -29,6 +29,12 @@
 // as emulation failures (assist.go), which are turned into the same
 // DebugEvent a KVM_EXIT_DEBUG gives.
 //
+// Guest RAM is one host mapping; KVM sees it as memslots set in one place
+// (setMemslots, dirtylog.go): one slot, or three once WatchWrites has
+// split off a dirty-logged range (kernel text) so that DirtyPages reports
+// the pages the guest wrote there. The layout is fixed once the vCPUs have
+// run. hvprobe's own writes to guest memory are never logged.
+//
 // Snapshots (snapshot.go) stop every vCPU on its own thread, save KVM's
 // and the devices' state and RAM to a file, and restore a VM from one with
 // RAM mapped copy-on-write from the file.

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"errors"
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -144,4 +145,25 @@ func (v *VCPU) decode(hdr *kvmRunHeader) exitInfo {
 		e.system = *(*systemEventExit)(u)
 	}
 	return e
+}
+
+// dirtyLog mirrors struct kvm_dirty_log. Bitmap is the union's
+// dirty_bitmap pointer; typed unsafe.Pointer (not the union's __u64) so
+// that the collector keeps the buffer alive and a stack copy would update
+// it. This mirror lives here, not in kvm.go, because of that field.
+type dirtyLog struct {
+	Slot   uint32
+	_      uint32
+	Bitmap unsafe.Pointer
+}
+
+// getDirtyLog runs KVM_GET_DIRTY_LOG on a VM fd: KVM fills bitmap with the
+// slot's pages written since the last call (one bit per page, bit i of
+// word w is page 64w+i) and write-protects them again. bitmap must hold
+// (pages+63)/64 words: KVM copies exactly that many.
+func getDirtyLog(vmFD int, slot uint32, bitmap []uint64) error {
+	l := dirtyLog{Slot: slot, Bitmap: unsafe.Pointer(&bitmap[0])}
+	err := ioctlPtr(vmFD, kvmGetDirtyLog, &l)
+	runtime.KeepAlive(bitmap)
+	return err
 }

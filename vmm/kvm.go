@@ -19,6 +19,7 @@ var (
 	kvmGetVCPUMmapSize     = ioc(iocNone, 0x04, 0)
 	kvmGetSupportedCPUID   = ioc(iocRead|iocWrite, 0x05, 8)
 	kvmCreateVCPU          = ioc(iocNone, 0x41, 0)
+	kvmGetDirtyLog         = ioc(iocWrite, 0x42, 16) // _IOW, though KVM writes the bitmap it points to
 	kvmSetUserMemoryRegion = ioc(iocWrite, 0x46, 32)
 	kvmSetTSSAddr          = ioc(iocNone, 0x47, 0)
 	kvmSetIdentityMapAddr  = ioc(iocWrite, 0x48, 8)
@@ -79,7 +80,16 @@ const (
 	capXSave                  = 55
 	capXCRs                   = 56
 	capXSave2                 = 208
+
+	// Memslots and dirty logging (dirtylog.go).
+	capNRMemslots             = 10
+	capReadonlyMem            = 81
+	capManualDirtyLogProtect2 = 168
+	capDirtyLogRing           = 192
 )
+
+// memLogDirtyPages is KVM_MEM_LOG_DIRTY_PAGES, a kvm_userspace_memory_region flag.
+const memLogDirtyPages = 1 << 0
 
 // Exit reasons (KVM_EXIT_*).
 const (

@@ -32,6 +32,7 @@ func TestMirrorSizesMatchIoctlNumbers(t *testing.T) {
 		{"kvm_debugregs", unsafe.Sizeof(debugRegs{}), kvmGetDebugRegs},
 		{"kvm_xcrs", unsafe.Sizeof(xcrs{}), kvmGetXCRs},
 		{"kvm_mp_state", unsafe.Sizeof(uint32(0)), kvmGetMPState},
+		{"kvm_dirty_log", unsafe.Sizeof(dirtyLog{}), kvmGetDirtyLog},
 	}
 	for _, c := range cases {
 		if c.got != size(c.req) {
@@ -63,5 +64,9 @@ func TestMirrorSizesMatchIoctlNumbers(t *testing.T) {
 	// Known absolute values from kvm.h, to catch a wrong ioc() encoding.
 	if kvmGetRegs != 0x8090AE81 || kvmSetGuestDebug != 0x4048AE9B || kvmRun != 0xAE80 {
 		t.Errorf("ioctl encoding: KVM_GET_REGS=%#x KVM_SET_GUEST_DEBUG=%#x KVM_RUN=%#x", kvmGetRegs, kvmSetGuestDebug, kvmRun)
+	}
+	// _IOW(KVMIO, 0x42, struct kvm_dirty_log): 16 bytes, written by user space.
+	if kvmGetDirtyLog != 0x4010AE42 {
+		t.Errorf("KVM_GET_DIRTY_LOG = %#x, want 0x4010ae42", kvmGetDirtyLog)
 	}
 }

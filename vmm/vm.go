@@ -95,6 +95,14 @@ type VM struct {
 	resetCh chan struct{}
 	once    sync.Once
 	closed  bool
+
+	// slotMu guards the memslot layout (dirtylog.go): the slots KVM has,
+	// the write watch and whether the vCPUs have run (after which the
+	// layout is fixed).
+	slotMu sync.Mutex
+	slots  []memslot
+	watch  *writeWatch
+	ran    bool
 }
 
 type hookBox struct{ h DebugHook }
@@ -197,9 +205,8 @@ func (vm *VM) create(ram []byte, cpuidFor func(id int, supported []CPUIDEntry) [
 			return fmt.Errorf("enabling KVM_CAP_EXIT_ON_EMULATION_FAILURE: %w", err)
 		}
 	}
-	region := userspaceMemoryRegion{Slot: 0, GuestPhysAddr: 0, MemorySize: vm.cfg.MemSize, UserspaceAddr: uint64(bytesAddr(ram))}
-	if err := ioctlPtr(vm.vmFD, kvmSetUserMemoryRegion, &region); err != nil {
-		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION: %w", err)
+	if err := vm.setMemslots(memslotLayout(vm.mem.Size(), nil)); err != nil {
+		return err
 	}
 
 	vm.console = newLineTracker(vm.cfg.Console, vm.cfg.OnConsoleLine)
@@ -480,6 +487,10 @@ func (vm *VM) Run(ctx context.Context) Result {
 		err    error
 	}
 	ends := make(chan end, len(vm.vcpus))
+	// From here on the memslot layout is fixed (WatchWrites refuses).
+	vm.slotMu.Lock()
+	vm.ran = true
+	vm.slotMu.Unlock()
 	for _, v := range vm.vcpus {
 		go func(v *VCPU) {
 			r, err := v.loop(vm.handler, &vm.stop)

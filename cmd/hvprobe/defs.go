@@ -11,18 +11,24 @@ import (
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
 )
 
-// readDefs parses --probe lines and a --probes file; a bad line anywhere
-// fails the whole set before anything is armed.
+// readDefs parses --probe lines and a --probes file. Bad lines come
+// back as one probedef.SyntaxErrors (--probe lines with Line 0), next to
+// every good definition, so that all of them can be checked and reported
+// at once.
 func readDefs(lines []string, file string) ([]*probedef.Def, error) {
 	var defs []*probedef.Def
-	var errs []error
+	var bad probedef.SyntaxErrors
 	for _, l := range lines {
 		d, err := probedef.Parse(l)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("--probe: %w", err))
-			continue
+		var se *probedef.SyntaxError
+		switch {
+		case errors.As(err, &se):
+			bad = append(bad, se)
+		case err != nil:
+			return nil, fmt.Errorf("--probe %q: %w", l, err)
+		default:
+			defs = append(defs, d)
 		}
-		defs = append(defs, d)
 	}
 	if file != "" {
 		f, err := os.Open(file)
@@ -31,12 +37,19 @@ func readDefs(lines []string, file string) ([]*probedef.Def, error) {
 		}
 		defer f.Close()
 		fd, err := probedef.ParseFile(f)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", file, err))
+		var se probedef.SyntaxErrors
+		switch {
+		case errors.As(err, &se):
+			bad = append(bad, se...)
+		case err != nil:
+			return nil, fmt.Errorf("%s: %w", file, err)
 		}
 		defs = append(defs, fd...)
 	}
-	return defs, errors.Join(errs...)
+	if len(bad) > 0 {
+		return defs, bad
+	}
+	return defs, nil
 }
 
 // eventPrinter renders events in the chosen format.

@@ -9,11 +9,14 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/kprobes"
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
 	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/vmm"
 )
@@ -50,6 +53,7 @@ func cmdRun(args []string) error {
 	snapOut := fs.String("snapshot-out", "", "snapshot file written at --snapshot-at")
 	restore := fs.String("restore", "", "start from this snapshot instead of booting (memory, vCPUs and command line are the snapshot's)")
 	scenario := fs.String("scenario", "", "workload commands for the mini guest's mailbox (e.g. calls:5,poweroff), sent once the workload serves (at once after --restore)")
+	keepGoing := fs.Bool("keep-going", false, "when a probe cannot be armed once the guest runs, report it and carry on (default: report it and stop the guest, exit status 6)")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -71,7 +75,10 @@ func cmdRun(args []string) error {
 	}
 	memSize, err := parseSize(*mem)
 	if err != nil {
-		return fmt.Errorf("--mem: %w", err)
+		return exitError{code: 2, msg: fmt.Sprintf("--mem: %v", err)}
+	}
+	if *cpus < 1 {
+		return exitError{code: 2, msg: fmt.Sprintf("--cpus %d: a guest needs at least one vCPU", *cpus)}
 	}
 	var host *vmm.Host
 	switch *hostKind {
@@ -97,24 +104,26 @@ func cmdRun(args []string) error {
 	defer events.close()
 
 	var probes probeSet
+	var bad []string
 	for _, k := range kps {
 		if err := probes.addKprobe(k, events); err != nil {
-			return err
+			bad = append(bad, err.Error())
 		}
 	}
 	for _, j := range jps {
 		if err := probes.addJprobe(j, events); err != nil {
-			return err
+			bad = append(bad, err.Error())
 		}
 	}
 	for _, r := range rps {
 		if err := probes.addKretprobe(r, events); err != nil {
-			return err
+			bad = append(bad, err.Error())
 		}
 	}
-	defs, err := readDefs(lines, *probesFile)
-	if err != nil {
-		return err
+	defs, parseErr := readDefs(lines, *probesFile)
+	var se probedef.SyntaxErrors
+	if parseErr != nil && !errors.As(parseErr, &se) {
+		return parseErr // the file could not be read
 	}
 	emit, err := eventPrinter(*format, events)
 	if err != nil {
@@ -126,33 +135,67 @@ func cmdRun(args []string) error {
 		emit = counts.add
 		defer counts.print(events)
 	}
+	hasProbes := !probes.empty() || len(defs) > 0 || len(bad) > 0 || parseErr != nil
+	k, err := guest.OpenKernel(*kernel, *sysmap)
+	if err != nil {
+		return err
+	}
+	if hasProbes {
+		if err := checkProbes(k, &probes, defs, bad, parseErr, *probesFile, events); err != nil {
+			return err
+		}
+	}
+
 	var s *session.Session
+	var failed atomic.Bool
+	notify := func(n session.Notice) {
+		events.printf("hvprobe: %s", n)
+		if n.Kind == session.NoticeFailed && hasProbes && !*keepGoing && failed.CompareAndSwap(false, true) {
+			s.VM.Stop()
+		}
+	}
+	opts := session.Options{Kernel: *kernel, SystemMap: *sysmap, Image: k, Host: host, Console: console, Notify: notify}
 	if *restore != "" {
 		t0 := time.Now()
-		s, err = session.Restore(session.Options{Kernel: *kernel, SystemMap: *sysmap, Host: host, Console: console}, *restore)
+		s, err = session.Restore(opts, *restore)
 		if err == nil {
 			events.printf("hvprobe: restored %s in %.3fs", *restore, time.Since(t0).Seconds())
 		}
 	} else {
-		s, err = session.New(session.Options{
-			Kernel: *kernel, SystemMap: *sysmap, Initrd: *initrd, MemSize: memSize, CPUs: *cpus,
-			CmdlineAppend: *appendCmd, Host: host, NoKASLR: *nokaslr, Console: console,
-		})
+		opts.Initrd, opts.MemSize, opts.CPUs = *initrd, memSize, *cpus
+		opts.CmdlineAppend, opts.NoKASLR = *appendCmd, *nokaslr
+		s, err = session.New(opts)
 	}
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	if err := s.WriteWatch(); err != nil && hasProbes {
+		events.printf("hvprobe: warning: %v: a probe whose text the guest rewrites is not re-checked", err)
+	}
 
 	if !probes.empty() {
-		s.AtAttach(func(a *session.Attached) error { return probes.register(a.Manager) })
+		s.AtAttach(func(a *session.Attached) error {
+			for _, p := range probes.probes {
+				if err := s.Arm(a, p); err != nil {
+					notify(session.Notice{Kind: session.NoticeFailed, Probe: p.Name, Err: err})
+				}
+			}
+			return nil
+		})
 	}
 	var defProbes atomic.Pointer[session.DefProbes]
 	if len(defs) > 0 {
 		s.AtAttach(func(a *session.Attached) error {
 			dp, err := s.AddDefs(a, defs, emit)
 			defProbes.Store(dp)
-			return err
+			if err != nil {
+				for _, r := range refusals(err, *probesFile) {
+					events.printf("%s", r)
+				}
+				notify(session.Notice{Kind: session.NoticeFailed, Probe: "definitions", Err: errors.New("not all could be armed")})
+			}
+			return nil
 		})
 	}
 
@@ -208,10 +251,7 @@ func cmdRun(args []string) error {
 		}
 	}
 
-	if err := s.AttachErr(); err != nil {
-		events.printf("hvprobe: attaching probes failed: %v", err)
-	}
-	if a, err := s.Attached(); err == nil && (!probes.empty() || len(defs) > 0) {
+	if a, err := s.Attached(); err == nil && hasProbes {
 		probes.stats(events)
 		if dp := defProbes.Load(); dp != nil {
 			for _, l := range dp.Stats() {
@@ -219,6 +259,9 @@ func cmdRun(args []string) error {
 			}
 		}
 		printStats(events, a.Manager)
+	}
+	if failed.Load() {
+		return exitError{code: 6, msg: "a probe could not be armed, so the guest was stopped (--keep-going carries on)"}
 	}
 	return endOf(res, ctx, s.Lines())
 }
@@ -292,21 +335,6 @@ func sendScenario(ctx context.Context, s *session.Session, cmds string, restored
 	}
 }
 
-func splitSymOff(spec string) (string, uint64, error) {
-	sym, offStr, has := strings.Cut(spec, "+")
-	if sym == "" {
-		return "", 0, errors.New("no symbol")
-	}
-	if !has {
-		return sym, 0, nil
-	}
-	var off uint64
-	if _, err := fmt.Sscanf(offStr, "%v", &off); err != nil {
-		return "", 0, fmt.Errorf("bad offset %q", offStr)
-	}
-	return sym, off, nil
-}
-
 func printStats(p *printer, m *kprobes.Manager) {
 	st := m.Stats()
 	p.printf("hvprobe: hits=%d exits-per-hit=%v emulated=%d boosted=%d stepped=%d reentered=%d faults=%d",
@@ -314,6 +342,7 @@ func printStats(p *printer, m *kprobes.Manager) {
 }
 
 func parseSize(s string) (uint64, error) {
+	orig := s
 	mult := uint64(1)
 	switch {
 	case strings.HasSuffix(s, "G"):
@@ -321,9 +350,9 @@ func parseSize(s string) (uint64, error) {
 	case strings.HasSuffix(s, "M"):
 		mult, s = 1<<20, strings.TrimSuffix(s, "M")
 	}
-	var n uint64
-	if _, err := fmt.Sscanf(s, "%d", &n); err != nil {
-		return 0, fmt.Errorf("%q is not a size like 512M or 1G", s)
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || n > (1<<63)/mult {
+		return 0, fmt.Errorf("%q is not a size like 512M or 1G", orig)
 	}
 	return n * mult, nil
 }

@@ -56,14 +56,23 @@ func TestParseSizeAndSymOff(t *testing.T) {
 	if _, err := parseSize("lots"); err == nil {
 		t.Error("bad size accepted")
 	}
-	if s, o, err := splitSymOff("vfs_read+0x10"); s != "vfs_read" || o != 0x10 || err != nil {
-		t.Errorf("vfs_read+0x10: %s %#x %v", s, o, err)
+	if _, err := parseSize("12Q"); err == nil {
+		t.Error("12Q accepted")
 	}
-	if _, _, err := splitSymOff("+4"); err == nil {
-		t.Error("missing symbol accepted")
+	var ps probeSet
+	if err := ps.addKprobe("vfs_read+0x10", nil); err != nil || ps.probes[0].Kprobe.Symbol != "vfs_read" || ps.probes[0].Kprobe.Offset != 0x10 {
+		t.Errorf("vfs_read+0x10: %v %+v", err, ps.probes)
 	}
-	if _, _, err := splitSymOff("f+zz"); err == nil {
-		t.Error("bad offset accepted")
+	if err := ps.addKprobe("dup:2+4", nil); err != nil || ps.probes[1].Kprobe.Symbol != "dup:2" {
+		t.Errorf("dup:2+4: %v", err)
+	}
+	for _, bad := range []string{"+4", "f+zz", "0xffffffff81000000"} {
+		if err := ps.addKprobe(bad, nil); err == nil {
+			t.Errorf("--kprobe %q accepted", bad)
+		}
+	}
+	if err := ps.addKretprobe("dup:2:16", nil); err != nil || ps.probes[2].Kretprobe.Symbol != "dup:2" || ps.probes[2].Kretprobe.MaxActive != 16 {
+		t.Errorf("dup:2:16: %v", err)
 	}
 }
 

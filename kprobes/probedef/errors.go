@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // Sentinel errors; the typed errors below match them through errors.Is.
@@ -39,8 +40,15 @@ func (e *SyntaxError) Error() string {
 	if e.Line > 0 {
 		prefix = fmt.Sprintf("line %d: ", e.Line)
 	}
+	return e.Render(prefix)
+}
+
+// Render shows the line after prefix, with the caret under the column on
+// a terminal: the padding counts prefix too, which is all on the same
+// line as the input.
+func (e *SyntaxError) Render(prefix string) string {
 	// Tabs stay tabs under the caret so it lines up in any tab width.
-	pad := []byte(strings.Repeat(" ", len(prefix)))
+	pad := []byte(strings.Repeat(" ", utf8.RuneCountInString(prefix)))
 	for i := 0; i < e.Col-1 && i < len(e.Input); i++ {
 		if e.Input[i] == '\t' {
 			pad = append(pad, '\t')

@@ -67,6 +67,13 @@ func FormatTrace(ev Event) string {
 	return b.String()
 }
 
+// FormatValue is one value as FormatTrace prints it.
+func FormatValue(v Value) string {
+	var b strings.Builder
+	writeValue(&b, v)
+	return b.String()
+}
+
 func writeValue(b *strings.Builder, v Value) {
 	if v.Fault {
 		b.WriteString("(fault)")

@@ -19,8 +19,9 @@ func Parse(line string) (*Def, error) {
 }
 
 // ParseFile parses a file of kprobe_events lines, skipping blank and
-// comment lines. It is all or nothing: if any line is bad it returns no
-// definitions and a SyntaxErrors naming every bad line.
+// comment lines. If any line is bad the error is a SyntaxErrors naming
+// every bad line; the good definitions come with it, so that a caller can
+// check them too and report every problem at once — but arms none.
 func ParseFile(r io.Reader) ([]*Def, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(nil, 1<<20)
@@ -44,7 +45,7 @@ func ParseFile(r io.Reader) ([]*Def, error) {
 		return nil, fmt.Errorf("reading probe definitions: %w", err)
 	}
 	if len(bad) > 0 {
-		return nil, bad
+		return defs, bad
 	}
 	return defs, nil
 }
@@ -257,7 +258,14 @@ func (p *lineParser) parseLocation(d *Def, tok token) *SyntaxError {
 		loc = loc[:i]
 	}
 	symOff := tok.off
-	if i := strings.IndexByte(loc, ':'); i >= 0 {
+	ordinal := ""
+	if i := strings.IndexByte(loc, ':'); i >= 0 && isOrdinal(loc[i+1:]) {
+		// hvprobe's SYM:N picks the N-th of several symbols sharing a
+		// name (guest.SymbolTable.Lookup); ftrace's MOD:SYM never has a
+		// number for SYM.
+		n := i + 1 + strings.IndexFunc(loc[i+1:]+"+", func(r rune) bool { return r < '0' || r > '9' })
+		ordinal, loc = loc[i:n], loc[:i]+loc[n:]
+	} else if i >= 0 {
 		d.Module = loc[:i]
 		if !goodName(d.Module, false) {
 			return p.fail(tok.off, "invalid module name %q", d.Module)
@@ -274,11 +282,11 @@ func (p *lineParser) parseLocation(d *Def, tok token) *SyntaxError {
 	if offStr != "" {
 		v, ok := kstrtol(offStr)
 		if !ok || v < 0 || v > math.MaxUint32 {
-			return p.fail(symOff+len(sym), "invalid probe offset %q", offStr)
+			return p.fail(symOff+len(sym)+len(ordinal), "invalid probe offset %q", offStr)
 		}
 		d.Offset = uint64(v)
 	}
-	d.Symbol = sym
+	d.Symbol = sym + ordinal
 	if d.Offset != 0 && d.Kind != Probe {
 		return p.fail(tok.off, "a %s must be on a function entry (offset 0)", kindNoun(d.Kind))
 	}
@@ -689,6 +697,15 @@ func goodName(s string, dashOK bool) bool {
 		}
 	}
 	return true
+}
+
+// isOrdinal: s starts with a decimal N >= 1, then ends or gives an offset.
+func isOrdinal(s string) bool {
+	n := 0
+	for n < len(s) && isDigit(s[n]) {
+		n++
+	}
+	return n > 0 && s[0] != '0' && (n == len(s) || s[n] == '+' || s[n] == '-')
 }
 
 // goodSymbol accepts kallsyms-style names: C identifiers plus the '.'

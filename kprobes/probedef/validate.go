@@ -27,11 +27,7 @@ func Validate(defs []*Def, lookup func(sym string) error) error {
 			}
 		}
 		if d.Symbol != "" && len(toks) > 1 {
-			col := toks[1].off + 1
-			if d.Module != "" {
-				col += len(d.Module) + 1
-			}
-			check(d.Symbol, col)
+			check(d.Symbol, d.SymbolCol())
 		}
 		for _, a := range d.Args {
 			for f := a.Fetch; f != nil; f = f.Inner {
@@ -45,6 +41,45 @@ func Validate(defs []*Def, lookup func(sym string) error) error {
 		return bad
 	}
 	return nil
+}
+
+// input is the line as given, or as String renders it.
+func (d *Def) input() string {
+	if d.Text != "" {
+		return d.Text
+	}
+	return d.String()
+}
+
+// SymbolCol is the 1-based column of the probe location's symbol (or
+// address) in the line, for errors about where the probe goes.
+func (d *Def) SymbolCol() int {
+	toks := fields(stripComment(d.input()))
+	if len(toks) < 2 {
+		return 1
+	}
+	col := toks[1].off + 1
+	if d.Module != "" {
+		col += len(d.Module) + 1
+	}
+	return col
+}
+
+// ArgCol is the 1-based column of the first fetch argument that mentions
+// name, or of the location when none does.
+func (d *Def) ArgCol(name string) int {
+	toks := fields(stripComment(d.input()))
+	for _, tok := range toks[min(2, len(toks)):] {
+		if i := strings.Index(tok.s, name); i >= 0 {
+			return tok.off + i + 1
+		}
+	}
+	return d.SymbolCol()
+}
+
+// Error is a *SyntaxError about d with the caret at col.
+func (d *Def) Error(col int, err error) *SyntaxError {
+	return &SyntaxError{Line: d.Line, Col: col, Input: d.input(), Msg: err.Error(), Err: err}
 }
 
 // ResolveParams binds parameter names to argument positions, given the

@@ -1,14 +1,25 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/arch/x86/x86asm"
+
+	kguest "github.com/hvprobe/hvprobe/guest"
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
 
 	"github.com/hvprobe/hvprobe/kprobes"
 	"github.com/hvprobe/hvprobe/session"
@@ -41,12 +52,21 @@ func envDuration(name string, def time.Duration) time.Duration {
 }
 
 // TestStockKernelBootProbe boots Debian's stock cloud kernel (its real
-// System.map, KASLR on) with a probe on do_one_initcall armed during boot.
-// Ground truth: with initcall_debug the kernel itself prints one
-// "calling  fn @ pid" line per initcall; those do_one_initcall runs are
-// the ones from kernel_init, pid 1 (console_init calls the console
-// initcalls directly, from pid 0). The probe must hit exactly that often
-// before the kernel runs /init.
+// System.map, KASLR on) once, with every probe given at boot, and checks
+// that boot against what the kernel reports itself:
+//   - a kretprobe on do_one_initcall (fn=$arg1:symbol ret=$retval:s32)
+//     yields exactly the "initcall FN returned N" pairs initcall_debug
+//     prints, in order;
+//   - a probe on chr_dev_init (in .init.text) fires once and is retired
+//     when the kernel frees init text;
+//   - a seeded random sample of probes at instruction boundaries, at
+//     function entries and kretprobes (HVPROBE_SEED, printed) is checked
+//     before boot: what is not refused arms (many only once the kernel
+//     has patched its text) and the kernel boots to /init without a WARN,
+//     oops or panic;
+//   - once every probe is removed, each probed instruction's bytes are
+//     the kernel's own: the image's, or the 5-byte nop ftrace_init made of
+//     an mcount call.
 func TestStockKernelBootProbe(t *testing.T) {
 	kvmtest.RequireKVM(t)
 	stopSharedGuests()
@@ -56,12 +76,17 @@ func TestStockKernelBootProbe(t *testing.T) {
 			t.Fatalf("stock kernel not fetched (make images-stock): %v", err)
 		}
 	}
+	k, err := kguest.OpenKernel(filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "System.map"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defs := stockProbes(t, k)
 	// A stock boot on the nested KVM sometimes stops making progress
 	// (docs/QUIRKS.md #23, not yet diagnosed): a boot whose console is
 	// silent for stallAfter is abandoned and retried, and said so.
 	const attempts = 3
 	for i := 1; i <= attempts; i++ {
-		stalled := bootStockOnce(t, dir, i)
+		stalled := bootStockOnce(t, k, dir, defs, i)
 		if !stalled {
 			return
 		}
@@ -80,22 +105,151 @@ func stallAfter() time.Duration {
 	return 90 * time.Second
 }
 
-// bootStockOnce boots the stock kernel once and checks the probe against
-// the kernel's own initcall count. It reports a stall instead of failing.
-func bootStockOnce(t *testing.T, dir string, attempt int) (stalled bool) {
+const (
+	initcallsProbe = "r:initcalls do_one_initcall fn=$arg1:symbol ret=$retval:s32"
+	initTextProbe  = "p:inittext chr_dev_init"
+)
+
+// Sample sizes of the random probe set.
+const (
+	sampleBody, sampleEntry, sampleRet = 300, 100, 30
+)
+
+// stockProbes is the probe set of the stock boot: the two fixed probes and
+// a random sample, of which only what the pre-boot check accepts is kept.
+func stockProbes(t *testing.T, k *kguest.Kernel) []*probedef.Def {
+	seed := time.Now().UnixNano()
+	if v, err := strconv.ParseInt(os.Getenv("HVPROBE_SEED"), 10, 64); err == nil {
+		seed = v
+	}
+	t.Logf("random probe sample: HVPROBE_SEED=%d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	var funcs []kguest.Symbol
+	for s := range k.Symbols.All() {
+		if s.IsText() && s.Size > 0 && s.Size < 16<<10 && !strings.HasPrefix(s.Name, "__SCT__") {
+			funcs = append(funcs, s)
+		}
+	}
+	var lines []string
+	for i := 0; len(lines) < sampleBody; i++ {
+		f := funcs[rng.IntN(len(funcs))]
+		if off, ok := randomBoundary(k, f, rng); ok {
+			lines = append(lines, fmt.Sprintf("p:body%d %s+%#x", i, f.Name, off))
+		}
+	}
+	for i := range sampleEntry {
+		lines = append(lines, fmt.Sprintf("p:entry%d %s", i, funcs[rng.IntN(len(funcs))].Name))
+	}
+	for i := range sampleRet {
+		lines = append(lines, fmt.Sprintf("r:ret%d %s ret=$retval", i, funcs[rng.IntN(len(funcs))].Name))
+	}
+	var sample []*probedef.Def
+	for i, l := range lines {
+		d, err := probedef.Parse(l)
+		if err != nil {
+			t.Fatalf("sample line %q: %v", l, err)
+		}
+		d.Line = i + 1
+		sample = append(sample, d)
+	}
+	ik, err := session.NewImageKernel(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	_, err = ik.CheckDefs(sample)
+	took := time.Since(t0)
+	refused := map[int]bool{}
+	why := map[string]int{}
+	var se probedef.SyntaxErrors
+	if errors.As(err, &se) {
+		for _, e := range se {
+			refused[e.Line] = true
+			why[refusalClass(e.Msg)]++
+		}
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	var defs []*probedef.Def
+	for _, l := range []string{initcallsProbe, initTextProbe} {
+		d, err := probedef.Parse(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defs = append(defs, d)
+	}
+	for _, d := range sample {
+		if !refused[d.Line] {
+			defs = append(defs, d)
+		}
+	}
+	t.Logf("sample of %d checked in %v: %d refused before boot %v, %d kept", len(sample), took, len(refused), why, len(defs)-2)
+	if len(refused) == len(sample) {
+		t.Fatal("the whole sample was refused")
+	}
+	return defs
+}
+
+// randomBoundary picks an instruction boundary of f by decoding it from
+// its start in the image.
+func randomBoundary(k *kguest.Kernel, f kguest.Symbol, rng *rand.Rand) (uint64, bool) {
+	code, ok := k.Image.ReadVirt(f.Addr, int(f.Size))
+	if !ok {
+		return 0, false
+	}
+	var starts []uint64
+	for pos := 0; pos < len(code); {
+		starts = append(starts, uint64(pos))
+		if bytes.HasPrefix(code[pos:], []byte{0xf3, 0x0f, 0x1e, 0xfa}) {
+			pos += 4
+			continue
+		}
+		inst, err := x86asm.Decode(code[pos:], 64)
+		if err != nil {
+			break // data, or padding x86asm does not know: stop here
+		}
+		pos += inst.Len
+	}
+	if len(starts) < 2 {
+		return 0, false
+	}
+	return starts[1+rng.IntN(len(starts)-1)], true
+}
+
+// refusalClass shortens a refusal to its kind, for the log.
+func refusalClass(msg string) string {
+	for _, c := range []string{"jump label", "static call", "boundar", "inside", ".exit.text", "cannot", "raises", "privilege", "reloads", "stops the CPU", "not in kernel text", "function entry"} {
+		if strings.Contains(msg, c) {
+			return c
+		}
+	}
+	return msg
+}
+
+// bootStockOnce boots the stock kernel once with defs and checks it. It
+// reports a stall instead of failing.
+func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.Def, attempt int) (stalled bool) {
 	console, err := os.Create(filepath.Join(logDir(), fmt.Sprintf("hvprobe-e2e-stock-console-%d.log", attempt)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer console.Close()
+	var mu sync.Mutex
+	var notices []session.Notice
 	s, err := session.New(session.Options{
 		Kernel:    filepath.Join(dir, "vmlinuz"),
 		SystemMap: filepath.Join(dir, "System.map"),
+		Image:     k,
 		Initrd:    filepath.Join(imagesDir(), "mini", "initramfs.cpio"),
 		// cryptomgr.notests: the crypto self-tests are no initcalls and take
 		// over 5 minutes where kernel mode is emulated (docs/QUIRKS.md #31).
 		CmdlineAppend: "initcall_debug ignore_loglevel cryptomgr.notests",
 		Console:       console,
+		Notify: func(n session.Notice) {
+			mu.Lock()
+			notices = append(notices, n)
+			mu.Unlock()
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -106,12 +260,22 @@ func bootStockOnce(t *testing.T, dir string, attempt int) (stalled bool) {
 			s.Close()
 		}
 	}()
-	var hits atomic.Int64
-	p := &kprobes.Kprobe{Symbol: "do_one_initcall", PreHandler: func(*kprobes.Context) bool {
-		hits.Add(1)
-		return false
-	}}
-	s.AtAttach(func(a *session.Attached) error { return a.Manager.Register(p) })
+	if err := s.WriteWatch(); err != nil {
+		t.Errorf("guest writes to text are not watched: %v", err)
+	}
+	var events []probedef.Event
+	var dp *session.DefProbes
+	var addErr error
+	s.AtAttach(func(a *session.Attached) error {
+		dp, addErr = s.AddDefs(a, defs, func(ev probedef.Event) {
+			if ev.Def.Event == "initcalls" || ev.Def.Event == "inittext" {
+				mu.Lock()
+				events = append(events, ev)
+				mu.Unlock()
+			}
+		})
+		return nil
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), stockBootTimeout())
 	defer cancel()
 	ended := make(chan struct{})
@@ -145,7 +309,6 @@ func bootStockOnce(t *testing.T, dir string, attempt int) (stalled bool) {
 		}
 	}()
 	l, err := s.WaitLineSeen(ctx, "Run /init as init process")
-	atInit := hits.Load()
 	s.VM.Stop()
 	select {
 	case <-ended:
@@ -162,18 +325,173 @@ func bootStockOnce(t *testing.T, dir string, attempt int) (stalled bool) {
 	if err := s.AttachErr(); err != nil {
 		t.Fatal(err)
 	}
-	calls := 0
-	for _, line := range s.Lines() {
-		if line.At > l.At {
+	if addErr != nil {
+		t.Fatalf("arming at attach: %v", addErr)
+	}
+	a, err := s.Attached()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	checkStockConsole(t, s.Lines(), l)
+	checkInitcallPairs(t, s.Lines(), l, events)
+	deferred, armed, retired := 0, 0, 0
+	for _, n := range notices {
+		switch n.Kind {
+		case session.NoticeDeferred:
+			deferred++
+		case session.NoticeArmed:
+			armed++
+		case session.NoticeRetired:
+			retired++
+		case session.NoticeFailed:
+			t.Errorf("%s", n)
+		}
+	}
+	if deferred == 0 || armed != deferred {
+		t.Errorf("%d probes deferred until the kernel patched its text, %d armed then", deferred, armed)
+	}
+	var initHits int
+	for _, ev := range events {
+		if ev.Def.Event == "inittext" {
+			initHits++
+		}
+	}
+	if initHits != 1 || retired == 0 {
+		t.Errorf("chr_dev_init (.init.text): %d hits, %d probes retired when init text was freed; want 1 hit and its retirement", initHits, retired)
+	}
+	probed := a.Manager.Stats().Probes
+	st := a.Manager.Stats()
+	t.Logf("stock kernel reached /init after %.1fs: %d probes armed (%d deferred), %d retired, %d hits, exits per hit %v, emulated %d boosted %d stepped %d, text changes followed %d",
+		l.At.Seconds(), len(probed), deferred, retired, st.Hits, st.ExitsPerHit, st.Emulated, st.Boosted, st.Stepped, countKind(notices, session.NoticeRearmed))
+	if err := dp.Remove(); err != nil {
+		t.Errorf("removing the probes: %v", err)
+	}
+	checkStockTextRestored(t, k, a, probed)
+	return false
+}
+
+func countKind(ns []session.Notice, k session.NoticeKind) int {
+	n := 0
+	for _, x := range ns {
+		if x.Kind == k {
+			n++
+		}
+	}
+	return n
+}
+
+// checkStockConsole fails on any WARN, oops, BUG or panic before /init.
+func checkStockConsole(t *testing.T, lines []session.Line, end session.Line) {
+	t.Helper()
+	for _, line := range lines {
+		if line.At > end.At {
 			break
 		}
-		if strings.Contains(line.Text, "calling  ") && strings.HasSuffix(line.Text, " @ 1") {
-			calls++
+		for _, bad := range []string{"WARNING:", "Oops", "BUG:", "Kernel panic", "ftrace failed", "missing return thunk"} {
+			if strings.Contains(line.Text, bad) {
+				t.Errorf("console before /init: %s", line.Text)
+			}
 		}
 	}
-	t.Logf("stock kernel reached /init after %.1fs; %d initcalls printed, probe hit %d times", l.At.Seconds(), calls, atInit)
-	if calls == 0 || atInit != int64(calls) {
-		t.Fatalf("do_one_initcall: %d hits, the kernel printed %d \"calling\" lines", atInit, calls)
+}
+
+// checkInitcallPairs compares the kretprobe's (fn, ret) events with the
+// kernel's own "initcall FN returned N after" lines, in order.
+func checkInitcallPairs(t *testing.T, lines []session.Line, end session.Line, events []probedef.Event) {
+	t.Helper()
+	var want []string
+	for _, line := range lines {
+		if line.At > end.At {
+			break
+		}
+		if _, rest, ok := strings.Cut(line.Text, "] initcall "); ok {
+			fn, after, ok1 := strings.Cut(rest, " returned ")
+			ret, _, ok2 := strings.Cut(after, " after ")
+			if ok1 && ok2 {
+				want = append(want, fn+" "+ret)
+			}
+		}
 	}
-	return false
+	var got []string
+	for _, ev := range events {
+		if ev.Def.Event != "initcalls" {
+			continue
+		}
+		var fn, ret string
+		for _, v := range ev.Values {
+			switch v.Name {
+			case "fn":
+				fn = probedef.FormatValue(v)
+			case "ret":
+				ret = probedef.FormatValue(v)
+			}
+		}
+		got = append(got, fn+" "+ret)
+	}
+	if len(want) == 0 {
+		t.Fatal("the kernel printed no initcall results")
+	}
+	if !slices.Equal(got, want) {
+		n := 0
+		for n < min(len(got), len(want)) && got[n] == want[n] {
+			n++
+		}
+		t.Fatalf("kretprobe pairs differ from the kernel's from #%d: %d events, %d lines printed; first differing: got %q, the kernel printed %q",
+			n, len(got), len(want), at(got, n), at(want, n))
+	}
+	t.Logf("%d initcall results: the kretprobe's pairs equal the kernel's", len(want))
+}
+
+func at(s []string, i int) string {
+	if i < len(s) {
+		return s[i]
+	}
+	return "(none)"
+}
+
+// checkStockTextRestored reads back every probed instruction once all
+// probes are gone: no int3 of hvprobe's stays, and the bytes are the
+// kernel's own.
+func checkStockTextRestored(t *testing.T, k *kguest.Kernel, a *session.Attached, probed []kprobes.ProbeStats) {
+	t.Helper()
+	sites, err := k.PatchSites()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slide := a.Kernel.Layout.VirtDelta
+	nop5 := []byte{0x0f, 0x1f, 0x44, 0x00, 0x00}
+	same, nopped, other := 0, 0, 0
+	for _, p := range probed {
+		link := p.Addr - slide
+		if sec, ok := sites.Discarded(link); ok && sec == ".init.text" {
+			continue // freed and reused by the kernel
+		}
+		want, ok := k.Image.ReadVirt(link, 5)
+		if !ok {
+			t.Errorf("%s: not in the image", p.Name)
+			continue
+		}
+		got := make([]byte, 5)
+		if err := a.Kernel.ReadVirt(p.Addr, got); err != nil {
+			t.Errorf("%s: reading back: %v", p.Name, err)
+			continue
+		}
+		patched := sites.Overlapping(link, 1)
+		switch {
+		case bytes.Equal(got, want):
+			same++
+		case len(patched) > 0 && patched[0].Class == kguest.Mcount && patched[0].Addr == link && bytes.Equal(got, nop5):
+			nopped++
+		case len(patched) > 0:
+			other++ // rewritten by the kernel at boot (alternatives, ...)
+			if got[0] == 0xcc {
+				t.Errorf("%s: an int3 is left at %#x (% x)", p.Name, p.Addr, got)
+			}
+		default:
+			t.Errorf("%s at %#x: % x after removal, the image has % x", p.Name, p.Addr, got, want)
+		}
+	}
+	t.Logf("text after removal: %d probed instructions as in the image, %d mcount calls the kernel made nops, %d other boot-patched sites", same, nopped, other)
 }

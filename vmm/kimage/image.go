@@ -129,6 +129,20 @@ func (img *Image) Section(name string) ([]byte, error) {
 	return nil, fmt.Errorf("section %q: %w", name, ErrNoSection)
 }
 
+// SectionHeader returns the named ELF section's link-time virtual address
+// and size, for tables whose entries hold addresses relative to their own
+// location (the kernel's .altinstructions, .smp_locks, ...), which Section's
+// bytes alone cannot resolve. ok is false when there is no such section; a
+// SHT_NOBITS section (.bss) is reported, though it has no file bytes.
+func (img *Image) SectionHeader(name string) (addr, size uint64, ok bool) {
+	for _, s := range img.sections {
+		if s.name == name && name != "" {
+			return s.addr, s.size, true
+		}
+	}
+	return 0, 0, false
+}
+
 // ReadVirt returns the file bytes backing [vaddr, vaddr+n) at link-time
 // virtual addresses, when a single PT_LOAD segment holds all of them in
 // its file part.

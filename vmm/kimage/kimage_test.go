@@ -89,6 +89,18 @@ func checkFixtureELF(t *testing.T, img *Image) {
 	if _, err := img.Section(".nope"); !errors.Is(err, ErrNoSection) {
 		t.Errorf(".nope: %v, want ErrNoSection", err)
 	}
+	if addr, size, ok := img.SectionHeader(".rodata"); !ok || addr != fixVBase+fixTextSize || size != fixDataSize {
+		t.Errorf("SectionHeader(.rodata) = %#x, %#x, %v", addr, size, ok)
+	}
+	if addr, size, ok := img.SectionHeader(".bss"); !ok || addr != fixVBase+fixTextSize+fixDataSize || size != fixBssSize {
+		t.Errorf("SectionHeader(.bss) = %#x, %#x, %v", addr, size, ok)
+	}
+	if addr, size, ok := img.SectionHeader(".BTF"); !ok || addr != 0 || size != uint64(len(fixBTF)) {
+		t.Errorf("SectionHeader(.BTF) = %#x, %#x, %v", addr, size, ok)
+	}
+	if _, _, ok := img.SectionHeader(".nope"); ok {
+		t.Error("SectionHeader(.nope) found a section")
+	}
 	b, ok := img.ReadVirt(fixVBase+fixTextSize+fixBannerOff, len(fixBanner))
 	if !ok || string(b) != fixBanner {
 		t.Errorf("ReadVirt banner = %q, %v", b, ok)
