@@ -4,7 +4,10 @@
 // It owns: the System.map parser and SymbolTable (name and address
 // lookups, KASLR slide views, text ranges, per-CPU detection), the
 // map-to-image consistency check (Kernel.Verify), BTF queries (Types),
-// symbol demangling and the "sym+off" syntax.
+// symbol demangling, the "sym+off" syntax, and the kernel's
+// self-patching tables (PatchSites: alternatives, retpolines, return
+// thunks, paravirt, SMP locks, endbr seals, static calls, jump labels,
+// ftrace's mcount sites, the exception table, text freed after boot).
 //
 // Invariants:
 //   - A SymbolTable stores link-time (unrelocated) addresses and is

@@ -56,6 +56,10 @@ type textReader func(va uint64, n int) ([]byte, error)
 // check is the part of arming that decides whether addr can be probed.
 func check(k Kernel, read textReader, addr uint64, name string) (*insn, string, uint64, error) {
 	if !k.InText(addr) {
+		// Text discarded at boot is not text, but saying which is clearer.
+		if err := k.Reserved(addr, 1); err != nil {
+			return nil, "", 0, probeErr(name, ErrNotInText, "%#x is not kernel text that runs: %v", addr, err)
+		}
 		return nil, "", 0, probeErr(name, ErrNotInText, "%#x is not in kernel text", addr)
 	}
 	sym, off, _, ok := k.SymbolAt(addr)

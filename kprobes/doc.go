@@ -46,6 +46,17 @@
 //     after each iteration with rip still on it; the step goes on until it
 //     leaves, one exit per iteration, post handlers once at the end.
 //
+// # Text the kernel rewrites
+//
+// Check makes Register's text checks without a guest (the kernel image
+// before boot, through a Kernel whose ReadVirt reads the file), so a bad
+// probe set is refused before anything runs. Kernel.Reserved is the
+// caller's rule for text the kernel patches itself; its *ReservedError
+// says ErrPatchedText (refused) or ErrNotYetPatched (the caller arms the
+// probe later). Recheck follows the guest's own writes to armed text:
+// each written site is decoded anew and re-armed on the new instruction
+// in a new slot, or retired with its probes (TextChange).
+//
 // # Invariants
 //
 //   - A slot is written completely before the int3 that leads to it.

@@ -77,3 +77,20 @@ func (e *TextModifiedError) Error() string {
 
 // Is matches ErrTextModified.
 func (e *TextModifiedError) Is(target error) bool { return target == ErrTextModified }
+
+// ReservedError is a Kernel.Reserved answer: Kind is ErrPatchedText or
+// ErrNotYetPatched, Reason says what the kernel does with the bytes.
+type ReservedError struct {
+	Kind   error
+	Reason string
+}
+
+func (e *ReservedError) Error() string { return e.Reason }
+
+// Is matches Kind.
+func (e *ReservedError) Is(target error) bool { return target == e.Kind }
+
+// Reserved makes a *ReservedError.
+func Reserved(kind error, format string, args ...any) error {
+	return &ReservedError{Kind: kind, Reason: fmt.Sprintf(format, args...)}
+}

@@ -4,5 +4,13 @@
 // the running-kernel view (introspect). cmd/hvprobe and the e2e tests use
 // it; it holds no flags, terminal or output-format knowledge.
 //
+// It also owns hvprobe's rule for text the kernel rewrites itself
+// (textPolicy, over guest.PatchSites): ImageKernel checks probes against
+// the image before boot with it, RunningKernel applies it at Register; Arm
+// defers probes on text the kernel patches at boot and arms them when
+// alternative_instructions is done, retires .init.text probes at
+// free_initmem, and followWrites hands the text pages the guest wrote
+// (vmm's dirty log) to the engine. Every such change is a Notice.
+//
 // Layering: session → kprobes → introspect / guest → vmm.
 package session

@@ -47,9 +47,9 @@ func (p *textPolicy) reserved(va, n uint64) error {
 	if sec, ok := p.sites.Discarded(a); ok {
 		switch {
 		case sec != ".init.text":
-			return fmt.Errorf("in %s, which the kernel discards without running: %w", sec, kprobes.ErrPatchedText)
+			return kprobes.Reserved(kprobes.ErrPatchedText, "in %s, which the kernel discards without running", sec)
 		case p.initFreed.Load():
-			return fmt.Errorf("in .init.text, which the kernel has freed: %w", kprobes.ErrPatchedText)
+			return kprobes.Reserved(kprobes.ErrPatchedText, "in .init.text, which the kernel has freed")
 		}
 	}
 	for _, s := range p.sites.Overlapping(a, n) {
@@ -67,16 +67,16 @@ func (p *textPolicy) judge(s guest.PatchSite, a, n uint64) error {
 	}
 	switch {
 	case s.Class == guest.JumpLabel || s.Class == guest.StaticCall || s.Class == guest.StaticCallTrampoline:
-		return fmt.Errorf("a %s site at %#x+%d, which the kernel rewrites while it runs: %w", where, s.Addr+p.slide, s.Len, kprobes.ErrPatchedText)
+		return kprobes.Reserved(kprobes.ErrPatchedText, "a %s site at %#x+%d, which the kernel rewrites while it runs", where, s.Addr+p.slide, s.Len)
 	case s.Class == guest.Mcount && !s.Call:
 		return nil // a nop that only the guest's own ftrace use rewrites
 	case p.bootDone.Load():
 		return nil // patched for good; the bytes read now are final
 	case a == s.Addr || (s.Addr > a && s.Addr+s.Len <= a+n):
-		return fmt.Errorf("a %s site the kernel rewrites at boot; armed once it has: %w", where, kprobes.ErrNotYetPatched)
+		return kprobes.Reserved(kprobes.ErrNotYetPatched, "a %s site the kernel rewrites at boot; armed once it has", where)
 	}
-	return fmt.Errorf("inside a %s site at %#x+%d that the kernel rewrites at boot, so its instruction boundaries are not known yet; probe %#x: %w",
-		where, s.Addr+p.slide, s.Len, s.Addr+p.slide, kprobes.ErrPatchedText)
+	return kprobes.Reserved(kprobes.ErrPatchedText, "inside a %s site at %#x+%d that the kernel rewrites at boot, so its instruction boundaries are not known yet; probe %#x",
+		where, s.Addr+p.slide, s.Len, s.Addr+p.slide)
 }
 
 func (p *textPolicy) hasFixup(va uint64) bool { return p.sites.HasFixup(va - p.slide) }

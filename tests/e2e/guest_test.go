@@ -158,6 +158,12 @@ func consoleLog(name string) (*os.File, error) {
 // waits until it serves with the engine attached; name tells its console
 // log apart.
 func coldBootMini(cpus int, wl, name string) (*guest, error) {
+	return coldBootMiniWith(cpus, wl, name, nil)
+}
+
+// coldBootMiniWith is coldBootMini with before run on the session before
+// the guest starts (to queue probes with AtAttach).
+func coldBootMiniWith(cpus int, wl, name string, before func(*session.Session)) (*guest, error) {
 	kernel, sysmap, initrd := miniPaths()
 	console, err := consoleLog(fmt.Sprintf("hvprobe-e2e-console-%dcpu-%s.log", cpus, name))
 	if err != nil {
@@ -169,6 +175,9 @@ func coldBootMini(cpus int, wl, name string) (*guest, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if before != nil {
+		before(s)
 	}
 	g := start(s)
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -109,14 +110,14 @@ func TestRefusedBeforeBoot(t *testing.T) {
 	var exitFn, dup string
 	seen := map[string]int{}
 	for s := range k.Symbols.All() {
-		if sec, ok := sites.Discarded(s.Addr); ok && sec == ".exit.text" && exitFn == "" && s.IsText() {
+		seen[s.Name]++
+	}
+	for s := range k.Symbols.All() {
+		if sec, ok := sites.Discarded(s.Addr); ok && sec == ".exit.text" && exitFn == "" && s.IsText() && seen[s.Name] == 1 {
 			exitFn = s.Name
 		}
-		if s.IsText() {
-			seen[s.Name]++
-			if seen[s.Name] == 2 && dup == "" && !strings.Contains(s.Name, ".") {
-				dup = s.Name
-			}
+		if s.IsText() && seen[s.Name] > 1 && dup == "" && !strings.Contains(s.Name, ".") {
+			dup = s.Name
 		}
 	}
 	if exitFn == "" || dup == "" {
@@ -158,7 +159,7 @@ func TestRefusedBeforeBoot(t *testing.T) {
 		t.Fatal("a VM was created")
 	}
 	want := map[int]string{
-		2: "did you mean do_one_initcall", 3: "ambiguous", 5: "not on an instruction boundary",
+		2: "did you mean do_one_initcall", 3: "symbols named " + strconv.Quote(dup), 5: "not on an instruction boundary",
 		6: "not in kernel text", 7: "ud2", 8: "ud1", 9: "changes privilege", 10: ".exit.text",
 		11: "nosuchparam", 12: "jump label", 13: "static call", 14: "must be on a function entry",
 		15: "invalid register",

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -123,53 +122,7 @@ func stockProbes(t *testing.T, k *kguest.Kernel) []*probedef.Def {
 		seed = v
 	}
 	t.Logf("random probe sample: HVPROBE_SEED=%d", seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 0))
-	var funcs []kguest.Symbol
-	for s := range k.Symbols.All() {
-		if s.IsText() && s.Size > 0 && s.Size < 16<<10 && !strings.HasPrefix(s.Name, "__SCT__") {
-			funcs = append(funcs, s)
-		}
-	}
-	var lines []string
-	for i := 0; len(lines) < sampleBody; i++ {
-		f := funcs[rng.IntN(len(funcs))]
-		if off, ok := randomBoundary(k, f, rng); ok {
-			lines = append(lines, fmt.Sprintf("p:body%d %s+%#x", i, f.Name, off))
-		}
-	}
-	for i := range sampleEntry {
-		lines = append(lines, fmt.Sprintf("p:entry%d %s", i, funcs[rng.IntN(len(funcs))].Name))
-	}
-	for i := range sampleRet {
-		lines = append(lines, fmt.Sprintf("r:ret%d %s ret=$retval", i, funcs[rng.IntN(len(funcs))].Name))
-	}
-	var sample []*probedef.Def
-	for i, l := range lines {
-		d, err := probedef.Parse(l)
-		if err != nil {
-			t.Fatalf("sample line %q: %v", l, err)
-		}
-		d.Line = i + 1
-		sample = append(sample, d)
-	}
-	ik, err := session.NewImageKernel(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t0 := time.Now()
-	_, err = ik.CheckDefs(sample)
-	took := time.Since(t0)
-	refused := map[int]bool{}
-	why := map[string]int{}
-	var se probedef.SyntaxErrors
-	if errors.As(err, &se) {
-		for _, e := range se {
-			refused[e.Line] = true
-			why[refusalClass(e.Msg)]++
-		}
-	} else if err != nil {
-		t.Fatal(err)
-	}
+	sample := randomSample(t, k, rand.New(rand.NewPCG(uint64(seed), 0)), sampleBody, sampleEntry, sampleRet)
 	var defs []*probedef.Def
 	for _, l := range []string{initcallsProbe, initTextProbe} {
 		d, err := probedef.Parse(l)
@@ -178,16 +131,7 @@ func stockProbes(t *testing.T, k *kguest.Kernel) []*probedef.Def {
 		}
 		defs = append(defs, d)
 	}
-	for _, d := range sample {
-		if !refused[d.Line] {
-			defs = append(defs, d)
-		}
-	}
-	t.Logf("sample of %d checked in %v: %d refused before boot %v, %d kept", len(sample), took, len(refused), why, len(defs)-2)
-	if len(refused) == len(sample) {
-		t.Fatal("the whole sample was refused")
-	}
-	return defs
+	return append(defs, sample...)
 }
 
 // randomBoundary picks an instruction boundary of f by decoding it from
@@ -218,10 +162,13 @@ func randomBoundary(k *kguest.Kernel, f kguest.Symbol, rng *rand.Rand) (uint64, 
 
 // refusalClass shortens a refusal to its kind, for the log.
 func refusalClass(msg string) string {
-	for _, c := range []string{"jump label", "static call", "boundar", "inside", ".exit.text", "cannot", "raises", "privilege", "reloads", "stops the CPU", "not in kernel text", "function entry"} {
+	for _, c := range []string{"jump label", "static call", "instruction boundary", "inside a", ".exit.text", "int3", "raises", "privilege", "reloads", "stops the CPU", "not in kernel text", "function entry", "symbols named"} {
 		if strings.Contains(msg, c) {
 			return c
 		}
+	}
+	if len(msg) > 40 {
+		msg = msg[:40]
 	}
 	return msg
 }
@@ -398,18 +345,25 @@ func checkStockConsole(t *testing.T, lines []session.Line, end session.Line) {
 }
 
 // checkInitcallPairs compares the kretprobe's (fn, ret) events with the
-// kernel's own "initcall FN returned N after" lines, in order.
+// kernel's own "initcall FN returned N after" lines, in order: those of
+// do_one_initcall, whose "calling FN @ 1" line names kernel_init's pid
+// (console_init calls the console initcalls itself, from pid 0).
 func checkInitcallPairs(t *testing.T, lines []session.Line, end session.Line, events []probedef.Event) {
 	t.Helper()
 	var want []string
+	viaDoOne := map[string]bool{}
 	for _, line := range lines {
 		if line.At > end.At {
 			break
 		}
+		if _, rest, ok := strings.Cut(line.Text, "] calling  "); ok {
+			fn, pid, _ := strings.Cut(rest, " @ ")
+			viaDoOne[fn] = pid == "1"
+		}
 		if _, rest, ok := strings.Cut(line.Text, "] initcall "); ok {
 			fn, after, ok1 := strings.Cut(rest, " returned ")
 			ret, _, ok2 := strings.Cut(after, " after ")
-			if ok1 && ok2 {
+			if ok1 && ok2 && viaDoOne[fn] {
 				want = append(want, fn+" "+ret)
 			}
 		}

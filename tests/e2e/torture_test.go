@@ -1,0 +1,171 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	kguest "github.com/hvprobe/hvprobe/guest"
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/session"
+)
+
+// tortureScenario exercises every workload path with a known result.
+const tortureScenario = "calls:50,args8:3,str:4,ret:6,recurse:9,fileread:2,static:20:3"
+
+// TestRandomProbesLeaveWorkloadIntact arms a seeded random sample of
+// probes (instruction boundaries anywhere in the mini kernel's text,
+// function entries, kretprobes) at boot, and checks that the workload's
+// results are exactly those of the unprobed shared guest. The seed is
+// new on every run (HVPROBE_SEED repeats one) and printed.
+func TestRandomProbesLeaveWorkloadIntact(t *testing.T) {
+	ref := miniGuest(t)
+	want := ref.run(t, tortureScenario)
+
+	kernel, sysmap, _ := miniPaths()
+	k, err := kguest.OpenKernel(kernel, sysmap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := time.Now().UnixNano()
+	if v, err := strconv.ParseInt(os.Getenv("HVPROBE_SEED"), 10, 64); err == nil {
+		seed = v
+	}
+	t.Logf("HVPROBE_SEED=%d", seed)
+	defs := randomSample(t, k, rand.New(rand.NewPCG(uint64(seed), 1)), 300, 50, 20)
+
+	var addErr error
+	var dp *session.DefProbes
+	g, err := coldBootMiniWith(1, "hvprobe_wl=serve", "torture", func(s *session.Session) {
+		s.AtAttach(func(a *session.Attached) error {
+			dp, addErr = s.AddDefs(a, defs, func(probedef.Event) {})
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatalf("booting with %d random probes (HVPROBE_SEED=%d): %v", len(defs), seed, err)
+	}
+	defer g.stop()
+	if addErr != nil {
+		t.Fatalf("arming the sample (HVPROBE_SEED=%d): %v", seed, addErr)
+	}
+	got := g.run(t, tortureScenario)
+	if !slices.Equal(got, want) {
+		t.Fatalf("with the random probes (HVPROBE_SEED=%d) the workload reported\n%s\nwithout them\n%s",
+			seed, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	st := g.a.Manager.Stats()
+	var exits, hits uint64
+	hitProbes := 0
+	for _, p := range st.Probes {
+		exits += p.Exits
+		hits += p.Hits
+		if p.Hits > 0 {
+			hitProbes++
+		}
+	}
+	perHit := 0.0
+	if hits > 0 {
+		perHit = float64(exits) / float64(hits)
+	}
+	t.Logf("%d probes, %d of them hit, %d hits: %.2f exits per hit (emulated %d, of them branches %d; boosted %d; stepped %d; rep iterations %d); reentered %d, faults %d",
+		len(st.Probes), hitProbes, hits, perHit, st.Emulated, st.EmulatedBranches, st.Boosted, st.Stepped, st.RepIterations, st.Reentered, st.Faults)
+	if st.LostSteps != 0 || st.Errors != 0 || st.OrphanReturns != 0 {
+		t.Errorf("lost steps %d, errors %d (%v), orphan returns %d", st.LostSteps, st.Errors, g.a.Manager.Err(), st.OrphanReturns)
+	}
+	if err := dp.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	// No int3 of hvprobe's is left where a probe was.
+	for _, p := range st.Probes {
+		var b [1]byte
+		if err := g.a.Kernel.ReadVirt(p.Addr, b[:]); err != nil {
+			t.Fatal(err)
+		}
+		img, _ := k.Image.ReadVirt(p.Addr-g.a.Kernel.Layout.VirtDelta, 1)
+		if b[0] == 0xcc && (len(img) == 0 || img[0] != 0xcc) {
+			t.Errorf("%s: int3 left at %#x", p.Name, p.Addr)
+		}
+	}
+}
+
+// randomSample draws probe lines from k's text — body instruction
+// boundaries, entries and kretprobes — and keeps those the pre-boot check
+// accepts, logging what it refused and why.
+func randomSample(t *testing.T, k *kguest.Kernel, rng *rand.Rand, body, entries, rets int) []*probedef.Def {
+	t.Helper()
+	type fn struct {
+		kguest.Symbol
+		ref string
+	}
+	var funcs []fn
+	nth := map[string]int{}
+	for s := range k.Symbols.All() {
+		nth[s.Name]++
+		if s.IsText() && s.Size > 0 && s.Size < 16<<10 && !strings.HasPrefix(s.Name, "__SCT__") {
+			funcs = append(funcs, fn{s, fmt.Sprintf("%s:%d", s.Name, nth[s.Name])})
+		}
+	}
+	for i, f := range funcs {
+		if nth[f.Name] == 1 {
+			funcs[i].ref = f.Name
+		}
+	}
+	var lines []string
+	for i := 0; len(lines) < body; i++ {
+		f := funcs[rng.IntN(len(funcs))]
+		if off, ok := randomBoundary(k, f.Symbol, rng); ok {
+			lines = append(lines, fmt.Sprintf("p:body%d %s+%#x", i, f.ref, off))
+		}
+	}
+	for i := range entries {
+		lines = append(lines, fmt.Sprintf("p:entry%d %s", i, funcs[rng.IntN(len(funcs))].ref))
+	}
+	for i := range rets {
+		lines = append(lines, fmt.Sprintf("r:ret%d %s ret=$retval", i, funcs[rng.IntN(len(funcs))].ref))
+	}
+	var sample []*probedef.Def
+	for i, l := range lines {
+		d, err := probedef.Parse(l)
+		if err != nil {
+			t.Fatalf("sample line %q: %v", l, err)
+		}
+		d.Line = i + 1
+		sample = append(sample, d)
+	}
+	ik, err := session.NewImageKernel(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	_, err = ik.CheckDefs(sample)
+	took := time.Since(t0)
+	refused := map[int]bool{}
+	why := map[string]int{}
+	var se probedef.SyntaxErrors
+	if errors.As(err, &se) {
+		for _, e := range se {
+			refused[e.Line] = true
+			why[refusalClass(e.Msg)]++
+		}
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	var defs []*probedef.Def
+	for _, d := range sample {
+		if !refused[d.Line] {
+			defs = append(defs, d)
+		}
+	}
+	t.Logf("sample of %d checked in %v: %d refused before boot %v, %d kept", len(sample), took, len(refused), why, len(defs))
+	if len(defs) == 0 {
+		t.Fatal("the whole sample was refused")
+	}
+	return defs
+}
