@@ -3,9 +3,8 @@ package session
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
-
-	"golang.org/x/arch/x86/x86asm"
 
 	"github.com/hvprobe/hvprobe/kprobes"
 )
@@ -94,35 +93,82 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 	// The target's third instruction (after push %rbp; mov %rsp,%rbp,
 	// which the host emulates) takes a slot: boosted, or single-stepped
 	// when a post handler must run after it.
-	body, err := instructionOffset(a.Kernel, "hvwl_target_add", 2)
+	body, err := nthInsn(a.Kernel, "hvwl_target_add", 2)
 	if err != nil {
 		return res, err
 	}
 	nop := func(*kprobes.Context) bool { return false }
+	post := func(*kprobes.Context) {}
 	type probeCase struct {
 		name       string
+		scenario   string // the calls measured, n of them
 		add, remov func() error
 	}
-	kp := &kprobes.Kprobe{Symbol: "hvwl_target_add", PreHandler: nop}
-	kpBody := &kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body, PreHandler: nop}
-	kpPost := &kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body, PreHandler: nop, PostHandler: func(*kprobes.Context) {}}
+	kprobe := func(name, scenario string, p *kprobes.Kprobe) probeCase {
+		return probeCase{name, scenario, func() error { return m.Register(p) }, func() error { return m.Unregister(p) }}
+	}
 	jp := &kprobes.Jprobe{Symbol: "hvwl_target_add", Entry: func(*kprobes.JprobeContext) {}}
 	rp := &kprobes.Kretprobe{Symbol: "hvwl_target_add", Handler: func(*kprobes.RetContext) {}}
 	cases := []probeCase{
-		{"kprobe at entry (host-emulated push)", func() error { return m.Register(kp) }, func() error { return m.Unregister(kp) }},
-		{fmt.Sprintf("kprobe at +%#x (boosted slot)", body), func() error { return m.Register(kpBody) }, func() error { return m.Unregister(kpBody) }},
-		{fmt.Sprintf("kprobe at +%#x with post handler (stepped)", body), func() error { return m.Register(kpPost) }, func() error { return m.Unregister(kpPost) }},
-		{"jprobe", func() error { return m.RegisterJprobe(jp) }, func() error { return m.UnregisterJprobe(jp) }},
-		{"kretprobe (entry + return)", func() error { return m.RegisterKretprobe(rp) }, func() error { return m.UnregisterKretprobe(rp) }},
+		kprobe("kprobe at entry (host-emulated push)", calls, &kprobes.Kprobe{Symbol: "hvwl_target_add", PreHandler: nop}),
+		kprobe(fmt.Sprintf("kprobe at +%#x (boosted slot)", body), calls, &kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body, PreHandler: nop}),
+		kprobe(fmt.Sprintf("kprobe at +%#x with post handler", body), calls, &kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body, PreHandler: nop, PostHandler: post}),
+		{"jprobe", calls, func() error { return m.RegisterJprobe(jp) }, func() error { return m.UnregisterJprobe(jp) }},
+		{"kretprobe (entry + return)", calls, func() error { return m.RegisterKretprobe(rp) }, func() error { return m.UnregisterKretprobe(rp) }},
 	}
+	// hvwl_target_mix (mix:N) has one instruction of each class below.
+	mix := fmt.Sprintf("mix:%d", n)
+	for _, c := range []struct {
+		what  string
+		match func(string) bool
+		post  bool
+	}{
+		{"a %rip-relative load", func(i string) bool { return strings.Contains(i, "(%rip),%rax") }, false},
+		{"a %rip-relative load, post handler", func(i string) bool { return strings.Contains(i, "(%rip),%rax") }, true},
+		{"a jcc", func(i string) bool { return strings.HasPrefix(i, "je ") }, false},
+		{"rep movsb (32 bytes)", func(i string) bool { return strings.HasPrefix(i, "rep movsb") }, false},
+		{"rep movsb, post handler", func(i string) bool { return strings.HasPrefix(i, "rep movsb") }, true},
+		{"a call", func(i string) bool { return strings.HasPrefix(i, "call") }, false},
+		{"a ret", func(i string) bool { return strings.HasPrefix(i, "ret") }, false},
+	} {
+		v, err := findInsn(a.Kernel, "hvwl_target_mix", c.match)
+		if err != nil {
+			return res, fmt.Errorf("bench case %s: %w", c.what, err)
+		}
+		p := &kprobes.Kprobe{Symbol: "hvwl_target_mix", Offset: v.Offset, PreHandler: nop}
+		exec := v.Exec
+		if c.post {
+			p.PostHandler = post
+			exec = "with post handler"
+		}
+		cases = append(cases, kprobe(fmt.Sprintf("kprobe on %s: +%#x (%s)", c.what, v.Offset, exec), mix, p))
+	}
+	base := map[string]struct {
+		t     time.Duration
+		exits uint64
+	}{calls: {tBase, baseExits}}
 	for _, c := range cases {
+		if _, ok := base[c.scenario]; !ok {
+			if _, _, err := timed(c.scenario); err != nil { // warm up
+				return res, err
+			}
+			t, e, err := timed(c.scenario)
+			if err != nil {
+				return res, err
+			}
+			base[c.scenario] = struct {
+				t     time.Duration
+				exits uint64
+			}{t, e}
+		}
 		if err := c.add(); err != nil {
 			return res, fmt.Errorf("%s: %w", c.name, err)
 		}
-		t, exits, err := timed(calls)
+		t, exits, err := timed(c.scenario)
 		var tp time.Duration
 		var pExits uint64
-		if err == nil && res.CPUs > 1 {
+		parallel := res.CPUs > 1 && c.scenario == calls
+		if err == nil && parallel {
 			tp, pExits, err = timed(threads)
 		}
 		if rerr := c.remov(); err == nil {
@@ -131,12 +177,13 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 		if err != nil {
 			return res, fmt.Errorf("%s: %w", c.name, err)
 		}
+		b := base[c.scenario]
 		res.Cases = append(res.Cases, BenchCase{
 			Name:        c.name,
-			PerHit:      (t - tBase) / time.Duration(n),
-			ExitsPerHit: float64(int64(exits)-int64(baseExits)) / float64(n),
+			PerHit:      (t - b.t) / time.Duration(n),
+			ExitsPerHit: float64(int64(exits)-int64(b.exits)) / float64(n),
 		})
-		if res.CPUs > 1 {
+		if parallel {
 			res.Parallel = append(res.Parallel, BenchCase{
 				Name:        c.name,
 				PerHit:      (tp - tThreads) / time.Duration(n),
@@ -147,23 +194,54 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 	return res, nil
 }
 
-// instructionOffset is the offset of sym's n-th instruction (from 0).
-func instructionOffset(k *RunningKernel, sym string, n int) (uint64, error) {
+// insnAt is one instruction of a function, as the engine decodes it.
+type insnAt struct {
+	Offset uint64
+	Exec   string // how a hit executes it: emulated, boosted or stepped
+	Text   string
+}
+
+// walkInsns decodes sym with the engine's own decoder (kprobes.Check,
+// which knows endbr64 and the engine's int3s) until f returns true or the
+// function ends.
+func walkInsns(k *RunningKernel, sym string, f func(insnAt) bool) error {
 	va, err := k.Resolve(sym, 0)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	code := make([]byte, 16*(n+1))
-	if err := k.ReadVirt(va, code); err != nil {
-		return 0, err
-	}
-	off := 0
-	for i := 0; i < n; i++ {
-		inst, err := x86asm.Decode(code[off:], 64)
+	_, _, size, _ := k.SymbolAt(va)
+	for off := uint64(0); off < size; {
+		v, err := kprobes.Check(k, va+off, fmt.Sprintf("%s+%#x", sym, off))
 		if err != nil {
-			return 0, fmt.Errorf("decoding %s+%#x: %w", sym, off, err)
+			return err
 		}
-		off += inst.Len
+		text, _, _ := strings.Cut(v.Insn, " (")
+		if f(insnAt{off, v.Exec, text}) {
+			return nil
+		}
+		off += uint64(v.Len)
 	}
-	return uint64(off), nil
+	return fmt.Errorf("%s: no such instruction", sym)
+}
+
+// nthInsn is the offset of sym's n-th instruction (from 0).
+func nthInsn(k *RunningKernel, sym string, n int) (uint64, error) {
+	var off uint64
+	i := 0
+	err := walkInsns(k, sym, func(in insnAt) bool {
+		off = in.Offset
+		i++
+		return i > n
+	})
+	return off, err
+}
+
+// findInsn is the first instruction of sym whose text match accepts.
+func findInsn(k *RunningKernel, sym string, match func(string) bool) (insnAt, error) {
+	var found insnAt
+	err := walkInsns(k, sym, func(in insnAt) bool {
+		found = in
+		return match(in.Text)
+	})
+	return found, err
 }

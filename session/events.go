@@ -37,6 +37,9 @@ func (d *DefProbes) Stats() []string {
 	return out
 }
 
+// Probes are the engine probes made from the definitions, in their order.
+func (d *DefProbes) Probes() []*Probe { return d.probes }
+
 // Remove unregisters every probe made from the definitions.
 func (d *DefProbes) Remove() error {
 	var errs []error

@@ -55,6 +55,9 @@ func (p *Probe) owns(owners []any) bool {
 	return false
 }
 
+// Addr is where the probe is armed (0 before it is).
+func (p *Probe) Addr() uint64 { return p.addr() }
+
 func (p *Probe) addr() uint64 {
 	switch {
 	case p.Kprobe != nil:

@@ -48,17 +48,17 @@ func cmdBench(args []string) error {
 	fmt.Fprintf(w, "calls per measurement: %d\n", res.Calls)
 	fmt.Fprintf(w, "bare exit round trip:  %v\n", res.BareExit)
 	fmt.Fprintf(w, "unprobed call:         %v\n", res.PerCall)
-	fmt.Fprintf(w, "%-42s %12s %14s %12s\n", "probe", "cost/hit", "÷ bare exit", "exits/hit")
+	fmt.Fprintf(w, "%-60s %12s %14s %12s\n", "probe", "cost/hit", "÷ bare exit", "exits/hit")
 	for _, c := range res.Cases {
-		fmt.Fprintf(w, "%-42s %12v %14.2f %12.2f\n", c.Name, c.PerHit, float64(c.PerHit)/float64(res.BareExit), c.ExitsPerHit)
+		fmt.Fprintf(w, "%-60s %12v %14.2f %12.2f\n", c.Name, c.PerHit, float64(c.PerHit)/float64(res.BareExit), c.ExitsPerHit)
 	}
 	if len(res.Parallel) == 0 {
 		return nil
 	}
 	fmt.Fprintf(w, "\nall %d vCPUs hitting at once (%d calls each; cost/hit is per call of one vCPU):\n", res.CPUs, res.Calls)
-	fmt.Fprintf(w, "%-42s %12s %14s %12s\n", "probe", "cost/hit", "÷ 1 vCPU", "exits/hit")
+	fmt.Fprintf(w, "%-60s %12s %14s %12s\n", "probe", "cost/hit", "÷ 1 vCPU", "exits/hit")
 	for i, c := range res.Parallel {
-		fmt.Fprintf(w, "%-42s %12v %14.2f %12.2f\n", c.Name, c.PerHit, float64(c.PerHit)/float64(res.Cases[i].PerHit), c.ExitsPerHit)
+		fmt.Fprintf(w, "%-60s %12v %14.2f %12.2f\n", c.Name, c.PerHit, float64(c.PerHit)/float64(res.Cases[i].PerHit), c.ExitsPerHit)
 	}
 	return nil
 }

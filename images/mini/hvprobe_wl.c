@@ -30,6 +30,7 @@
 #include <linux/kstrtox.h>
 #include <linux/kthread.h>
 #include <linux/io.h>
+#include <linux/jump_label.h>
 #include <linux/printk.h>
 #include <linux/reboot.h>
 #include <linux/sched.h>
@@ -127,6 +128,36 @@ HVWL_TARGET void __noreturn hvwl_target_exit(void)
 {
 	HVWL_FRAME();
 	kthread_exit(0);
+}
+
+/*
+ * Text the kernel rewrites while it runs: hvwl_keyed's static branch on
+ * hvwl_key. With CONFIG_JUMP_LABEL the branch is a jump-label site (a
+ * 2- or 5-byte nop while the key is disabled, a jmp to the "on" arm while
+ * it is enabled; an entry of __jump_table) that static_branch_enable and
+ * static_branch_disable rewrite through text_poke_bp, which puts an int3
+ * on the site while it writes the rest.
+ */
+DEFINE_STATIC_KEY_FALSE(hvwl_key);
+
+/*
+ * Written, never read: a volatile store of its own starts each arm, so no
+ * other path reaches an arm's first instruction, and one comes before the
+ * branch. They record nothing the host relies on.
+ */
+static long hvwl_keyed_last, hvwl_keyed_on_last, hvwl_keyed_off_last;
+
+/* Returns 2i+1 from the "on" arm, 2i from the "off" arm. */
+HVWL_TARGET long hvwl_keyed(long i)
+{
+	HVWL_FRAME();
+	WRITE_ONCE(hvwl_keyed_last, i);
+	if (static_branch_unlikely(&hvwl_key)) {
+		WRITE_ONCE(hvwl_keyed_on_last, i);
+		return 2 * i + 1;
+	}
+	WRITE_ONCE(hvwl_keyed_off_last, i);
+	return 2 * i;
 }
 
 /* ---- scenarios ---- */
@@ -373,6 +404,172 @@ static void hvwl_exits(long n)
 	pr_info("exits n=%ld\n", n);
 }
 
+/*
+ * hvwl_target_mix(x) holds, in one known order, the instruction classes
+ * hvprobe bench measures beyond a function entry: a %rip-relative load, a
+ * jcc, a rep movsb, a call and a ret. Written in assembly so the compiler
+ * cannot change them. Returns hvwl_mix_val + x.
+ */
+long hvwl_target_mix(long x);
+long hvwl_mix_val = 7;
+char hvwl_mix_buf[64];
+asm(".pushsection .text, \"ax\"\n"
+    ".globl hvwl_target_mix\n"
+    ".type hvwl_target_mix, @function\n"
+    "hvwl_target_mix:\n"
+    "	push %rbp\n"
+    "	mov %rsp, %rbp\n"
+    "	mov hvwl_mix_val(%rip), %rax\n"
+    "	test %rdi, %rdi\n"
+    "	jz 1f\n"
+    "	add %rdi, %rax\n"
+    "1:	lea hvwl_mix_buf(%rip), %rdi\n"
+    "	lea hvwl_mix_buf+32(%rip), %rsi\n"
+    "	mov $32, %ecx\n"
+    "	rep movsb\n"
+    "	call hvwl_mix_leaf\n"
+    "	pop %rbp\n"
+    "	ret\n"
+    ".size hvwl_target_mix, .-hvwl_target_mix\n"
+    ".type hvwl_mix_leaf, @function\n"
+    "hvwl_mix_leaf:\n"
+    "	ret\n"
+    ".size hvwl_mix_leaf, .-hvwl_mix_leaf\n"
+    ".popsection\n");
+
+/* mix:N calls hvwl_target_mix(i) for i = 0..N-1. */
+static void hvwl_mix(long n)
+{
+	long i, sum = 0;
+
+	for (i = 0; i < n; i++)
+		sum += hvwl_target_mix(i);
+	pr_info("mix n=%ld sum=%ld\n", n, sum);
+}
+
+/* Turns hvwl_key on or off: the guest rewrites hvwl_keyed's text. */
+static void hvwl_key_set(bool on)
+{
+	if (on)
+		static_branch_enable(&hvwl_key);
+	else
+		static_branch_disable(&hvwl_key);
+}
+
+/*
+ * static:N:K calls hvwl_keyed(i) for i = 0..N-1 and flips hvwl_key before
+ * every call i > 0 with i mod K = 0 (never with K = 0). The key starts
+ * disabled (turned off first, uncounted, if an earlier run left it on).
+ * on/off count the arms that ran by the return value; bad counts calls
+ * whose arm disagrees with the key state set or whose value is wrong.
+ */
+static void hvwl_static(long n, long k)
+{
+	long i, r, on = 0, off = 0, flips = 0, bad = 0;
+	bool enabled = false;
+
+	hvwl_key_set(false);
+	for (i = 0; i < n; i++) {
+		if (k > 0 && i > 0 && i % k == 0) {
+			enabled = !enabled;
+			hvwl_key_set(enabled);
+			flips++;
+		}
+		r = hvwl_keyed(i);
+		if (r & 1)
+			on++;
+		else
+			off++;
+		if ((r & 1) != enabled || r >> 1 != i)
+			bad++;
+	}
+	pr_info("static n=%ld on=%ld off=%ld flips=%ld key=%d bad=%ld\n",
+		n, on, off, flips, static_key_enabled(&hvwl_key), bad);
+}
+
+struct hvwl_racer {
+	long n;
+	long on, off, bad;
+	atomic_t *left;
+	struct completion *all_done;
+};
+
+static int hvwl_racer_fn(void *data)
+{
+	struct hvwl_racer *rc = data;
+	long i, r;
+
+	for (i = 0; i < rc->n; i++) {
+		r = hvwl_keyed(i);
+		if (r & 1)
+			rc->on++;
+		else
+			rc->off++;
+		if (r >> 1 != i)
+			rc->bad++;
+		/* Let the flipper run when it shares this CPU. */
+		cond_resched();
+	}
+	if (atomic_dec_and_test(rc->left))
+		complete(rc->all_done);
+	return 0;
+}
+
+/*
+ * staticrace:K:N: K kthreads "hvwl-key/<k>", bound as in threads:K:N,
+ * each call hvwl_keyed(i) for i = 0..N-1 while the caller flips hvwl_key
+ * back and forth (at least once) until they are all done, so that on SMP
+ * a thread can meet the site mid-rewrite (text_poke_bp's int3). The key
+ * starts disabled, as in static.
+ */
+static void hvwl_staticrace(long k, long n)
+{
+	DECLARE_COMPLETION_ONSTACK(all_done);
+	struct hvwl_racer *rcs;
+	struct task_struct *t;
+	atomic_t left;
+	long i, on = 0, off = 0, bad = 0, flips = 0;
+	bool enabled = false;
+
+	rcs = kcalloc(k, sizeof(*rcs), GFP_KERNEL);
+	if (!rcs) {
+		pr_info("staticrace fail err=%d\n", -ENOMEM);
+		return;
+	}
+	hvwl_key_set(false);
+	atomic_set(&left, k);
+	for (i = 0; i < k; i++) {
+		rcs[i] = (struct hvwl_racer){ .n = n, .left = &left,
+					      .all_done = &all_done };
+		t = kthread_create(hvwl_racer_fn, &rcs[i], "hvwl-key/%ld", i);
+		if (IS_ERR(t)) {
+			pr_info("staticrace fail err=%ld\n", PTR_ERR(t));
+			if (atomic_sub_and_test(k - i, &left))
+				complete(&all_done);
+			break;
+		}
+		kthread_bind(t, hvwl_nth_online_cpu(i));
+		wake_up_process(t);
+	}
+	do {
+		enabled = !enabled;
+		hvwl_key_set(enabled);
+		flips++;
+		/* The racers may share this CPU: let them run. */
+		cond_resched();
+	} while (k > 0 && !completion_done(&all_done));
+	if (k > 0)
+		wait_for_completion(&all_done);
+	for (i = 0; i < k; i++) {
+		on += rcs[i].on;
+		off += rcs[i].off;
+		bad += rcs[i].bad;
+	}
+	kfree(rcs);
+	pr_info("staticrace k=%ld n=%ld total=%ld on=%ld off=%ld flips=%ld key=%d bad=%ld\n",
+		k, n, on + off, on, off, flips, static_key_enabled(&hvwl_key), bad);
+}
+
 static void hvwl_poweroff(void)
 {
 	pr_info("poweroff\n");
@@ -434,8 +631,14 @@ static void hvwl_run_one(char *cmd, bool may_serve)
 		hvwl_fileread(a[0]);
 	else if (!strcmp(name, "tasks") && n == 0)
 		hvwl_tasks();
+	else if (!strcmp(name, "static") && n == 2)
+		hvwl_static(a[0], a[1]);
+	else if (!strcmp(name, "staticrace") && n == 2 && a[0] <= HVWL_THREADS_MAX)
+		hvwl_staticrace(a[0], a[1]);
 	else if (!strcmp(name, "exits") && n == 1)
 		hvwl_exits(a[0]);
+	else if (!strcmp(name, "mix") && n == 1)
+		hvwl_mix(a[0]);
 	else if (!strcmp(name, "poweroff") && n == 0)
 		hvwl_poweroff();
 	else if (!strcmp(name, "serve") && n == 0 && may_serve)

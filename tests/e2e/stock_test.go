@@ -422,21 +422,27 @@ func checkStockTextRestored(t *testing.T, k *kguest.Kernel, a *session.Attached,
 		if sec, ok := sites.Discarded(link); ok && sec == ".init.text" {
 			continue // freed and reused by the kernel
 		}
-		want, ok := k.Image.ReadVirt(link, 5)
-		if !ok {
-			t.Errorf("%s: not in the image", p.Name)
+		code, ok := k.Image.ReadVirt(link, 16)
+		inst, err := x86asm.Decode(code, 64)
+		if !ok || err != nil {
+			t.Errorf("%s: no instruction in the image at %#x", p.Name, link)
 			continue
 		}
-		got := make([]byte, 5)
+		n := inst.Len
+		if bytes.HasPrefix(code, []byte{0xf3, 0x0f, 0x1e, 0xfa}) {
+			n = 4 // endbr64, which x86asm reads as a lone prefix
+		}
+		want := code[:n]
+		got := make([]byte, n)
 		if err := a.Kernel.ReadVirt(p.Addr, got); err != nil {
 			t.Errorf("%s: reading back: %v", p.Name, err)
 			continue
 		}
-		patched := sites.Overlapping(link, 1)
+		patched := sites.Overlapping(link, uint64(n))
 		switch {
 		case bytes.Equal(got, want):
 			same++
-		case len(patched) > 0 && patched[0].Class == kguest.Mcount && patched[0].Addr == link && bytes.Equal(got, nop5):
+		case len(patched) > 0 && patched[0].Class == kguest.Mcount && patched[0].Addr == link && bytes.Equal(got, nop5[:n]):
 			nopped++
 		case len(patched) > 0:
 			other++ // rewritten by the kernel at boot (alternatives, ...)
