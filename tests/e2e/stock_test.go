@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -405,6 +406,43 @@ func at(s []string, i int) string {
 	return "(none)"
 }
 
+// relocated is the image's n bytes at link as hvprobe loaded them with
+// the KASLR slide: the relocation table's fields moved, as kimage.Load
+// moves them.
+func relocated(k *kguest.Kernel, link uint64, n int, slide uint64) []byte {
+	const pad = 8 // a field may start up to 7 bytes before link
+	buf, ok := k.Image.ReadVirt(link-pad, n+2*pad)
+	if !ok {
+		buf, _ = k.Image.ReadVirt(link, n)
+		return slices.Clone(buf)
+	}
+	buf = slices.Clone(buf)
+	r := k.Image.Relocs
+	if r == nil || slide == 0 {
+		return buf[pad : pad+n]
+	}
+	le := binary.LittleEndian
+	in := func(va, w uint64) (uint64, bool) {
+		return va - (link - pad), va >= link-pad && va+w <= link+uint64(n)+pad
+	}
+	for _, va := range r.Rel32 {
+		if o, ok := in(va, 4); ok {
+			le.PutUint32(buf[o:], le.Uint32(buf[o:])+uint32(slide))
+		}
+	}
+	for _, va := range r.Inv32 {
+		if o, ok := in(va, 4); ok {
+			le.PutUint32(buf[o:], le.Uint32(buf[o:])-uint32(slide))
+		}
+	}
+	for _, va := range r.Rel64 {
+		if o, ok := in(va, 8); ok {
+			le.PutUint64(buf[o:], le.Uint64(buf[o:])+slide)
+		}
+	}
+	return buf[pad : pad+n]
+}
+
 // checkStockTextRestored reads back every probed instruction once all
 // probes are gone: no int3 of hvprobe's stays, and the bytes are the
 // kernel's own.
@@ -432,7 +470,7 @@ func checkStockTextRestored(t *testing.T, k *kguest.Kernel, a *session.Attached,
 		if bytes.HasPrefix(code, []byte{0xf3, 0x0f, 0x1e, 0xfa}) {
 			n = 4 // endbr64, which x86asm reads as a lone prefix
 		}
-		want := code[:n]
+		want := relocated(k, link, n, slide)
 		got := make([]byte, n)
 		if err := a.Kernel.ReadVirt(p.Addr, got); err != nil {
 			t.Errorf("%s: reading back: %v", p.Name, err)
