@@ -19,4 +19,13 @@
 //     line; they never panic on bad input.
 //   - Nothing here touches a running VM: reading guest memory belongs to
 //     introspect, which is above this package.
+//
+// ORC (orc.go): ReadORC and Kernel.ORC decode the kernel's ORC unwind
+// tables (.orc_unwind_ip, .orc_unwind) into a sorted, immutable ORC whose
+// Lookup binary-searches an address (link-time, or runtime in a Slid
+// view). struct orc_entry changed twice, and the layout is chosen by
+// .orc_header (present from 6.4) and else the release: 6.1-6.2
+// sp_reg:4 bp_reg:4 type:2 end:1; 6.3 type:2 signal:1 end:1; 6.4+ type:3
+// signal:1 with its own undefined and end-of-stack types. ORCEntry
+// normalizes all three. .orc_lookup is not read.
 package guest

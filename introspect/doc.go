@@ -33,4 +33,13 @@
 //     UnmapPage).
 //   - Addresses named "unslid" are System.map values; "slid" ones are
 //     unslid + KASLR.Slide. Per-cpu symbols are offsets and never slide.
+//
+// Unwinder (unwind.go) walks a stopped vCPU's kernel stack on the host:
+// with a guest.ORC as the kernel's ORC unwinder does (sp/bp rules, full
+// and iret-only pt_regs frames, stopping at a user-mode pt_regs or an
+// end-of-stack entry), else along the rbp chain. Every walk is bounded
+// (MaxDepth, a repeated frame, an rbp that does not move up) and returns
+// the frames found even when it stops early with ErrUnwind. Return maps
+// kretprobe trampoline addresses back to the real return addresses,
+// which only the probe engine knows.
 package introspect

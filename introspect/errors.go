@@ -27,6 +27,9 @@ var (
 	ErrBadArgument = errors.New("invalid argument")
 	// ErrTruncated: ReadCString found no NUL within its bound.
 	ErrTruncated = errors.New("string truncated: no NUL within bound")
+	// ErrReadOnly: a CPU-like store to a page the walk does not grant
+	// writes at every level.
+	ErrReadOnly = errors.New("page not writable")
 	// ErrNotLongMode: the vCPU is not in IA-32e mode with paging enabled,
 	// so there are no 4/5-level page tables to walk.
 	ErrNotLongMode = errors.New("vCPU not in long mode with paging")

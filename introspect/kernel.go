@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/hvprobe/hvprobe/vmm"
+	"github.com/hvprobe/hvprobe/vmm/kimage"
 )
 
 // Symbols looks up unslid System.map addresses. Per-cpu symbols come back
@@ -25,16 +26,6 @@ type Registers interface {
 const (
 	MSRLSTAR        = 0xC000_0082 // SYSCALL target: entry_SYSCALL_64
 	MSRKernelGSBase = 0xC000_0102 // the kernel's GS base while in user mode
-	// StartKernelMap is __START_KERNEL_map: the kernel image's virtual base
-	// before KASLR, mapping physical 0.
-	StartKernelMap = 0xffff_ffff_8000_0000
-
-	// kaslrAlign is CONFIG_PHYSICAL_ALIGN's x86-64 minimum; the virtual
-	// slide is a multiple of it.
-	kaslrAlign = 2 << 20
-	// kaslrWindow is KERNEL_IMAGE_SIZE with KASLR: the image, slid, stays
-	// within 1 GiB above __START_KERNEL_map.
-	kaslrWindow = 1 << 30
 
 	cr0PG      = 1 << 31
 	cr4PAE     = 1 << 5
@@ -113,9 +104,9 @@ func DetectKASLR(cpu Registers, mem vmm.PhysMem, syms Symbols) (KASLR, error) {
 	entry, banner, text := addrs[0], addrs[1], addrs[2]
 	slide := lstar - entry
 	switch {
-	case entry < StartKernelMap || text < StartKernelMap:
+	case entry < kimage.StartKernelMap || text < kimage.StartKernelMap:
 		return KASLR{}, fmt.Errorf("detecting KASLR: entry_SYSCALL_64 %#x or _text %#x below __START_KERNEL_map: %w", entry, text, ErrBadSlide)
-	case slide%kaslrAlign != 0 || slide >= kaslrWindow:
+	case slide%kimage.PhysicalAlign != 0 || slide >= kimage.KernelImageSize:
 		return KASLR{}, fmt.Errorf("detecting KASLR: LSTAR %#x - entry_SYSCALL_64 %#x = %#x, not a 2 MiB multiple below 1 GiB: %w", lstar, entry, slide, ErrBadSlide)
 	}
 	k := KASLR{Slide: slide}
@@ -134,7 +125,7 @@ func DetectKASLR(cpu Registers, mem vmm.PhysMem, syms Symbols) (KASLR, error) {
 	if err != nil {
 		return KASLR{}, fmt.Errorf("detecting KASLR with slide %#x: translating _text: %w", slide, err)
 	}
-	k.PhysOffset = t.PA - (text - StartKernelMap)
+	k.PhysOffset = t.PA - (text - kimage.StartKernelMap)
 	return k, nil
 }
 

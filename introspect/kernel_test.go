@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/hvprobe/hvprobe/vmm"
+	"github.com/hvprobe/hvprobe/vmm/kimage"
 )
 
 // Unslid System.map values of the fake kernel.
@@ -76,7 +77,7 @@ func newFakeGuest(t testing.TB, slide, physOffset uint64) *fakeGuest {
 
 // imagePA is where the running kernel keeps an image address.
 func (g *fakeGuest) imagePA(unslid uint64) uint64 {
-	return unslid - StartKernelMap + g.k.PhysOffset
+	return unslid - kimage.StartKernelMap + g.k.PhysOffset
 }
 
 func (g *fakeGuest) mapImage(root, unslid uint64) {
@@ -162,7 +163,7 @@ func TestDetectKASLR(t *testing.T) {
 			}
 			// The offsets hold for any image address, not just _text.
 			tr, err := g.vm.Translate(k.Addr(symInitTask))
-			if want := symInitTask - StartKernelMap + k.PhysOffset; err != nil || tr.PA != want {
+			if want := symInitTask - kimage.StartKernelMap + k.PhysOffset; err != nil || tr.PA != want {
 				t.Fatalf("init_task PA %#x, %v; want %#x", tr.PA, err, want)
 			}
 		})

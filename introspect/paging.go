@@ -42,14 +42,11 @@ const (
 	Size1G PageSize = 1 << 30
 )
 
+var pageSizeNames = map[PageSize]string{Size4K: "4K", Size2M: "2M", Size1G: "1G"}
+
 func (s PageSize) String() string {
-	switch s {
-	case Size4K:
-		return "4K"
-	case Size2M:
-		return "2M"
-	case Size1G:
-		return "1G"
+	if n, ok := pageSizeNames[s]; ok {
+		return n
 	}
 	return fmt.Sprintf("%#x-byte", uint64(s))
 }

@@ -115,6 +115,46 @@ func (v *VirtMem) restore(spans []span, saved []byte) {
 	}
 }
 
+// Load reads the size-byte (1, 2, 4 or 8) value at va, which must not
+// cross a 4 KiB page, as the CPU would: when va is aligned, one load of
+// that width (vmm.AtomicPhys).
+func (v *VirtMem) Load(va uint64, size int) (uint64, error) {
+	pa, am, err := v.atomicAt(va, size, false)
+	if err != nil {
+		return 0, err
+	}
+	return am.LoadPhys(pa, size)
+}
+
+// Store writes the low size bytes of x at va as the CPU would (see Load).
+// Unlike Write it honours the R/W bit: a Linux kernel runs with CR0.WP
+// set, so the CPU would fault on a page the walk does not grant writes.
+func (v *VirtMem) Store(va uint64, size int, x uint64) error {
+	pa, am, err := v.atomicAt(va, size, true)
+	if err != nil {
+		return err
+	}
+	return am.StorePhys(pa, size, x)
+}
+
+func (v *VirtMem) atomicAt(va uint64, size int, write bool) (uint64, vmm.AtomicPhys, error) {
+	am, ok := v.mem.(vmm.AtomicPhys)
+	if !ok {
+		return 0, nil, fmt.Errorf("accessing VA %#x: the memory under these page tables has no atomic access", va)
+	}
+	if va&(uint64(Size4K)-1)+uint64(size) > uint64(Size4K) {
+		return 0, nil, fmt.Errorf("accessing %d bytes at VA %#x: the access crosses a page", size, va)
+	}
+	t, err := v.Translate(va)
+	if err != nil {
+		return 0, nil, fmt.Errorf("accessing %d bytes at VA %#x: %w", size, va, err)
+	}
+	if write && t.Flags&FlagWritable == 0 {
+		return 0, nil, fmt.Errorf("writing %d bytes at VA %#x: %w", size, va, ErrReadOnly)
+	}
+	return t.PA, am, nil
+}
+
 // ReadU16 reads a little-endian uint16 at va.
 func (v *VirtMem) ReadU16(va uint64) (uint16, error) {
 	var b [2]byte

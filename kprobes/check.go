@@ -14,8 +14,9 @@ type Verdict struct {
 	Insn   string // the instruction: GNU syntax and bytes
 	Len    int
 	// Exec is how a hit executes it without a post handler: "emulated"
-	// (by the host), "boosted" (from a slot, no step) or "stepped".
-	Exec string
+	// (by the host), "boosted" (from a slot, no step) or "stepped";
+	// ExecPost with one: "emulated" or "stepped".
+	Exec, ExecPost string
 }
 
 // Check makes every check of Register that depends only on the kernel's
@@ -30,9 +31,15 @@ func Check(k Kernel, addr uint64, name string) (Verdict, error) {
 	if err != nil {
 		return Verdict{}, err
 	}
-	v := Verdict{Addr: addr, Symbol: sym, Offset: off, Insn: in.String(), Len: len(in.raw), Exec: "stepped"}
+	v := Verdict{Addr: addr, Symbol: sym, Offset: off, Insn: in.String(), Len: len(in.raw), Exec: "stepped", ExecPost: "stepped"}
+	// ExecPost assumes the running kernel's view is an AtomicVirt (k, an
+	// image before boot, need not be) and cannot foresee what only the
+	// registers decide (an unmapped operand, a long rep).
+	if in.emul != emulNone {
+		v.ExecPost = "emulated"
+	}
 	switch {
-	case in.emul != emulNone:
+	case in.emulated(false):
 		v.Exec = "emulated"
 	case in.boostable:
 		v.Exec = "boosted"

@@ -26,13 +26,23 @@
 // see). Then the displaced instruction executes in one of three ways:
 //   - emulated by the host from the registers the pre handlers left, post
 //     handlers in the same exit: nop, endbr, push/pop %reg, push $imm,
-//     push mem, leave, mov %reg,%reg, add/sub $imm,%reg, xor %reg,%reg,
-//     and near control transfers (jmp/jcc/loop/jrcxz rel, call rel32,
-//     call/jmp through a register or a %rip-relative pointer, ret,
-//     ret $imm16); one exit, no slot. Stack and pointer accesses go
-//     through the guest's page tables; when one fails (or a target is not
-//     canonical) the instruction goes to its slot instead, so the guest
-//     takes the CPU's own fault;
+//     leave, pushf, popf (CPL 0 rules), cli; mov, movzx, movsx, movsxd
+//     and lea at any GPR width and addressing (%rip-relative, FS/GS
+//     bases from the vCPU's sregs); add, sub, and, or, xor, cmp, test,
+//     inc, dec with the CPU's flags; cmovcc, setcc; push/pop m64;
+//     movs/stos up to a page, DF either way; near control transfers
+//     (jmp/jcc/loop/jrcxz rel,
+//     call rel32, call/jmp through a register or memory, ret,
+//     ret $imm16). One exit, no slot. Memory goes through the guest's page
+//     tables, data operands through AtomicVirt (one host access of the
+//     CPU's width, so other vCPUs never see a torn value). A lower-half,
+//     unmapped, read-only, MMIO, page-crossing or non-canonical access
+//     sends the instruction to its slot instead, so the guest takes the
+//     CPU's own fault; so does a hit with TF set. Without a post handler
+//     a boostable instruction with a data operand is boosted instead
+//     (the same one exit, no host page walk). Locked instructions are
+//     never emulated: that would take an atomic read-modify-write of
+//     guest RAM from the host;
 //   - boosted: rip = slot, which ends with a jmp back; one exit; only when
 //     no post handler is registered at the address and the kernel has no
 //     exception-table entry for it (a fault in the slot names the slot,
@@ -87,6 +97,9 @@
 // through an alias mapping is not probed. A stepped repeated string
 // instruction keeps interrupts off for all its iterations. An emulated
 // indirect call or jmp skips the CPU's ENDBR (IBT) check of its target.
+// Emulated accesses do not set the page tables' accessed and dirty bits
+// (Linux maps kernel memory with both set) and bypass the guest's TLB,
+// seeing the page tables as they are now.
 // A kretprobed function returning with ret $imm16 reaches the trampoline
 // with its frame no longer at rsp-8: an orphan return.
 package kprobes

@@ -10,10 +10,11 @@ import (
 )
 
 // TestRepFaultMidway: a rep stosq runs into an unmapped page after two
-// iterations. Stepped (it has a fixup), the fault is redirected to the
-// probe's address with IF restored and the instruction resumes there with
-// the count it had; boosted, the fault names the slot and the guest's
-// handler returns into it. Either way it completes exactly once.
+// iterations. With a fixup the host emulates the two, then steps the rest
+// in the slot: the fault is redirected to the probe's address with IF
+// restored and the instruction resumes there with the count it had (and
+// is emulated to the end); boosted, the fault names the slot and the
+// guest's handler returns into it. Either way it completes exactly once.
 func TestRepFaultMidway(t *testing.T) {
 	for _, stepped := range []bool{true, false} {
 		name := map[bool]string{true: "stepped", false: "boosted"}[stepped]
@@ -41,13 +42,16 @@ func TestRepFaultMidway(t *testing.T) {
 			r.RDI, r.RCX, r.RAX, r.RIP = dataVA+dataSize-16, 4, pattern, f
 			rsp := r.RSP
 			e.stepGuest() // int3: to the slot
-			for i := uint64(1); i <= 2; i++ {
+			if stepped {
+				// The host did the two iterations that reach mapped memory.
+				if r.RIP != slot || r.RCX != 2 || r.RDI != dataVA+dataSize || !e.cpu.ss || r.RFLAGS&vmm.FlagIF != 0 {
+					t.Fatalf("after emulating: rip %#x rcx %d rdi %#x single-step %v rflags %#x", r.RIP, r.RCX, r.RDI, e.cpu.ss, r.RFLAGS)
+				}
+			}
+			for i := uint64(1); i <= 2 && !stepped; i++ {
 				e.stepGuest()
 				if r.RIP != slot || r.RCX != 4-i {
 					t.Fatalf("after iteration %d: rip %#x rcx %d", i, r.RIP, r.RCX)
-				}
-				if stepped && (!e.cpu.ss || r.RFLAGS&vmm.FlagIF != 0) {
-					t.Fatalf("mid-instruction: single-step %v, rflags %#x; want on, IF clear", e.cpu.ss, r.RFLAGS)
 				}
 			}
 			e.stepGuest() // the third store faults: the guest enters its #PF handler
@@ -197,11 +201,14 @@ func TestEmulationUsesPreHandlerRegs(t *testing.T) {
 // canonical, emulate changes nothing and says so, for the slot to run the
 // instruction and the guest to take the CPU's fault.
 func TestEmulateFallsBack(t *testing.T) {
-	const userVA = 0x1000
+	const userVA, mmioVA, roVA = 0x1000, 0xffffc90000200000, 0xffffc90000300000
 	newK := func() *fakeKernel {
 		k := &fakeKernel{mem: &fakeMem{b: make([]byte, 0x2000)},
 			maps: []mapping{{userVA, 0, 0x1000}, {stackVA, 0x1000, 0x1000}}}
 		writeU64(k, stackVA+0x100, 0x0000800000000000) // a non-canonical return address
+		k.maps = append(k.maps, mapping{mmioVA, 0x10000, 0x1000})
+		k.maps = append(k.maps, mapping{roVA, 0x1000, 0x1000}) // the stack page, read-only
+		k.readOnly = map[uint64]bool{roVA: true}
 		return k
 	}
 	top := uint64(stackVA + 0x100)
@@ -223,18 +230,42 @@ func TestEmulateFallsBack(t *testing.T) {
 		{"ret, non-canonical target", b(0xc3), vmm.Regs{RSP: top}},
 		{"jmp reg, non-canonical target", b(0xff, 0xe0), vmm.Regs{RAX: 1 << 63}},
 		{"call reg, non-canonical target", b(0xff, 0xd0), vmm.Regs{RSP: top, RAX: 1 << 63}},
+		{"call reg mem, pointer unmapped", b(0xff, 0x53, 0x08), vmm.Regs{RSP: top, RBX: unmappedVA}},
+		{"mov load, unmapped", b(0x48, 0x8b, 0x07), vmm.Regs{RDI: unmappedVA}},
+		{"mov load, user address", b(0x48, 0x8b, 0x07), vmm.Regs{RDI: userVA}},
+		{"mov load, non-canonical", b(0x48, 0x8b, 0x07), vmm.Regs{RDI: 0x8000_0000_0000_1000}},
+		{"mov load, crossing a page", b(0x48, 0x8b, 0x07), vmm.Regs{RDI: stackVA + 0xffc}},
+		{"mov store, MMIO (beyond RAM)", b(0x48, 0x89, 0x07), vmm.Regs{RDI: mmioVA}},
+		{"mov store, read-only page", b(0x48, 0x89, 0x07), vmm.Regs{RDI: roVA + 0x800}},
+		{"mov gs load, base 0: a user address", b(0x65, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0), vmm.Regs{}},
+		{"add to memory, unmapped", b(0x48, 0x01, 0x07), vmm.Regs{RDI: unmappedVA}},
+		{"incl, read-only page", b(0xff, 0x07), vmm.Regs{RDI: roVA + 0x800}},
+		{"pop m64, destination unmapped", b(0x8f, 0x07), vmm.Regs{RSP: top, RDI: unmappedVA}},
+		{"pop m64, stack unmapped", b(0x8f, 0x07), vmm.Regs{RSP: unmappedVA, RDI: top}},
+		{"pushf, stack unmapped", b(0x9c), vmm.Regs{RSP: unmappedVA + 8}},
+		{"popf, stack unmapped", b(0x9d), vmm.Regs{RSP: unmappedVA}},
+		{"mov load, TF set", b(0x48, 0x8b, 0x07), vmm.Regs{RDI: top, RFLAGS: vmm.FlagTF}},
+		{"nop, TF set", b(0x90), vmm.Regs{RFLAGS: vmm.FlagTF | 2}},
+		{"rep movsb, source unmapped", b(0xf3, 0xa4), vmm.Regs{RCX: 8, RSI: unmappedVA, RDI: top}},
+		{"rep movsb, overlapping", b(0xf3, 0xa4), vmm.Regs{RCX: 8, RSI: top, RDI: top + 4}},
+		{"rep movsb, beyond a page", b(0xf3, 0xa4), vmm.Regs{RCX: pageSize + 1, RSI: stackVA, RDI: top}},
+		{"rep stosb, first store read-only", b(0xf3, 0xaa), vmm.Regs{RCX: 16, RDI: roVA + 0x800}},
+		{"rep stosq, unaligned", b(0xf3, 0x48, 0xab), vmm.Regs{RCX: 2, RDI: top + 1}},
+		{"rep stosb, user address", b(0xf3, 0xaa), vmm.Regs{RCX: 2, RDI: userVA}},
+		{"std rep stosb, wrapping below", b(0xf3, 0xaa), vmm.Regs{RCX: 16, RDI: 1<<63 + 4, RFLAGS: flagDF}},
+		{"rep movsb, 32-bit addresses", b(0x67, 0xf3, 0xa4), vmm.Regs{RCX: 8, RSI: top, RDI: top + 64}},
 	}
 	for _, c := range cases {
 		in, r := analyze(c.code)
-		if r != nil || in.emul == emulNone {
-			t.Fatalf("%s: not emulable (%v)", c.name, r)
+		if r != nil {
+			t.Fatalf("%s: %v", c.name, r)
 		}
 		k := newK()
 		mem := bytes.Clone(k.mem.b)
 		regs := c.regs
 		regs.RIP = textVA
 		before := regs
-		if emulate(in, textVA, &regs, k) {
+		if emulate(in, textVA, &regs, newMachine(k, &fakeCPU{})) {
 			t.Errorf("%s: emulated", c.name)
 		}
 		if regs != before || !bytes.Equal(mem, k.mem.b) {
@@ -295,9 +326,21 @@ func TestEmulateMatchesInterpreter(t *testing.T) {
 		cat(b(0xff, 0x15), ptr), cat(b(0xff, 0x25), ptr),
 		b(0xc3), b(0xf3, 0xc3), b(0xc2, 0x18, 0x00), b(0xc2, 0xff, 0xff),
 		b(0xe0, 0xfe), b(0xe1, 0x10), b(0xe2, 0x80), b(0xe3, 0x7f),
+		// Data forms on random %rdx/%rbx, and on memory at %r10.
+		b(0x01, 0xda), b(0x48, 0x29, 0xda), b(0x66, 0x01, 0xda), b(0x00, 0xda), b(0x28, 0xfe), b(0x38, 0xda),
+		b(0x48, 0x39, 0xda), b(0x66, 0x39, 0xda), b(0x84, 0xda), b(0x48, 0x85, 0xda), b(0x21, 0xda), b(0x66, 0x09, 0xda),
+		b(0x48, 0x31, 0xda), b(0x30, 0xf2), b(0xfe, 0xc2), b(0x66, 0xff, 0xca), b(0xff, 0xc2), b(0x48, 0xff, 0xca),
+		b(0x80, 0xc2, 0x80), b(0x66, 0x83, 0xea, 0x7f), b(0x48, 0x81, 0xf2, 0x00, 0x00, 0x00, 0x80), b(0x24, 0x0f),
+		b(0x49, 0x01, 0x12), b(0x41, 0x03, 0x12), b(0x41, 0x80, 0x02, 0x80), b(0x66, 0x41, 0xff, 0x0a), b(0x41, 0xf6, 0x02, 0x81),
+		b(0x49, 0x83, 0x3a, 0xff), b(0x41, 0x30, 0x32), b(0x41, 0x8a, 0x12), b(0x66, 0x41, 0x8b, 0x12), b(0x41, 0x8b, 0x12),
+		b(0x49, 0x89, 0x1a), b(0x41, 0x88, 0x3a), b(0x49, 0x0f, 0xbe, 0x12), b(0x49, 0x63, 0x12), b(0x41, 0x0f, 0xb7, 0x12),
+		b(0x48, 0x0f, 0xbf, 0xd3), b(0x0f, 0xb6, 0xd7), b(0x48, 0x8d, 0x54, 0x5a, 0x80), b(0x89, 0xda), b(0x88, 0xf2),
+		b(0x41, 0x8f, 0x02), b(0x9c), b(0x9d), b(0xfa),
 	}
 	for cc := byte(0); cc < 16; cc++ {
-		codes = append(codes, b(0x70+cc, 0x85), b(0x0f, 0x80+cc, 0x34, 0x12, 0, 0))
+		codes = append(codes, b(0x70+cc, 0x85), b(0x0f, 0x80+cc, 0x34, 0x12, 0, 0),
+			b(0x48, 0x0f, 0x40+cc, 0xda), b(0x0f, 0x40+cc, 0xda), b(0x66, 0x41, 0x0f, 0x40+cc, 0x12), // cmovcc
+			b(0x0f, 0x90+cc, 0xc2), b(0x0f, 0x90+cc, 0xc6), b(0x41, 0x0f, 0x90+cc, 0x02)) // setcc %dl, %dh, (%r10)
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	for _, c := range codes {
@@ -322,15 +365,142 @@ func TestEmulateMatchesInterpreter(t *testing.T) {
 			}
 			ref, refMem := regs, bytes.Clone(mem.b)
 			rk := &fakeKernel{mem: &fakeMem{b: refMem}, maps: k.maps}
-			if err := execInsn(rk, &ref, c, false); err != nil {
+			if err := execInsn(rk, &ref, &vmm.Sregs{}, c, false); err != nil {
 				t.Fatalf("% x: interpreter: %v", c, err)
 			}
-			if !emulate(in, at, &regs, k) {
+			if !emulate(in, at, &regs, newMachine(k, &fakeCPU{})) {
 				t.Fatalf("% x from %+v: not emulated", c, ref)
 			}
 			if regs != ref || !bytes.Equal(mem.b, refMem) {
 				t.Fatalf("% x: emulated\n %+v\n interpreted\n %+v\n memory equal %v", c, regs, ref, bytes.Equal(mem.b, refMem))
 			}
+		}
+	}
+}
+
+// TestEmulateRepStopsMidway: a rep stos whose stores reach a read-only
+// page after two iterations stops there as the CPU does between
+// iterations: the two elements written, RCX and RDI saying so, RIP still
+// on the instruction, which the slot then finishes (and faults).
+func TestEmulateRepStopsMidway(t *testing.T) {
+	for _, df := range []bool{false, true} {
+		k := &fakeKernel{mem: &fakeMem{b: make([]byte, 0x2000)},
+			maps: []mapping{{stackVA, 0, 0x2000}}, readOnly: map[uint64]bool{stackVA + 0x1000: true}}
+		in, _ := analyze(b(0xf3, 0x48, 0xab)) // rep stosq
+		regs := vmm.Regs{RIP: textVA, RCX: 4, RDI: stackVA + 0x1000 - 16, RAX: 0x5a5a, RFLAGS: 2}
+		wantRDI := uint64(stackVA + 0x1000)
+		if df {
+			// Down from the read-only page's second word: that one and
+			// the first fail at once.
+			regs.RDI, regs.RFLAGS = stackVA+0x1000+8, 2|flagDF
+			wantRDI = regs.RDI
+		}
+		if emulate(in, textVA, &regs, newMachine(k, &fakeCPU{})) {
+			t.Fatalf("df=%v: emulated into a read-only page", df)
+		}
+		wantRCX := map[bool]uint64{false: 2, true: 4}[df]
+		if regs.RIP != textVA || regs.RCX != wantRCX || regs.RDI != wantRDI {
+			t.Errorf("df=%v: rip %#x rcx %d rdi %#x, want %#x %d %#x", df, regs.RIP, regs.RCX, regs.RDI, uint64(textVA), wantRCX, wantRDI)
+		}
+		if !df && (readU64(k, stackVA+0x1000-16) != 0x5a5a || readU64(k, stackVA+0x1000-8) != 0x5a5a) {
+			t.Error("the iterations before the read-only page were not written")
+		}
+	}
+}
+
+// TestEmulatedStoresAreSingle: an emulated aligned store of 1, 2, 4 or 8
+// bytes is one StoreVirt of that width (one host store, which the CPU's
+// store is to other vCPUs), never a byte copy through WriteVirt; string
+// instructions store in aligned pieces of up to 8 bytes.
+func TestEmulatedStoresAreSingle(t *testing.T) {
+	type st = hostStore
+	const d = memVA
+	for _, c := range []struct {
+		name string
+		code []byte
+		regs func(r *vmm.Regs)
+		want []hostStore
+	}{
+		{"mov store64", b(0x48, 0x89, 0x07), nil, []st{{d, 8}}},
+		{"mov store32", b(0x89, 0x47, 0x04), nil, []st{{d + 4, 4}}},
+		{"mov store16", b(0x66, 0x89, 0x47, 0x02), nil, []st{{d + 2, 2}}},
+		{"mov store8", b(0x88, 0x47, 0x03), nil, []st{{d + 3, 1}}},
+		{"movq imm", b(0x48, 0xc7, 0x07, 1, 0, 0, 0), nil, []st{{d, 8}}},
+		{"incq rmw", b(0x48, 0xff, 0x07), nil, []st{{d, 8}}},
+		{"orb rmw", b(0x80, 0x4f, 0x09, 0x80), nil, []st{{d + 9, 1}}},
+		{"cmp: no store", b(0x48, 0x39, 0x07), nil, nil},
+		{"mov gs store64", b(0x65, 0x48, 0x89, 0x04, 0x25, 0x08, 0, 0, 0), nil, []st{{d + 8, 8}}},
+		{"push", b(0x55), nil, []st{{stackVA + 0x1000 - 8, 8}}},
+		{"pushf", b(0x9c), nil, []st{{stackVA + 0x1000 - 8, 8}}},
+		{"call reg", b(0xff, 0xd0), func(r *vmm.Regs) { r.RAX = textVA }, []st{{stackVA + 0x1000 - 8, 8}}},
+		{"pop m64", b(0x8f, 0x47, 0x08), nil, []st{{d + 8, 8}}},
+		{"rep stosq", b(0xf3, 0x48, 0xab), func(r *vmm.Regs) { r.RCX = 2 }, []st{{d, 8}, {d + 8, 8}}},
+		{"rep movsb 13", b(0xf3, 0xa4), func(r *vmm.Regs) { r.RCX, r.RSI = 13, d+0x101 },
+			[]st{{d, 8}, {d + 8, 4}, {d + 12, 1}}},
+		{"std rep stosw", b(0xf3, 0x66, 0xab), func(r *vmm.Regs) { r.RCX, r.RDI, r.RFLAGS = 6, d+10, 2|flagDF },
+			[]st{{d + 8, 4}, {d, 8}}},
+	} {
+		e := newEnv(t)
+		f := e.fn("f", append(bytes.Clone(c.code), 0xc3)...)
+		e.cpu.regs.RDI, e.cpu.regs.RSP = d, stackVA+0x1000
+		e.cpu.sregs.GS.Base = d
+		if c.regs != nil {
+			c.regs(&e.cpu.regs)
+		}
+		if err := e.m.Register(&Kprobe{Symbol: "f", PostHandler: func(*Context) {}}); err != nil {
+			t.Fatal(err)
+		}
+		e.k.stores, e.k.virtWrites = nil, 0
+		e.cpu.regs.RIP = f
+		e.stepGuest()
+		if st := e.m.Stats(); st.Emulated != 1 {
+			t.Fatalf("%s: not emulated: %+v", c.name, st)
+		}
+		if e.k.virtWrites != 0 || !slicesEqual(e.k.stores, c.want) {
+			t.Errorf("%s: stores %v and %d WriteVirt calls, want %v and none", c.name, e.k.stores, e.k.virtWrites, c.want)
+		}
+	}
+}
+
+// TestDataEmulationNeedsAtomicVirt: a Kernel without AtomicVirt gets its
+// data operands run from the slot (stepped with a post handler); stack
+// and branch emulation go on through ReadVirt/WriteVirt.
+func TestDataEmulationNeedsAtomicVirt(t *testing.T) {
+	e := newEnv(t)
+	mov := e.fn("mov", 0x48, 0x8b, 0x07, 0xc3) // mov (%rdi),%rax
+	push := e.fn("push", 0x55, 0x5d, 0xc3)
+	type plainKernel struct{ Kernel }
+	m, err := NewManager(e.vm, plainKernel{e.k}, SlotArea{VA: slotAVA, GPA: slotAGPA, Size: slotASize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.m = m
+	for _, s := range []string{"mov", "push"} {
+		if err := m.Register(&Kprobe{Symbol: s, PostHandler: func(*Context) {}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeU64(e.k, dataVA, 0x1234567890)
+	e.cpu.regs.RDI = dataVA
+	e.call(mov)
+	rax := e.cpu.regs.RAX
+	e.reset()
+	e.call(push)
+	if st := m.Stats(); st.Stepped != 1 || st.Emulated != 1 || st.SteppedOps["mov"] != 1 || rax != 0x1234567890 {
+		t.Errorf("stats %+v, rax %#x", st, rax)
+	}
+}
+
+// BenchmarkEmulateLoad is the host side of an emulated mov (%rdi),%rax
+// over the fake: the part a boosted slot does not pay (see dataForm).
+func BenchmarkEmulateLoad(b *testing.B) {
+	in, _ := analyze([]byte{0x48, 0x8b, 0x07})
+	k := &fakeKernel{mem: &fakeMem{b: make([]byte, dataSize)}, maps: []mapping{{dataVA, 0, dataSize}}}
+	g := newMachine(k, &fakeCPU{})
+	for b.Loop() {
+		regs := vmm.Regs{RIP: textVA, RDI: dataVA + 8, RFLAGS: 2}
+		if !emulate(in, textVA, &regs, g) {
+			b.Fatal("not emulated")
 		}
 	}
 }

@@ -1,10 +1,12 @@
 package kprobes
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
+	"sync"
 	"testing"
 
 	"github.com/hvprobe/hvprobe/vmm"
@@ -75,6 +77,19 @@ type fakeKernel struct {
 	// exception-table entry.
 	reserved func(va, n uint64) error
 	fixups   map[uint64]bool
+	// readOnly pages (by VA) refuse StoreVirt, as a walk without R/W.
+	readOnly map[uint64]bool
+	// stores logs every StoreVirt, virtWrites counts WriteVirt calls
+	// (vCPUs run concurrently in the SMP tests).
+	logMu      sync.Mutex
+	stores     []hostStore
+	virtWrites int
+}
+
+// hostStore is one StoreVirt: in the fake, one store of size bytes.
+type hostStore struct {
+	va   uint64
+	size int
 }
 
 func (k *fakeKernel) Resolve(name string, off uint64) (uint64, error) {
@@ -127,7 +142,55 @@ func (k *fakeKernel) ReadVirt(va uint64, p []byte) error {
 	}
 	return k.access(va, p, false)
 }
-func (k *fakeKernel) WriteVirt(va uint64, p []byte) error { return k.access(va, p, true) }
+func (k *fakeKernel) WriteVirt(va uint64, p []byte) error {
+	k.logMu.Lock()
+	k.virtWrites++
+	k.logMu.Unlock()
+	return k.access(va, p, true)
+}
+
+// atomicSpan is the RAM behind an AtomicVirt access, as the real
+// implementation finds it: one translation, inside one page.
+func (k *fakeKernel) atomicSpan(va uint64, size int) ([]byte, error) {
+	if size != 1 && size != 2 && size != 4 && size != 8 || va%pageSize+uint64(size) > pageSize {
+		return nil, fmt.Errorf("fake: %d-byte atomic access at %#x", size, va)
+	}
+	gpa, err := k.Translate(va)
+	if err != nil {
+		return nil, err
+	}
+	if gpa+uint64(size) > uint64(len(k.mem.b)) {
+		return nil, fmt.Errorf("fake: gpa %#x: %w", gpa, errOutOfRange)
+	}
+	return k.mem.b[gpa : gpa+uint64(size)], nil
+}
+
+func (k *fakeKernel) LoadVirt(va uint64, size int) (uint64, error) {
+	b, err := k.atomicSpan(va, size)
+	if err != nil {
+		return 0, err
+	}
+	var w [8]byte
+	copy(w[:], b)
+	return binary.LittleEndian.Uint64(w[:]), nil
+}
+
+func (k *fakeKernel) StoreVirt(va uint64, size int, v uint64) error {
+	b, err := k.atomicSpan(va, size)
+	if err != nil {
+		return err
+	}
+	if k.readOnly[va&^(pageSize-1)] {
+		return fmt.Errorf("fake: %#x is read-only", va)
+	}
+	var w [8]byte
+	binary.LittleEndian.PutUint64(w[:], v)
+	copy(b, w[:size])
+	k.logMu.Lock()
+	k.stores = append(k.stores, hostStore{va, size})
+	k.logMu.Unlock()
+	return nil
+}
 
 type fakeVM struct {
 	mem  *fakeMem
@@ -284,7 +347,7 @@ func (e *env) exec(c *fakeCPU) (exits int, err error) {
 		}
 	}
 	stepping := c.ss
-	if err := execInsn(e.k, &c.regs, code[:], stepping); err != nil {
+	if err := execInsn(e.k, &c.regs, &c.sregs, code[:], stepping); err != nil {
 		var pf *pageFault
 		if !errors.As(err, &pf) {
 			return 0, fmt.Errorf("vCPU %d: at %#x: %w", c.id, c.regs.RIP, err)
@@ -331,8 +394,6 @@ type pageFault struct{ va uint64 }
 
 func (p *pageFault) Error() string { return fmt.Sprintf("page fault at %#x", p.va) }
 
-const flagDF = 1 << 10
-
 // regField is the interpreter's own view of a register: the 64-bit field
 // holding it, the bit offset and the width (AH..BH are bits 8-15).
 func regField(r *vmm.Regs, a x86asm.Reg) (*uint64, uint, uint) {
@@ -368,10 +429,10 @@ func signExtend(v uint64, bits uint) uint64 { return uint64(int64(v<<(64-bits)) 
 // code on regs, for the instructions the tests use. Flags, conditions and
 // string iterations are computed independently of the engine's emulator.
 // tf is the trap flag the hardware would have set while single-stepping
-// (visible to pushf). A repeated string instruction does one iteration per
+// (visible to pushf); sr gives the FS and GS bases. A repeated string instruction does one iteration per
 // call and leaves rip on itself until it is done, as the CPU does between
 // interruptible iterations (and single-step traps).
-func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
+func execInsn(k Kernel, r *vmm.Regs, sr *vmm.Sregs, code []byte, tf bool) error {
 	inst, ok := decode(code)
 	if !ok {
 		return fmt.Errorf("interpreter: undecodable % x", code[:4])
@@ -390,6 +451,12 @@ func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
 		if m.Index != 0 {
 			p, _, _ := regField(r, m.Index)
 			a += *p * uint64(m.Scale)
+		}
+		switch m.Segment {
+		case x86asm.FS:
+			a += sr.FS.Base
+		case x86asm.GS:
+			a += sr.GS.Base
 		}
 		return a
 	}
@@ -500,7 +567,9 @@ func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
 			return err
 		}
 	case x86asm.LEA:
-		_ = write(args[0], addr(args[1].(x86asm.Mem)))
+		m := args[1].(x86asm.Mem)
+		m.Segment = 0 // lea takes no segment base
+		_ = write(args[0], addr(m))
 	case x86asm.ADD, x86asm.SUB, x86asm.CMP:
 		a, err := read(args[0])
 		if err != nil {
@@ -590,6 +659,21 @@ func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
 				*p = *p&^mask(w) | dst
 			}
 		}
+	case x86asm.CMOVA, x86asm.CMOVAE, x86asm.CMOVB, x86asm.CMOVBE, x86asm.CMOVE, x86asm.CMOVG, x86asm.CMOVGE, x86asm.CMOVL,
+		x86asm.CMOVLE, x86asm.CMOVNE, x86asm.CMOVNO, x86asm.CMOVNP, x86asm.CMOVNS, x86asm.CMOVO, x86asm.CMOVP, x86asm.CMOVS:
+		v, err := read(args[1])
+		if err != nil {
+			return err
+		}
+		if !refCC(opcodeAfter0F(code)&0xf, r.RFLAGS) {
+			v, _ = read(args[0]) // written back: a 32-bit one still zero-extends
+		}
+		_ = write(args[0], v)
+	case x86asm.SETA, x86asm.SETAE, x86asm.SETB, x86asm.SETBE, x86asm.SETE, x86asm.SETG, x86asm.SETGE, x86asm.SETL,
+		x86asm.SETLE, x86asm.SETNE, x86asm.SETNO, x86asm.SETNP, x86asm.SETNS, x86asm.SETO, x86asm.SETP, x86asm.SETS:
+		if err := write(args[0], boolFlag(refCC(opcodeAfter0F(code)&0xf, r.RFLAGS), 1)); err != nil {
+			return err
+		}
 	case x86asm.PUSH:
 		v, err := read(args[0]) // a %rsp-based operand is read before the push
 		if err != nil {
@@ -616,7 +700,8 @@ func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
 		}
 		r.RBP = v
 	case x86asm.PUSHFQ:
-		if err := push(r.RFLAGS | boolFlag(tf, vmm.FlagTF)); err != nil {
+		// The image has RF (bit 16) and VM (bit 17) clear.
+		if err := push((r.RFLAGS | boolFlag(tf, vmm.FlagTF)) &^ 0x30000); err != nil {
 			return err
 		}
 	case x86asm.POPFQ:
@@ -624,7 +709,10 @@ func execInsn(k Kernel, r *vmm.Regs, code []byte, tf bool) error {
 		if err != nil {
 			return err
 		}
-		r.RFLAGS = v&^vmm.FlagTF | 2
+		// CPL 0: bits 0-21 change but reserved 1, 3, 5, 15, RF (16,
+		// cleared) and VM, VIF, VIP (17, 19, 20, kept); bit 1 is set.
+		const fixed = 1<<1 | 1<<3 | 1<<5 | 1<<15 | 1<<16 | 1<<17 | 1<<19 | 1<<20
+		r.RFLAGS = r.RFLAGS&(1<<17|1<<19|1<<20) | v&(0x3fffff&^fixed) | 2
 	case x86asm.CLI:
 		r.RFLAGS &^= vmm.FlagIF
 	case x86asm.STI:
@@ -789,7 +877,7 @@ func refCond(code []byte, pcRel int, r *vmm.Regs) (bool, error) {
 		return false, fmt.Errorf("interpreter: branch % x not implemented", code)
 	}
 	f := r.RFLAGS
-	cf, zf, sf, of, pf := f&flagCF != 0, f&flagZF != 0, f&flagSF != 0, f&flagOF != 0, f&flagPF != 0
+	zf := f&flagZF != 0
 	switch op {
 	case 0xe3:
 		return r.RCX == 0, nil
@@ -797,8 +885,24 @@ func refCond(code []byte, pcRel int, r *vmm.Regs) (bool, error) {
 		r.RCX--
 		return r.RCX != 0 && (op == 0xe2 || zf == (op == 0xe1)), nil
 	}
-	c := [8]bool{of, cf, zf, cf || zf, sf, pf, sf != of, zf || sf != of}[op&0xf>>1]
-	return c != (op&1 == 1), nil
+	return refCC(op&0xf, f), nil
+}
+
+// refCC evaluates condition code cc (the low nibble of jcc, cmovcc and
+// setcc opcodes) on flags f.
+func refCC(cc byte, f uint64) bool {
+	cf, zf, sf, of, pf := f&flagCF != 0, f&flagZF != 0, f&flagSF != 0, f&flagOF != 0, f&flagPF != 0
+	c := [8]bool{of, cf, zf, cf || zf, sf, pf, sf != of, zf || sf != of}[cc>>1]
+	return c != (cc&1 == 1)
+}
+
+// opcodeAfter0F is the byte after the 0x0f escape, past the prefixes.
+func opcodeAfter0F(code []byte) byte {
+	i := 0
+	for i < len(code) && (bytes.IndexByte([]byte{0x66, 0x67, 0xf2, 0xf3, 0x2e, 0x3e, 0x26, 0x36, 0x64, 0x65, 0xf0}, code[i]) >= 0 || code[i]&0xf0 == 0x40) {
+		i++
+	}
+	return code[i+1]
 }
 
 // refArith is the interpreter's own add/sub (computed on sign-extended

@@ -119,7 +119,7 @@ func (m *Manager) onBreakpoint(cpu vmm.CPU, rip uint64) bool {
 	}
 	in := s.in
 	switch {
-	case in.emul != emulNone && emulate(in, rip, &regs, m.k):
+	case in.emulated(hasPost) && emulate(in, rip, &regs, newMachine(m.k, cpu)):
 		for _, mb := range members {
 			if mb.post != nil {
 				mb.post(ctx)
@@ -174,7 +174,7 @@ func (m *Manager) reenter(cpu vmm.CPU, st *cpuState, s *site, members []*member,
 	for _, mb := range members {
 		mb.c.nmissed.Add(1)
 	}
-	if s.in.emul != emulNone && emulate(s.in, s.addr, &regs, m.k) {
+	if s.in.emulated(false) && emulate(s.in, s.addr, &regs, newMachine(m.k, cpu)) {
 		m.setRegs(cpu, &regs)
 		m.account(members, 1)
 		m.release(s)
@@ -254,6 +254,7 @@ func (m *Manager) onStep(cpu vmm.CPU) bool {
 			}
 		}
 		m.st.stepped.Add(1)
+		m.st.countStepped(in)
 	}
 	m.setRegs(cpu, &regs)
 	m.account(st.members, st.exits)
@@ -365,17 +366,13 @@ func (m *Manager) vectorOf(cpu vmm.CPU, rip uint64) int {
 	if err != nil {
 		return -1
 	}
-	n := (int(sr.IDT.Limit) + 1) / 16
-	idt := make([]byte, 16*n)
+	n := (int(sr.IDT.Limit) + 1) / vmm.IDTGateSize
+	idt := make([]byte, vmm.IDTGateSize*n)
 	if m.k.ReadVirt(sr.IDT.Base, idt) != nil {
 		return -1
 	}
 	for v := 0; v < n; v++ {
-		g := idt[16*v:]
-		off := uint64(binary.LittleEndian.Uint16(g[0:])) |
-			uint64(binary.LittleEndian.Uint16(g[6:]))<<16 |
-			uint64(binary.LittleEndian.Uint32(g[8:]))<<32
-		if off == rip {
+		if vmm.GateOffset(idt[vmm.IDTGateSize*v:]) == rip {
 			return v
 		}
 	}

@@ -51,3 +51,24 @@ type Kernel interface {
 type SlotArea struct {
 	VA, GPA, Size uint64
 }
+
+// AtomicVirt is kernel virtual memory accessed as the CPU accesses it. A
+// Kernel that implements it lets the engine emulate instructions with data
+// memory operands (mov, arithmetic, push/pop m64, movs/stos), post handlers
+// included, in the hit's one exit; without it those run from their slot.
+// ReadVirt and WriteVirt are copies (memmove) that may tear a value, which
+// another vCPU reading a pointer with READ_ONCE must never see.
+//
+// Both take size 1, 2, 4 or 8 and a va whose [va, va+size) lies in one
+// 4 KiB page; va is translated through the kernel's page tables as
+// ReadVirt does. The access fails, touching nothing, when va is not
+// mapped or translates outside guest RAM (MMIO); StoreVirt also fails
+// when the walk does not grant a write at every level (R/W clear: the
+// CPU would fault, CR0.WP being set in a Linux kernel). When va is a
+// multiple of size, the access is one host load or store of that width on
+// the RAM mapping, single-copy atomic against the running vCPUs. Values
+// are little-endian: the low size bytes of v, zero-extended on load.
+type AtomicVirt interface {
+	LoadVirt(va uint64, size int) (uint64, error)
+	StoreVirt(va uint64, size int, v uint64) error
+}

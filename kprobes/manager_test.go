@@ -235,9 +235,9 @@ func TestFaultInSlot(t *testing.T) {
 // slot runs no handlers, counts nmissed, and executes its instruction.
 func TestReenter(t *testing.T) {
 	e := newEnv(t)
-	a := e.fn("a", 0x48, 0x8b, 0x07, 0xc3)  // mov (%rdi),%rax: stepped
-	bn := e.fn("b", 0x90, 0xc3)             // nop: emulated
-	bs := e.fn("c", 0x48, 0x8b, 0x06, 0xc3) // mov (%rsi),%rax: stepped
+	a := e.fn("a", 0x48, 0xad, 0xc3)  // lodsq: stepped
+	bn := e.fn("b", 0x90, 0xc3)       // nop: emulated
+	bs := e.fn("c", 0x48, 0xad, 0xc3) // lodsq: stepped
 	var ran []string
 	mk := func(s string) *Kprobe {
 		return &Kprobe{Symbol: s, PreHandler: func(*Context) bool { ran = append(ran, s); return false },
@@ -250,7 +250,7 @@ func TestReenter(t *testing.T) {
 		}
 	}
 	writeU64(e.k, dataVA+8, gVA)
-	e.cpu.regs.RIP, e.cpu.regs.RDI, e.cpu.regs.RSI = a, dataVA, dataVA+8
+	e.cpu.regs.RIP, e.cpu.regs.RSI = a, dataVA+8
 	e.stepGuest() // a: HIT_SS
 	outer := e.cpu.regs
 	// The step "escapes" (as when an exception entered without a stop) and
@@ -263,7 +263,7 @@ func TestReenter(t *testing.T) {
 	e.cpu.regs.RIP = bs
 	e.stepGuest() // c: REENTER, stepped
 	e.stepGuest() // c's step completes; a's state comes back
-	if e.cpu.regs.RIP != bs+3 || e.cpu.regs.RAX != gVA || pc.NMissed() != 1 {
+	if e.cpu.regs.RIP != bs+2 || e.cpu.regs.RAX != gVA || pc.NMissed() != 1 {
 		t.Fatalf("stepped re-entry: rip %#x rax %#x nmissed %d", e.cpu.regs.RIP, e.cpu.regs.RAX, pc.NMissed())
 	}
 	if st := e.m.cpus[0]; st.status != statusHitSS || st.site.addr != a || !e.cpu.ss {
@@ -272,7 +272,7 @@ func TestReenter(t *testing.T) {
 	// a's step now completes.
 	e.cpu.regs = outer
 	e.stepGuest()
-	if e.cpu.regs.RIP != a+3 || e.cpu.regs.RAX != readU64(e.k, dataVA) {
+	if e.cpu.regs.RIP != a+2 || e.cpu.regs.RAX != gVA {
 		t.Errorf("outer step: rip %#x rax %#x", e.cpu.regs.RIP, e.cpu.regs.RAX)
 	}
 	if want := []string{"a", "a post"}; !slicesEqual(ran, want) {
@@ -287,7 +287,7 @@ func TestReenter(t *testing.T) {
 // the text at once, lets the step finish, and frees the slot only then.
 func TestUnregisterMidStep(t *testing.T) {
 	e := newEnv(t)
-	f := e.fn("f1", 0x9c, 0x9d, 0xc3) // pushf (stepped); popf; ret
+	f := e.fn("f1", 0xfb, 0xc3) // sti (stepped); ret
 	e.fn("g1", 0x48, 0x8b, 0x07, 0xc3)
 	p := &Kprobe{Symbol: "f1", PostHandler: func(*Context) {}}
 	if err := e.m.Register(p); err != nil {
@@ -299,7 +299,7 @@ func TestUnregisterMidStep(t *testing.T) {
 	if err := e.m.Unregister(p); err != nil {
 		t.Fatal(err)
 	}
-	if e.mem.b[textGPA+f-textVA] != 0x9c {
+	if e.mem.b[textGPA+f-textVA] != 0xfb {
 		t.Fatal("int3 still armed")
 	}
 	q := &Kprobe{Symbol: "g1", PostHandler: func(*Context) {}}
@@ -328,7 +328,7 @@ func TestUnregisterMidStep(t *testing.T) {
 // TestBoostedSlotQuarantine: a slot that ran boosted is never reused.
 func TestBoostedSlotQuarantine(t *testing.T) {
 	e := newEnv(t)
-	f := e.fn("f1", 0x48, 0x8d, 0x35, 0, 0, 0, 0, 0xc3) // lea 0(%rip),%rsi
+	f := e.fn("f1", 0x48, 0x8b, 0x35, 0, 0, 0, 0, 0xc3) // mov 0(%rip),%rsi
 	p := &Kprobe{Symbol: "f1"}
 	if err := e.m.Register(p); err != nil {
 		t.Fatal(err)

@@ -49,9 +49,9 @@ func (e *env) runOn(c *fakeCPU, stop uint64) error {
 // registers, and every count adds up.
 func TestSMPConcurrentHits(t *testing.T) {
 	e := newEnv(t)
-	// push %rbp; mov %rsp,%rbp; lea (%rdi,%rsi),%rax; lea (%rax),%rdx;
-	// pop %rbp; ret
-	f := e.fn("smp_add", 0x55, 0x48, 0x89, 0xe5, 0x48, 0x8d, 0x04, 0x37, 0x48, 0x8d, 0x10, 0x5d, 0xc3)
+	// push %rbp; mov %rsp,%rbp (emulated); xadd %rsi,%rdi (stepped with
+	// a post handler); xchg %rax,%rdi (boosted); pop %rbp; ret
+	f := e.fn("smp_add", 0x55, 0x48, 0x89, 0xe5, 0x48, 0x0f, 0xc1, 0xf7, 0x48, 0x87, 0xf8, 0x5d, 0xc3)
 	c1 := e.secondCPU()
 	cpus := []*fakeCPU{e.cpu, c1}
 	const calls = 300
@@ -80,8 +80,8 @@ func TestSMPConcurrentHits(t *testing.T) {
 		}
 	}}
 	post := &Kprobe{Symbol: "smp_add", Offset: 4, PostHandler: func(c *Context) {
-		if c.Regs().RAX>>32 != uint64(c.CPU) {
-			report("post handler on vCPU %d sees rax %#x", c.CPU, c.Regs().RAX)
+		if c.Regs().RDI>>32 != uint64(c.CPU) {
+			report("post handler on vCPU %d sees rdi %#x", c.CPU, c.Regs().RDI)
 		}
 	}}
 	boost := &Kprobe{Symbol: "smp_add", Offset: 8}

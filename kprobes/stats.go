@@ -3,7 +3,11 @@ package kprobes
 import (
 	"cmp"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
+
+	"golang.org/x/arch/x86/x86asm"
 )
 
 type globalCounters struct {
@@ -12,6 +16,16 @@ type globalCounters struct {
 	exits1, exits2, exitsMore, errors                           atomic.Uint64
 	returns, orphanReturns, recoveredReturns, reclaimed         atomic.Uint64
 	jprobeRestores                                              atomic.Uint64
+	steppedOps                                                  sync.Map // mnemonic → *atomic.Uint64
+}
+
+// countStepped counts a stepped hit by the instruction's mnemonic.
+func (g *globalCounters) countStepped(in *insn) {
+	c, ok := g.steppedOps.Load(in.inst.Op)
+	if !ok {
+		c, _ = g.steppedOps.LoadOrStore(in.inst.Op, new(atomic.Uint64))
+	}
+	c.(*atomic.Uint64).Add(1)
 }
 
 // Stats is a snapshot of the engine's counters.
@@ -30,6 +44,9 @@ type Stats struct {
 	EmulatedBranches uint64
 	Boosted          uint64 // ran from a slot with a jmp back, no step
 	Stepped          uint64 // single-stepped in a slot
+	// SteppedOps counts Stepped by mnemonic ("mov", "cmpxchg"): the
+	// instruction classes that still cost two exits or more.
+	SteppedOps map[string]uint64
 	// RepIterations: iteration traps of rep string instructions stepped in
 	// a slot (one exit each, beyond the step's own).
 	RepIterations uint64
@@ -82,7 +99,12 @@ func (m *Manager) Stats() Stats {
 		Reclaimed:        g.reclaimed.Load(),
 		JprobeRestores:   g.jprobeRestores.Load(),
 		Errors:           g.errors.Load(),
+		SteppedOps:       map[string]uint64{},
 	}
+	g.steppedOps.Range(func(op, c any) bool {
+		s.SteppedOps[strings.ToLower(op.(x86asm.Op).String())] = c.(*atomic.Uint64).Load()
+		return true
+	})
 	m.mu.RLock()
 	for _, mb := range m.members {
 		s.Probes = append(s.Probes, ProbeStats{Kind: mb.kind, Name: mb.name, Addr: mb.site.addr,

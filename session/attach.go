@@ -1,7 +1,6 @@
 package session
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -10,6 +9,7 @@ import (
 	"github.com/hvprobe/hvprobe/introspect"
 	"github.com/hvprobe/hvprobe/kprobes"
 	"github.com/hvprobe/hvprobe/vmm"
+	"github.com/hvprobe/hvprobe/vmm/kimage"
 )
 
 // AttachAfter names the kernel variable that says the engine may attach:
@@ -26,12 +26,6 @@ var (
 	ErrNotAttached = errors.New("probe engine not attached yet")
 	ErrNoSlotVA    = errors.New("no free 2 MiB of kernel-image address space for instruction slots")
 )
-
-// slotTablePages is how many pages of the reserved region are kept for the
-// page tables that map the slots (one page table suffices for 2 MiB; the
-// rest guard against a missing intermediate level). The page below them is
-// the int3 doorbell's, on hosts that need it.
-const slotTablePages = 3
 
 // Attached is the running kernel as the probe engine sees it.
 type Attached struct {
@@ -53,7 +47,7 @@ type RunningKernel struct {
 // physically: the kernel maps its image linearly, from its first
 // instruction on.
 func kernelGPA(l vmm.Layout, va uint64) uint64 {
-	return va - l.VirtDelta - introspect.StartKernelMap + l.PhysDelta
+	return va - l.VirtDelta - kimage.StartKernelMap + l.PhysDelta
 }
 
 // Resolve returns sym's address plus off.
@@ -88,6 +82,15 @@ func (k *RunningKernel) ReadVirt(va uint64, p []byte) error { return k.Mem.Read(
 
 // WriteVirt writes kernel virtual memory.
 func (k *RunningKernel) WriteVirt(va uint64, p []byte) error { return k.Mem.Write(va, p) }
+
+// LoadVirt and StoreVirt make RunningKernel a kprobes.AtomicVirt, which
+// lets the engine emulate instructions with memory operands.
+var _ kprobes.AtomicVirt = (*RunningKernel)(nil)
+
+func (k *RunningKernel) LoadVirt(va uint64, size int) (uint64, error) { return k.Mem.Load(va, size) }
+func (k *RunningKernel) StoreVirt(va uint64, size int, v uint64) error {
+	return k.Mem.Store(va, size, v)
+}
 
 // Reserved applies hvprobe's rule for text the kernel patches itself.
 func (k *RunningKernel) Reserved(va, n uint64) error { return k.policy.reserved(va, n) }
@@ -217,22 +220,14 @@ func (s *Session) startEngine(rk *RunningKernel, area, free kprobes.SlotArea) er
 	return errors.Join(errs...)
 }
 
-// mapSlots maps hvprobe's reserved region into the kernel's address space
-// in the kernel-image window, outside the image, within ±2 GiB of text.
+// mapSlots maps hvprobe's reserved region (slots and doorbell page) into
+// the kernel's address space in the kernel-image window, outside the
+// image, within ±2 GiB of text.
 func (s *Session) mapSlots(rk *RunningKernel) (kprobes.SlotArea, error) {
-	gpa, size := s.VM.Reserved()
-	tables := gpa + size - slotTablePages*4096
-	next := tables
-	alloc := func() (uint64, error) {
-		if next >= gpa+size {
-			return 0, fmt.Errorf("slot page tables: reserved region exhausted")
-		}
-		p := next
-		next += 4096
-		zero := make([]byte, 4096)
-		return p, s.VM.Mem().WritePhys(p, zero)
-	}
-	slotBytes := tables - gpa // slots, then the doorbell page
+	r := s.VM.Reserved()
+	gpa, size := r.Mapped()
+	_, slotBytes := r.Slots()
+	alloc, reset := r.TableAllocator(s.VM.Mem())
 	end, err := rk.Syms.Lookup("_end")
 	if err != nil {
 		return kprobes.SlotArea{}, err
@@ -242,33 +237,23 @@ func (s *Session) mapSlots(rk *RunningKernel) (kprobes.SlotArea, error) {
 		return kprobes.SlotArea{}, err
 	}
 	const pmd = 2 << 20
-	const window = introspect.StartKernelMap + 1<<30
+	const window = kimage.StartKernelMap + kimage.KernelImageSize
 	var candidates []uint64
 	for va := (end.Addr+pmd-1)&^(pmd-1) + pmd; va+pmd <= window; va += pmd {
 		candidates = append(candidates, va)
 	}
-	for va := (text.Addr&^(pmd-1) - 2*pmd); va >= introspect.StartKernelMap+pmd && va < text.Addr; va -= pmd {
+	for va := (text.Addr&^(pmd-1) - 2*pmd); va >= kimage.StartKernelMap+pmd && va < text.Addr; va -= pmd {
 		candidates = append(candidates, va)
 	}
 	for _, va := range candidates {
 		if _, err := rk.Mem.Translate(va); err == nil {
 			continue // something is there
 		}
-		next = tables
-		ok := true
-		for off := uint64(0); off < slotBytes; off += 4096 {
-			err := introspect.MapPage(s.VM.Mem(), rk.Mem.CR3(), false, va+off, gpa+off,
-				introspect.FlagPresent|introspect.FlagGlobal, alloc)
-			if err != nil {
-				for o := uint64(0); o < off; o += 4096 {
-					introspect.UnmapPage(s.VM.Mem(), rk.Mem.CR3(), false, va+o)
-				}
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return kprobes.SlotArea{VA: va, GPA: gpa, Size: slotBytes - 4096}, nil
+		reset()
+		err := introspect.MapRange(s.VM.Mem(), rk.Mem.CR3(), false, va, gpa, size,
+			introspect.FlagPresent|introspect.FlagGlobal, alloc)
+		if err == nil {
+			return kprobes.SlotArea{VA: va, GPA: gpa, Size: slotBytes}, nil
 		}
 	}
 	return kprobes.SlotArea{}, ErrNoSlotVA
@@ -313,38 +298,16 @@ func (s *Session) AttachErr() error {
 // (vmm/doorbell.go), for hosts whose KVM never intercepts int3. The gate
 // is in idt_table, which every vCPU loads.
 func (s *Session) installDoorbell(rk *RunningKernel, slots kprobes.SlotArea) error {
-	doorVA, doorPA := slots.VA+slots.Size, slots.GPA+slots.Size
-	if err := s.VM.Mem().WritePhys(doorPA, vmm.DoorbellCode); err != nil {
-		return err
-	}
 	idt, err := rk.Syms.Lookup("idt_table")
 	if err != nil {
 		return fmt.Errorf("installing the int3 doorbell: %w", err)
 	}
-	gate := kernelGPA(rk.Layout, idt.Addr) + 3*16
-	var g [16]byte
-	if err := s.VM.Mem().ReadPhys(gate, g[:]); err != nil {
-		return err
-	}
-	handler := gateOffset(g)
-	if _, _, _, ok := rk.SymbolAt(handler); !ok || !rk.InText(handler) {
-		return fmt.Errorf("installing the int3 doorbell: IDT vector 3 points at %#x, not kernel text", handler)
-	}
-	setGateOffset(&g, doorVA)
-	s.VM.SetInt3Doorbell(doorVA, handler)
-	return s.VM.Mem().WritePhys(gate, g[:])
-}
-
-// gateOffset and setGateOffset read and write a 64-bit IDT gate's handler
-// address (offset bits 0-15 at 0, 16-31 at 6, 32-63 at 8).
-func gateOffset(g [16]byte) uint64 {
-	le := binary.LittleEndian
-	return uint64(le.Uint16(g[0:])) | uint64(le.Uint16(g[6:]))<<16 | uint64(le.Uint32(g[8:]))<<32
-}
-
-func setGateOffset(g *[16]byte, off uint64) {
-	le := binary.LittleEndian
-	le.PutUint16(g[0:], uint16(off))
-	le.PutUint16(g[6:], uint16(off>>16))
-	le.PutUint32(g[8:], uint32(off>>32))
+	gate := kernelGPA(rk.Layout, idt.Addr) + 3*vmm.IDTGateSize
+	entry := slots.VA + s.VM.Reserved().DoorbellOffset()
+	return s.VM.InstallInt3Doorbell(gate, entry, func(handler uint64) error {
+		if _, _, _, ok := rk.SymbolAt(handler); !ok || !rk.InText(handler) {
+			return fmt.Errorf("installing the int3 doorbell: IDT vector 3 points at %#x, not kernel text", handler)
+		}
+		return nil
+	})
 }

@@ -90,9 +90,8 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 		}
 	}
 
-	// The target's third instruction (after push %rbp; mov %rsp,%rbp,
-	// which the host emulates) takes a slot: boosted, or single-stepped
-	// when a post handler must run after it.
+	// The target's third instruction, after push %rbp; mov %rsp,%rbp:
+	// its body (lea (%rdi,%rsi),%rax on the mini kernel).
 	body, err := nthInsn(a.Kernel, "hvwl_target_add", 2)
 	if err != nil {
 		return res, err
@@ -111,8 +110,10 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 	rp := &kprobes.Kretprobe{Symbol: "hvwl_target_add", Handler: func(*kprobes.RetContext) {}}
 	cases := []probeCase{
 		kprobe("kprobe at entry (host-emulated push)", calls, &kprobes.Kprobe{Symbol: "hvwl_target_add", PreHandler: nop}),
-		kprobe(fmt.Sprintf("kprobe at +%#x (boosted slot)", body), calls, &kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body, PreHandler: nop}),
-		kprobe(fmt.Sprintf("kprobe at +%#x with post handler", body), calls, &kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body, PreHandler: nop, PostHandler: post}),
+		kprobe(fmt.Sprintf("kprobe on %s: +%#x (%s)", body.Text, body.Offset, body.Exec), calls,
+			&kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body.Offset, PreHandler: nop}),
+		kprobe(fmt.Sprintf("kprobe on %s: +%#x (%s with post handler)", body.Text, body.Offset, body.ExecPost), calls,
+			&kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body.Offset, PreHandler: nop, PostHandler: post}),
 		{"jprobe", calls, func() error { return m.RegisterJprobe(jp) }, func() error { return m.UnregisterJprobe(jp) }},
 		{"kretprobe (entry + return)", calls, func() error { return m.RegisterKretprobe(rp) }, func() error { return m.UnregisterKretprobe(rp) }},
 	}
@@ -139,7 +140,7 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 		exec := v.Exec
 		if c.post {
 			p.PostHandler = post
-			exec = "with post handler"
+			exec = v.ExecPost + " with post handler"
 		}
 		cases = append(cases, kprobe(fmt.Sprintf("kprobe on %s: +%#x (%s)", c.what, v.Offset, exec), mix, p))
 	}
@@ -197,8 +198,10 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 // insnAt is one instruction of a function, as the engine decodes it.
 type insnAt struct {
 	Offset uint64
-	Exec   string // how a hit executes it: emulated, boosted or stepped
-	Text   string
+	// Exec is how a hit executes it (emulated, boosted or stepped),
+	// ExecPost how with a post handler (emulated or stepped).
+	Exec, ExecPost string
+	Text           string
 }
 
 // walkInsns decodes sym with the engine's own decoder (kprobes.Check,
@@ -216,7 +219,7 @@ func walkInsns(k *RunningKernel, sym string, f func(insnAt) bool) error {
 			return err
 		}
 		text, _, _ := strings.Cut(v.Insn, " (")
-		if f(insnAt{off, v.Exec, text}) {
+		if f(insnAt{off, v.Exec, v.ExecPost, text}) {
 			return nil
 		}
 		off += uint64(v.Len)
@@ -224,16 +227,16 @@ func walkInsns(k *RunningKernel, sym string, f func(insnAt) bool) error {
 	return fmt.Errorf("%s: no such instruction", sym)
 }
 
-// nthInsn is the offset of sym's n-th instruction (from 0).
-func nthInsn(k *RunningKernel, sym string, n int) (uint64, error) {
-	var off uint64
+// nthInsn is sym's n-th instruction (from 0).
+func nthInsn(k *RunningKernel, sym string, n int) (insnAt, error) {
+	var found insnAt
 	i := 0
 	err := walkInsns(k, sym, func(in insnAt) bool {
-		off = in.Offset
+		found = in
 		i++
 		return i > n
 	})
-	return off, err
+	return found, err
 }
 
 // findInsn is the first instruction of sym whose text match accepts.

@@ -37,6 +37,13 @@ type Control struct {
 
 	mu     sync.Mutex
 	probes map[string]*liveProbe
+
+	// connMu guards conns and closed; serving counts Serve and the
+	// connection goroutines, which Close waits for.
+	connMu  sync.Mutex
+	conns   map[net.Conn]bool
+	closed  bool
+	serving sync.WaitGroup
 }
 
 type liveProbe struct {
@@ -66,7 +73,11 @@ func (s *Session) ListenControl(parent string, emit func(probedef.Event)) (*Cont
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	return &Control{s: s, emit: emit, ln: ln, dir: dir, probes: map[string]*liveProbe{}}, nil
+	c := &Control{s: s, emit: emit, ln: ln, dir: dir, probes: map[string]*liveProbe{}, conns: map[net.Conn]bool{}}
+	s.ctlMu.Lock()
+	s.controls = append(s.controls, c)
+	s.ctlMu.Unlock()
+	return c, nil
 }
 
 // Path is the socket's path.
@@ -74,10 +85,12 @@ func (c *Control) Path() string { return c.ln.Addr().String() }
 
 // Serve answers connections until ctx ends or Close.
 func (c *Control) Serve(ctx context.Context) error {
-	go func() {
-		<-ctx.Done()
-		c.ln.Close()
-	}()
+	if !c.track(nil) {
+		return nil
+	}
+	defer c.serving.Done()
+	stop := context.AfterFunc(ctx, func() { c.ln.Close() })
+	defer stop()
 	for {
 		conn, err := c.ln.Accept()
 		if err != nil {
@@ -86,18 +99,56 @@ func (c *Control) Serve(ctx context.Context) error {
 			}
 			return err
 		}
+		if !c.track(conn) {
+			conn.Close()
+			return nil
+		}
 		go c.serveConn(conn)
 	}
 }
 
-// Close removes the socket and its directory.
+// track counts a goroutine (and its connection) for Close; false once
+// closed.
+func (c *Control) track(conn net.Conn) bool {
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.serving.Add(1)
+	if conn != nil {
+		c.conns[conn] = true
+	}
+	return true
+}
+
+// Close stops serving: the listener and every open connection are closed
+// and their goroutines joined (no command runs afterwards); then the
+// socket and its directory are removed. Session.Close calls it.
 func (c *Control) Close() error {
+	c.connMu.Lock()
+	if c.closed {
+		c.connMu.Unlock()
+		return nil
+	}
+	c.closed = true
 	c.ln.Close()
+	for conn := range c.conns {
+		conn.Close()
+	}
+	c.connMu.Unlock()
+	c.serving.Wait()
 	return os.RemoveAll(c.dir)
 }
 
 func (c *Control) serveConn(conn net.Conn) {
-	defer conn.Close()
+	defer c.serving.Done()
+	defer func() {
+		c.connMu.Lock()
+		delete(c.conns, conn)
+		c.connMu.Unlock()
+		conn.Close()
+	}()
 	sc := bufio.NewScanner(conn)
 	w := bufio.NewWriter(conn)
 	for sc.Scan() {

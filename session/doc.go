@@ -12,5 +12,10 @@
 // free_initmem, and followWrites hands the text pages the guest wrote
 // (vmm's dirty log) to the engine. Every such change is a Notice.
 //
+// Lifetime: Close stops the guest, closes the control sockets it opened
+// (joining their connections) and its own goroutines (the write-watch
+// poller), then closes the VM, which waits for any call still in flight;
+// afterwards guest-memory and vCPU calls fail with vmm.ErrClosed.
+//
 // Layering: session → kprobes → introspect / guest → vmm.
 package session

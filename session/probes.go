@@ -84,10 +84,13 @@ const (
 	// NoticeRearmed: the guest rewrote the probed instruction; the probe
 	// goes on, on the new one.
 	NoticeRearmed
+	// NoticeConsoleDropped: guest console output is being lost (told
+	// once, when it first happens; Probe is "console").
+	NoticeConsoleDropped
 )
 
 func (k NoticeKind) String() string {
-	return [...]string{"deferred", "armed", "failed", "retired", "re-armed"}[k]
+	return [...]string{"deferred", "armed", "failed", "retired", "re-armed", "losing output"}[k]
 }
 
 // Notice is a change in a probe's state that its user must hear of: no

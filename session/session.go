@@ -64,6 +64,10 @@ type Session struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	workers   sync.WaitGroup
+	ctlMu     sync.Mutex
+	controls  []*Control
+	// consoleDropped is the console loss last reported (NoticeConsoleDropped).
+	consoleDropped atomic.Uint64
 
 	mu      sync.Mutex
 	subs    []*subscriber
@@ -174,15 +178,29 @@ func (s *Session) Run(ctx context.Context) vmm.Result {
 	return s.VM.Run(ctx)
 }
 
-// Close stops the session's goroutines, then releases the VM.
+// Close stops the guest, closes the control sockets (joining their
+// connections) and the session's own goroutines, then releases the VM.
+// Calls still in flight on the VM or its memory from elsewhere finish
+// first (vmm.VM.Close); later ones fail with vmm.ErrClosed.
 func (s *Session) Close() error {
+	s.VM.Stop()
+	s.ctlMu.Lock()
+	ctls := s.controls
+	s.controls = nil
+	s.ctlMu.Unlock()
+	var errs []error
+	for _, c := range ctls {
+		errs = append(errs, c.Close())
+	}
 	s.closeOnce.Do(func() { close(s.done) })
 	s.workers.Wait()
-	return s.VM.Close()
+	errs = append(errs, s.VM.Close())
+	return errors.Join(errs...)
 }
 
 func (s *Session) onLine(text string) {
 	s.maybeAttach()
+	s.noteConsoleDropped()
 	s.mu.Lock()
 	l := Line{Text: text, At: s.sinceLocked(time.Now())}
 	if len(s.lines) == 0 {
@@ -199,6 +217,16 @@ func (s *Session) onLine(text string) {
 			}
 		}
 	}
+}
+
+// noteConsoleDropped tells, once, that console output is being lost (the
+// console writer cannot keep up); the total is VM.ConsoleDropped.
+func (s *Session) noteConsoleDropped() {
+	n := s.VM.ConsoleDropped()
+	if n == 0 || !s.consoleDropped.CompareAndSwap(0, n) {
+		return
+	}
+	s.notify(Notice{Kind: NoticeConsoleDropped, Probe: "console", Why: fmt.Sprintf("%d bytes of guest console output dropped so far (the console writer cannot keep up; the guest does not wait for it)", n)})
 }
 
 // sinceLocked is t as run time (s.mu held, or s.start already set).

@@ -57,6 +57,15 @@ type PhysMem interface {
 	WritePhys(gpa uint64, p []byte) error
 }
 
+// AtomicPhys is guest-physical memory accessed as a CPU accesses it: an
+// aligned load or store of 1, 2, 4 or 8 bytes is single-copy atomic
+// against the running vCPUs (ReadPhys and WritePhys are copies, which may
+// tear a value). Memory implements it.
+type AtomicPhys interface {
+	LoadPhys(gpa uint64, size int) (uint64, error)
+	StorePhys(gpa uint64, size int, v uint64) error
+}
+
 // DebugKind says what stopped a vCPU for the debug hook.
 type DebugKind int
 

@@ -110,18 +110,18 @@ func effectiveAddress(c cpuOps, regs *Regs, inst x86asm.Inst, m x86asm.Mem) (uin
 	if m.Base == x86asm.RIP {
 		a = regs.RIP + uint64(inst.Len)
 	} else if m.Base != 0 {
-		v, ok := reg64(regs, m.Base)
+		v, ok := regs.GPR(m.Base)
 		if !ok {
 			return 0, fmt.Errorf("unsupported base register %v", m.Base)
 		}
-		a = v
+		a = *v
 	}
 	if m.Index != 0 {
-		v, ok := reg64(regs, m.Index)
+		v, ok := regs.GPR(m.Index)
 		if !ok {
 			return 0, fmt.Errorf("unsupported index register %v", m.Index)
 		}
-		a += v * uint64(m.Scale)
+		a += *v * uint64(m.Scale)
 	}
 	a += uint64(m.Disp)
 	if m.Segment == x86asm.FS || m.Segment == x86asm.GS {
@@ -136,43 +136,4 @@ func effectiveAddress(c cpuOps, regs *Regs, inst x86asm.Inst, m x86asm.Mem) (uin
 		}
 	}
 	return a, nil
-}
-
-// reg64 reads a 64-bit general register by its x86asm name.
-func reg64(r *Regs, reg x86asm.Reg) (uint64, bool) {
-	switch reg {
-	case x86asm.RAX:
-		return r.RAX, true
-	case x86asm.RBX:
-		return r.RBX, true
-	case x86asm.RCX:
-		return r.RCX, true
-	case x86asm.RDX:
-		return r.RDX, true
-	case x86asm.RSI:
-		return r.RSI, true
-	case x86asm.RDI:
-		return r.RDI, true
-	case x86asm.RSP:
-		return r.RSP, true
-	case x86asm.RBP:
-		return r.RBP, true
-	case x86asm.R8:
-		return r.R8, true
-	case x86asm.R9:
-		return r.R9, true
-	case x86asm.R10:
-		return r.R10, true
-	case x86asm.R11:
-		return r.R11, true
-	case x86asm.R12:
-		return r.R12, true
-	case x86asm.R13:
-		return r.R13, true
-	case x86asm.R14:
-		return r.R14, true
-	case x86asm.R15:
-		return r.R15, true
-	}
-	return 0, false
 }

@@ -1,9 +1,12 @@
 package vmm
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/hvprobe/hvprobe/vmm/kimage"
 )
 
 // Guest-physical layout of what the VMM writes before the first KVM_RUN.
@@ -26,7 +29,8 @@ const (
 	kernelAlignment = 0x200000
 )
 
-// boot_params / setup_header offsets (arch/x86/include/uapi/asm/bootparam.h).
+// boot_params offsets outside the setup header, which is kimage.SetupHeader
+// (arch/x86/include/uapi/asm/bootparam.h).
 const (
 	bpExtRamdiskImage = 0x0c0
 	bpExtRamdiskSize  = 0x0c4
@@ -34,25 +38,6 @@ const (
 	bpE820Entries     = 0x1e8
 	bpE820Table       = 0x2d0
 	e820MaxEntries    = 128
-
-	hdrBootFlag        = 0x1fe
-	hdrHeader          = 0x202
-	hdrVersion         = 0x206
-	hdrTypeOfLoader    = 0x210
-	hdrLoadFlags       = 0x211
-	hdrRamdiskImage    = 0x218
-	hdrRamdiskSize     = 0x21c
-	hdrHeapEndPtr      = 0x224
-	hdrCmdLinePtr      = 0x228
-	hdrInitrdAddrMax   = 0x22c
-	hdrKernelAlignment = 0x230
-	hdrRelocatable     = 0x234
-	hdrCmdlineSize     = 0x238
-	hdrSetupData       = 0x250
-
-	loadFlagLoadedHigh = 1 << 0
-	loadFlagKASLR      = 1 << 1
-	loadFlagCanUseHeap = 1 << 7
 
 	setupRNGSeed = 9
 	// setupHVProbe is the setup_data type of hvprobe's private region; the
@@ -101,10 +86,6 @@ func e820Map(memSize uint64) []E820Entry {
 	}
 }
 
-// reservedHeader is the size of the setup_data node header that opens the
-// private region: its first page is the node's, the rest hvprobe's.
-const reservedHeader = 0x1000
-
 // reservedGap is plain RAM kept above the private region. Linux sizes its
 // direct map by the highest E820_TYPE_RAM page (max_pfn), computed after
 // setup_data regions become RESERVED_KERN; a region at the very top of RAM
@@ -150,26 +131,19 @@ func writeBootParams(ram []byte, spec BootSpec, kernelEnd uint64) error {
 	// stages, which hvprobe skips.
 	clear(zp)
 	le := binary.LittleEndian
-	le.PutUint16(zp[hdrBootFlag:], 0xaa55)
-	copy(zp[hdrHeader:], "HdrS")
-	le.PutUint16(zp[hdrVersion:], bootProtocol)
-	zp[hdrTypeOfLoader] = 0xff
-	flags := zp[hdrLoadFlags] | loadFlagLoadedHigh | loadFlagCanUseHeap
-	flags &^= loadFlagKASLR
-	if spec.KASLR {
-		flags |= loadFlagKASLR
+	hdr := kimage.SetupHeader{
+		BootFlag: 0xaa55, Header: kimage.HdrSMagic, Version: bootProtocol, TypeOfLoader: 0xff,
+		LoadFlags:  kimage.LoadedHigh | kimage.CanUseHeap,
+		HeapEndPtr: 0xfe00, KernelAlignment: kernelAlignment, RelocatableKernel: 1,
+		InitrdAddrMax: initrdAddrMax, CmdLinePtr: cmdlineAddr, CmdlineSize: cmdlineMax - 1,
 	}
-	zp[hdrLoadFlags] = flags
-	le.PutUint16(zp[hdrHeapEndPtr:], 0xfe00)
-	le.PutUint32(zp[hdrKernelAlignment:], kernelAlignment)
-	zp[hdrRelocatable] = 1
-	le.PutUint32(zp[hdrInitrdAddrMax:], initrdAddrMax)
+	if spec.KASLR {
+		hdr.LoadFlags |= kimage.KASLRFlag
+	}
 
 	clear(ram[cmdlineAddr : cmdlineAddr+cmdlineMax])
 	copy(ram[cmdlineAddr:], spec.Cmdline)
-	le.PutUint32(zp[hdrCmdLinePtr:], cmdlineAddr)
 	le.PutUint32(zp[bpExtCmdLinePtr:], 0)
-	le.PutUint32(zp[hdrCmdlineSize:], cmdlineMax-1)
 
 	if len(spec.Initrd) > 0 {
 		addr, err := initrdPlacement(spec.MemSize, spec.Reserved, len(spec.Initrd), kernelEnd)
@@ -177,13 +151,11 @@ func writeBootParams(ram []byte, spec BootSpec, kernelEnd uint64) error {
 			return err
 		}
 		copy(ram[addr:], spec.Initrd)
-		le.PutUint32(zp[hdrRamdiskImage:], uint32(addr))
-		le.PutUint32(zp[hdrRamdiskSize:], uint32(len(spec.Initrd)))
+		hdr.RamdiskImage, hdr.RamdiskSize = uint32(addr), uint32(len(spec.Initrd))
 		le.PutUint32(zp[bpExtRamdiskImage:], uint32(addr>>32))
 		le.PutUint32(zp[bpExtRamdiskSize:], uint32(uint64(len(spec.Initrd))>>32))
 	}
 
-	le.PutUint64(zp[hdrSetupData:], 0)
 	next := uint64(0)
 	if spec.Reserved > 0 {
 		// struct setup_data { u64 next; u32 type; u32 len; u8 data[]; }
@@ -206,7 +178,10 @@ func writeBootParams(ram []byte, spec BootSpec, kernelEnd uint64) error {
 		copy(sd[16:], spec.RNGSeed)
 		next = setupDataAddr
 	}
-	le.PutUint64(zp[hdrSetupData:], next)
+	hdr.SetupData = next
+	var hb bytes.Buffer
+	binary.Write(&hb, binary.LittleEndian, &hdr)
+	copy(zp[kimage.SetupHeaderOffset:], hb.Bytes())
 
 	m := e820Map(spec.MemSize)
 	zp[bpE820Entries] = uint8(len(m))

@@ -6,6 +6,21 @@ import (
 	"testing"
 )
 
+// Zero-page offsets from Documentation/arch/x86/boot.rst, typed by hand
+// so that the kimage.SetupHeader writeBootParams fills is checked against
+// the ABI, not against itself.
+const (
+	hdrBootFlag         = 0x1fe
+	hdrHeader           = 0x202
+	hdrLoadFlags        = 0x211
+	hdrRamdiskImage     = 0x218
+	hdrRamdiskSize      = 0x21c
+	hdrCmdLinePtr       = 0x228
+	hdrSetupData        = 0x250
+	loadFlagLoadedHigh  = 1 << 0
+	loadFlagKASLRByHand = 1 << 1
+)
+
 func TestWriteBootParams(t *testing.T) {
 	const mem = 64 << 20
 	ram := make([]byte, mem)
@@ -19,7 +34,7 @@ func TestWriteBootParams(t *testing.T) {
 	if le.Uint16(zp[hdrBootFlag:]) != 0xaa55 || string(zp[hdrHeader:hdrHeader+4]) != "HdrS" {
 		t.Fatal("boot flag / HdrS magic missing")
 	}
-	if zp[hdrLoadFlags]&loadFlagKASLR == 0 || zp[hdrLoadFlags]&loadFlagLoadedHigh == 0 {
+	if zp[hdrLoadFlags]&loadFlagKASLRByHand == 0 || zp[hdrLoadFlags]&loadFlagLoadedHigh == 0 {
 		t.Fatalf("loadflags = %#x", zp[hdrLoadFlags])
 	}
 	cl := le.Uint32(zp[hdrCmdLinePtr:])

@@ -116,8 +116,12 @@ func dirtyGPAs(bitmap []uint64, base, pages uint64) []uint64 {
 // run, since re-laying out memslots under running vCPUs would show them a
 // hole. ErrNoDirtyLog: this KVM cannot do it; RAM is left as it was.
 //
-// Writes by hvprobe itself (WritePhys, Memory.Bytes) are not logged.
+// Writes by hvprobe itself (WritePhys) are not logged.
 func (vm *VM) WatchWrites(start, end uint64) error {
+	if !vm.life.enter() {
+		return ErrClosed
+	}
+	defer vm.life.exit()
 	if err := checkWatchRange(start, end, vm.mem.Size()); err != nil {
 		return err
 	}
@@ -167,6 +171,10 @@ func (vm *VM) WatchWrites(start, end uint64) error {
 // maps it writable (it logs a page when it creates a writable mapping); a
 // page the guest wrote is never left out.
 func (vm *VM) DirtyPages() ([]uint64, error) {
+	if !vm.life.enter() {
+		return nil, ErrClosed
+	}
+	defer vm.life.exit()
 	vm.slotMu.Lock()
 	defer vm.slotMu.Unlock()
 	w := vm.watch

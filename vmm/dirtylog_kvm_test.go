@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"runtime"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -106,19 +106,26 @@ func newTinyVM(t testing.TB, memSize uint64) *VM {
 	return vm
 }
 
-// runTo runs vCPU 0 from rip on the calling (locked) thread until it
-// writes to tinyPort, as the exit loop would, without the VM's Run.
+// runTo runs vCPU 0 from rip on its own thread until it writes to
+// tinyPort, as the exit loop would, without the VM's Run.
 func runTo(t testing.TB, v *VCPU, rip uint64) {
 	t.Helper()
-	if err := v.SetRegs(Regs{RIP: rip, RSP: 0x800, RFLAGS: 0x2}); err != nil {
+	if err := v.Do(func(CPU) error { return runToOnThread(v, rip) }); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func runToOnThread(v *VCPU, rip uint64) error {
+	if err := v.SetRegs(Regs{RIP: rip, RSP: 0x800, RFLAGS: 0x2}); err != nil {
+		return err
 	}
 	for range 1000 {
 		if _, err := ioctl(v.fd, kvmRun, 0); err != nil {
 			if errors.Is(err, unix.EINTR) {
+				v.setImmediateExit(false) // a Do's kick
 				continue
 			}
-			t.Fatalf("KVM_RUN: %v", err)
+			return fmt.Errorf("KVM_RUN: %v", err)
 		}
 		e := v.decode(v.run.run())
 		switch {
@@ -126,20 +133,17 @@ func runTo(t testing.TB, v *VCPU, rip uint64) {
 			// Complete the out now: an emulating KVM finishes it on the
 			// next KVM_RUN from the decode it saved, which would undo a
 			// new rip set for the next phase.
-			if err := v.completePending(); err != nil {
-				t.Fatal(err)
-			}
-			return
+			return v.completePending()
 		case e.reason == exitIntr:
 			continue
 		case e.reason == exitInternalError:
-			t.Fatalf("tiny guest: internal error, suberror %d, data %#x", e.internal.Suberror, e.internal.Data[:min(e.internal.NData, 16)])
+			return fmt.Errorf("tiny guest: internal error, suberror %d, data %#x", e.internal.Suberror, e.internal.Data[:min(e.internal.NData, 16)])
 		default:
 			r, _ := v.Regs()
-			t.Fatalf("tiny guest: unexpected exit %d at rip %#x (io %+v)", e.reason, r.RIP, e.io)
+			return fmt.Errorf("tiny guest: unexpected exit %d at rip %#x (io %+v)", e.reason, r.RIP, e.io)
 		}
 	}
-	t.Fatal("tiny guest never reached its port write")
+	return errors.New("tiny guest never reached its port write")
 }
 
 func wantDirty(t *testing.T, vm *VM, what string, want ...uint64) {
@@ -190,7 +194,6 @@ func TestWatchWritesTinyGuest(t *testing.T) {
 	}
 	wantDirty(t, vm, "before the guest ran")
 
-	runtime.LockOSThread()
 	v := vm.vcpus[0]
 	runTo(t, v, tinyPhase1At)
 	got, err := vm.DirtyPages()
@@ -223,7 +226,6 @@ func TestWatchWritesTinyGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	runTo(t, v, tinyPhase2At)
-	runtime.UnlockOSThread()
 	wantDirty(t, vm, "phase 2", gpa(pageD))
 	wantDirty(t, vm, "a second call with nothing new")
 	if err := m.WritePhys(gpa(pageA), []byte{0xcc}); err != nil {
@@ -322,8 +324,6 @@ func BenchmarkGuestWrites(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				runtime.LockOSThread()
-				defer runtime.UnlockOSThread()
 				v := vm.vcpus[0]
 				for b.Loop() {
 					runTo(b, v, tinyCode)
@@ -370,7 +370,7 @@ func TestWatchWritesLongMode(t *testing.T) {
 		unwHigh  = 0x300000 // unwatched, slot above
 	)
 	vm := newTinyVM(t, tinyMem)
-	ram := vm.Memory().Bytes()
+	ram := vm.mem.b
 	le := binary.LittleEndian
 	for i, d := range []uint64{0, 0, 0x00af9b000000ffff, 0x00cf93000000ffff} {
 		le.PutUint64(ram[gdtAddr+8*i:], d)
@@ -428,8 +428,6 @@ func TestWatchWritesLongMode(t *testing.T) {
 	if err := vm.WatchWrites(watch, watch+8*pageSize); err != nil {
 		t.Fatalf("WatchWrites: %v", err)
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	runTo(t, v, tinyCode)
 	if ram[watch+0x1000] != 0xa1 || ram[watch+0x3000] != 0xa3 || ram[watch+0x4000] != 0xa1 ||
 		ram[watch+0x5000] != 0x77 || ram[watch+0x6ffc] != 0x77 || ram[unwLow] != 0xb1 || ram[unwHigh] != 0xb2 {

@@ -13,15 +13,29 @@
 // checks each against its ioctl number.
 //
 // Threading invariants:
-//   - Each vCPU is one goroutine locked to one OS thread for its whole
-//     life; every ioctl on a vCPU fd happens there. Other goroutines use
-//     VM.Do / VCPU.Do, which kick the vCPU out of KVM_RUN (immediate_exit
-//     plus a signal) and run a function on its thread.
-//   - The DebugHook runs on the vCPU's thread with the vCPU stopped; it
-//     must not call Do on that same vCPU.
+//   - Each vCPU is one goroutine locked to one OS thread from creation to
+//     Close; every ioctl on a vCPU fd happens there, set-up and restore
+//     included. Other goroutines use VM.Do / VCPU.Do, which queue a
+//     request, kick the vCPU out of KVM_RUN (immediate_exit plus a signal)
+//     and run a function on its thread. The vCPU's state (VCPUState:
+//     created, running, paused, exited) changes only on that thread; a
+//     request the state does not allow fails with a *StateError
+//     (ErrVCPUState), one made on the vCPU's own thread (a DebugHook or Do
+//     callback) with ErrOwnThread instead of deadlocking.
 //   - Guest memory (Memory) may be read and written from any goroutine. A
 //     one-byte write is a single store, so arming an int3 while other
 //     vCPUs run is safe; multi-byte patches are not atomic to the guest.
+//     The mapping is never handed out.
+//   - Lifetime: VM.Close stops the guest, waits for every call in flight
+//     on the VM (Run, Do, Snapshot, DirtyPages, ...) and on its Memory,
+//     then ends the vCPU threads and unmaps; every later call fails with
+//     ErrClosed (lifetime.go).
+//
+// The reserved region at the top of RAM has its layout in one place,
+// ReservedRegion (reserved.go): header page, instruction slots, the int3
+// doorbell page, the page tables that map them. Regs.Reg / Regs.GPR are
+// the one register-by-name table, GateOffset / SetGateOffset the one IDT
+// gate decoder.
 //
 // The only difference between hardware KVM and an emulating KVM that this
 // package acts on is Host (host.go): the kernel command-line masks, the

@@ -33,6 +33,30 @@ type int3Doorbell struct {
 	handler uint64 // the guest's own #BP handler
 }
 
+// InstallInt3Doorbell writes DoorbellCode into the reserved region's
+// doorbell page, mapped by the caller at entry, and points the 64-bit IDT
+// gate at gateGPA (the guest's vector 3) at it once check has accepted the
+// guest's own handler there, which then takes the int3s the hook does not
+// claim (SetInt3Doorbell).
+func (vm *VM) InstallInt3Doorbell(gateGPA, entry uint64, check func(handler uint64) error) error {
+	r := vm.Reserved()
+	gpa, _ := r.Mapped()
+	if err := vm.mem.WritePhys(gpa+r.DoorbellOffset(), DoorbellCode); err != nil {
+		return err
+	}
+	g := make([]byte, IDTGateSize)
+	if err := vm.mem.ReadPhys(gateGPA, g); err != nil {
+		return err
+	}
+	handler := GateOffset(g)
+	if err := check(handler); err != nil {
+		return err
+	}
+	SetGateOffset(g, entry)
+	vm.SetInt3Doorbell(entry, handler)
+	return vm.mem.WritePhys(gateGPA, g)
+}
+
 // SetInt3Doorbell routes #BP exits arriving at entry (the VA where
 // DoorbellCode is mapped) as breakpoint events; handler is the guest's own
 // #BP handler for int3s the hook does not claim. The caller points the

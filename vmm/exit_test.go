@@ -138,7 +138,7 @@ func TestDebugExitBreakpointAndStep(t *testing.T) {
 
 func TestAssists(t *testing.T) {
 	mem := NewMemoryFromBytes(make([]byte, 0x10000))
-	binary.LittleEndian.PutUint32(mem.Bytes()[0x3010:], 0x1fa0)
+	binary.LittleEndian.PutUint32(mem.b[0x3010:], 0x1fa0)
 	h := newTestHandler(nil, mem, nil)
 
 	c := &fakeCPU{regs: Regs{RIP: 0x500}}
@@ -162,7 +162,7 @@ func TestAssists(t *testing.T) {
 	if _, err := h.handle(c, &e); err != nil {
 		t.Fatal(err)
 	}
-	if got := binary.LittleEndian.Uint32(mem.Bytes()[0x3014:]); got != 0x1f80 || c.regs.RIP != 0x608 {
+	if got := binary.LittleEndian.Uint32(mem.b[0x3014:]); got != 0x1f80 || c.regs.RIP != 0x608 {
 		t.Fatalf("stmxcsr stored %#x, rip=%#x", got, c.regs.RIP)
 	}
 
@@ -224,7 +224,7 @@ func TestInt3Doorbell(t *testing.T) {
 		le := binary.LittleEndian
 		frame := []uint64{bp + 1, 0x10, 0x246, 0xffffc90000003ff8, 0x18}
 		for i, v := range frame {
-			le.PutUint64(mem.Bytes()[stackPA+8*i:], v)
+			le.PutUint64(mem.b[stackPA+8*i:], v)
 		}
 		hook := &recordingHook{claim: claim}
 		h := newTestHandler(hook, mem, nil)

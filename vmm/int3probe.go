@@ -3,6 +3,7 @@ package vmm
 import (
 	"fmt"
 	"os"
+	"runtime"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,6 +15,9 @@ import (
 // port means the int3 went to the guest (QEMU TCG's SVM); an emulation
 // failure means an emulating KVM (PVM), which hands int3 back that way.
 func ProbeInt3Intercept(devKVM string) (intercepted bool, err error) {
+	// The scratch vCPU lives only in this call: this thread is its one thread.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	f, err := os.OpenFile(devKVM, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false, fmt.Errorf("%w: %v", ErrNoKVM, err)

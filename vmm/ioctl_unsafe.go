@@ -113,13 +113,26 @@ func msrIoctl(fd int, req uintptr, entries []MSREntry) (int, error) {
 
 var errShortMSR = errors.New("KVM processed fewer MSRs than asked")
 
+// runImmediateExit is kvm_run's first 32-bit word with immediate_exit
+// (byte 1) set and request_interrupt_window (byte 0) clear: one atomic
+// store, since a kick comes from another thread.
+const runImmediateExit = 1 << 8
+
+// setImmediateExit sets or clears kvm_run.immediate_exit.
+func (v *VCPU) setImmediateExit(on bool) {
+	var w uint32
+	if on {
+		w = runImmediateExit
+	}
+	atomic.StoreUint32((*uint32)(v.run.p), w)
+}
+
 // kick makes a KVM_RUN in progress (or about to start) return EINTR.
 // immediate_exit covers the window before the thread enters the kernel;
 // the signal covers a thread already inside KVM_RUN. SIGURG is the Go
 // runtime's own preemption signal, so its handler is harmless.
 func (v *VCPU) kick() {
-	word := (*uint32)(v.run.p)
-	atomic.StoreUint32(word, uint32(1)<<8) // immediate_exit = 1
+	v.setImmediateExit(true)
 	if tid := v.tid.Load(); tid != 0 {
 		unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
 	}

@@ -9,7 +9,6 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -117,10 +116,9 @@ func (vm *VM) stateCaps() (stateCaps, error) {
 // it on the next KVM_RUN, which immediate_exit makes return at once. The
 // KVM API requires this before saving state.
 func (v *VCPU) completePending() error {
-	word := (*uint32)(v.run.p)
-	atomic.StoreUint32(word, 1<<8)
+	v.setImmediateExit(true)
 	_, err := ioctl(v.fd, kvmRun, 0)
-	atomic.StoreUint32(word, 0)
+	v.setImmediateExit(false)
 	if err != nil && !errors.Is(err, unix.EINTR) {
 		return wrap("KVM_RUN (completing the last exit)", err)
 	}
@@ -131,6 +129,9 @@ func (v *VCPU) completePending() error {
 // last, since the other GETs may change what is pending.
 func (v *VCPU) saveState(c stateCaps) (vcpuState, error) {
 	var s vcpuState
+	if st := v.State(); st != VCPUPaused {
+		return s, &StateError{CPU: v.id, Op: "SaveState", State: st}
+	}
 	if err := v.completePending(); err != nil {
 		return s, err
 	}
@@ -217,10 +218,10 @@ func runSteps(steps []func() error) error {
 	return nil
 }
 
-// withAllStopped parks every vCPU on its own thread, runs each one's
-// perCPU there (once all are parked, so no vCPU runs meanwhile), then
-// whole() on the caller's goroutine, and lets them go. It must not be
-// called from a vCPU thread.
+// withAllStopped pauses every vCPU on its own thread, runs each one's
+// perCPU there (once all are paused, so no vCPU runs meanwhile), then
+// whole() on the caller's goroutine, and lets them go. From a vCPU thread
+// it fails (ErrOwnThread).
 func (vm *VM) withAllStopped(perCPU func(i int, v *VCPU) error, whole func() error) error {
 	n := len(vm.vcpus)
 	parked := make(chan struct{}, n)
@@ -230,7 +231,7 @@ func (vm *VM) withAllStopped(perCPU func(i int, v *VCPU) error, whole func() err
 	returned := make(chan error, n)
 	for i, v := range vm.vcpus {
 		go func() {
-			returned <- vm.doOrDirect(v, func(CPU) error {
+			returned <- v.pause(func() error {
 				parked <- struct{}{}
 				<-start
 				finished <- perCPU(i, v)
@@ -276,6 +277,10 @@ func (vm *VM) withAllStopped(perCPU func(i int, v *VCPU) error, whole func() err
 // given and returned by Restore, and an error from it (a probe mid-step,
 // say) cancels the snapshot.
 func (vm *VM) Snapshot(path string, meta func() (json.RawMessage, error)) (SnapshotInfo, error) {
+	if !vm.life.enter() {
+		return SnapshotInfo{}, ErrClosed
+	}
+	defer vm.life.exit()
 	caps, err := vm.stateCaps()
 	if err != nil {
 		return SnapshotInfo{}, err
@@ -312,8 +317,10 @@ func (vm *VM) Snapshot(path string, meta func() (json.RawMessage, error)) (Snaps
 		if err := vm.saveMachine(&st); err != nil {
 			return err
 		}
-		hdr, err = writeSnapshot(f, &st, vm.mem.b)
-		return err
+		return vm.mem.with(func(ram []byte) error {
+			hdr, err = writeSnapshot(f, &st, ram)
+			return err
+		})
 	})
 	if err != nil {
 		return SnapshotInfo{}, fmt.Errorf("snapshot %s: %w", path, err)
@@ -588,7 +595,7 @@ func Restore(rc RestoreConfig) (*VM, json.RawMessage, error) {
 		return nil, nil, err
 	}
 	for i, v := range vm.vcpus {
-		if err := v.restoreState(st.CPUs[i]); err != nil {
+		if err := v.Do(func(CPU) error { return v.restoreState(st.CPUs[i]) }); err != nil {
 			vm.Close()
 			return nil, nil, fmt.Errorf("restoring vCPU %d: %w", i, err)
 		}

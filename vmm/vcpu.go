@@ -9,20 +9,70 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrStopped: the vCPU has left its run loop.
-var ErrStopped = errors.New("vCPU stopped")
+// VCPUState is where a vCPU is in its life. Every change happens on
+// the vCPU's own thread, so a request running there sees a stable state.
+type VCPUState int32
 
-// VCPU is one virtual CPU. Its run loop is one goroutine locked to one OS
-// thread for the vCPU's whole life; every ioctl on the vCPU fd happens on
-// that thread. Other goroutines ask through Do.
+const (
+	// VCPUCreated: the thread serves requests; the guest has not run.
+	VCPUCreated VCPUState = iota
+	// VCPURunning: in its exit loop (requests are served between exits).
+	VCPURunning
+	// VCPUPaused: parked on its thread by a pause request, out of KVM_RUN.
+	VCPUPaused
+	// VCPUExited: the loop has ended; the thread serves requests until
+	// the VM is closed.
+	VCPUExited
+)
+
+var vcpuStateNames = [...]string{"created", "running", "paused", "exited"}
+
+func (s VCPUState) String() string {
+	if s < 0 || int(s) >= len(vcpuStateNames) {
+		return "unknown"
+	}
+	return vcpuStateNames[s]
+}
+
+// Errors of vCPU requests.
+var (
+	// ErrOwnThread: a request made on the vCPU's own thread (a debug hook
+	// or a Do callback), which would wait for itself.
+	ErrOwnThread = errors.New("request from the vCPU's own thread")
+	// ErrVCPUState: the vCPU's state does not allow the request.
+	ErrVCPUState = errors.New("request not allowed in the vCPU's state")
+)
+
+// StateError is a request the vCPU's state refused.
+type StateError struct {
+	CPU   int
+	Op    string
+	State VCPUState
+}
+
+func (e *StateError) Error() string {
+	return fmt.Sprintf("vCPU %d: %s refused: the vCPU is %s", e.CPU, e.Op, e.State)
+}
+
+func (e *StateError) Is(target error) bool { return target == ErrVCPUState }
+
+// VCPU is one virtual CPU: one goroutine locked to one OS thread from
+// creation to Close, on which every ioctl on the vCPU fd happens (the run
+// loop, and requests before, between and after its exits). Other
+// goroutines ask through Do.
 type VCPU struct {
-	id      int
-	fd      int
-	runBuf  []byte
-	run     runView
-	tid     atomic.Int32
-	reqs    chan request
-	done    chan struct{}
+	id     int
+	fd     int
+	runBuf []byte
+	run    runView
+	life   *lifetime // the VM's: kicks write runBuf, which Close unmaps
+	tid    atomic.Int32
+	state  atomic.Int32
+	reqs   chan request
+	runs   chan runStart
+	quit   chan struct{}
+	gone   chan struct{} // closed when the thread has ended
+
 	debug   uint32 // current KVM_GUESTDBG_* control word
 	swBP    bool
 	stepped bool
@@ -32,6 +82,62 @@ type request struct {
 	f     func(CPU) error
 	reply chan error
 }
+
+// runStart starts the exit loop; its end is sent on end.
+type runStart struct {
+	h    *exitHandler
+	stop *atomic.Bool
+	end  chan<- loopEnd
+}
+
+type loopEnd struct {
+	reason StopReason
+	err    error
+}
+
+func newVCPU(id, fd int, runBuf []byte, life *lifetime) *VCPU {
+	v := &VCPU{
+		id: id, fd: fd, runBuf: runBuf, run: newRunView(runBuf), life: life,
+		reqs: make(chan request, 16), runs: make(chan runStart, 1),
+		quit: make(chan struct{}), gone: make(chan struct{}),
+	}
+	ready := make(chan struct{})
+	go v.thread(ready)
+	<-ready
+	return v
+}
+
+// thread is the vCPU's one OS thread. It never unlocks: the thread ends
+// with the goroutine instead of carrying vCPU state into the scheduler.
+func (v *VCPU) thread(ready chan<- struct{}) {
+	defer close(v.gone)
+	runtime.LockOSThread()
+	v.tid.Store(int32(unix.Gettid()))
+	close(ready)
+	for {
+		select {
+		case r := <-v.reqs:
+			r.reply <- r.f(v)
+		case s := <-v.runs:
+			reason, err := v.loop(s.h, s.stop)
+			v.state.Store(int32(VCPUExited))
+			s.end <- loopEnd{reason, err}
+		case <-v.quit:
+			return
+		}
+	}
+}
+
+// stopThread ends the thread once no request can arrive (VM closed).
+func (v *VCPU) stopThread() {
+	close(v.quit)
+	<-v.gone
+}
+
+// State is the vCPU's state now (it may change right after).
+func (v *VCPU) State() VCPUState { return VCPUState(v.state.Load()) }
+
+func (v *VCPU) onThread() bool { return int32(unix.Gettid()) == v.tid.Load() }
 
 // ID is the vCPU index (and its APIC ID).
 func (v *VCPU) ID() int { return v.id }
@@ -146,22 +252,38 @@ func (v *VCPU) setLAPIC(l LAPICState) error {
 // Do runs f on the vCPU's thread while the vCPU is out of KVM_RUN and
 // waits for it. The request is queued before the kick, so the loop finds
 // it whether the kick interrupts KVM_RUN or makes the next one return at
-// once. It must not be called from that thread (a debug hook
-// already is on it).
-func (v *VCPU) Do(f func(CPU) error) error {
+// once; before Run and after the loop the thread serves it directly.
+// From the vCPU's own thread it fails with ErrOwnThread, after Close
+// with ErrClosed.
+func (v *VCPU) Do(f func(CPU) error) error { return v.request("Do", f) }
+
+func (v *VCPU) request(op string, f func(CPU) error) error {
+	if v.onThread() {
+		return fmt.Errorf("vCPU %d: %s: %w", v.id, op, ErrOwnThread)
+	}
+	if !v.life.enter() {
+		return ErrClosed
+	}
+	defer v.life.exit()
 	r := request{f: f, reply: make(chan error, 1)}
-	select {
-	case v.reqs <- r:
-	case <-v.done:
-		return ErrStopped
-	}
+	v.reqs <- r // the thread outlives every request in flight (lifetime)
 	v.kick()
-	select {
-	case err := <-r.reply:
-		return err
-	case <-v.done:
-		return ErrStopped
-	}
+	return <-r.reply
+}
+
+// pause parks the vCPU on its thread: parked runs there with the vCPU in
+// VCPUPaused, and the vCPU goes back to its previous state after it. Only
+// a created or running vCPU can be paused.
+func (v *VCPU) pause(parked func() error) error {
+	return v.request("Pause", func(CPU) error {
+		prev := v.State()
+		if prev != VCPUCreated && prev != VCPURunning {
+			return &StateError{CPU: v.id, Op: "Pause", State: prev}
+		}
+		v.state.Store(int32(VCPUPaused))
+		defer v.state.Store(int32(prev))
+		return parked()
+	})
 }
 
 func (v *VCPU) serveRequests() {
@@ -175,12 +297,9 @@ func (v *VCPU) serveRequests() {
 	}
 }
 
-// loop runs the vCPU until a stop. It returns the reason and the error.
+// loop runs the vCPU until a stop, on its thread. It returns the reason and the error.
 func (v *VCPU) loop(h *exitHandler, stop *atomic.Bool) (StopReason, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	v.tid.Store(int32(unix.Gettid()))
-	defer v.tid.Store(0)
+	v.state.Store(int32(VCPURunning))
 	hdr := v.run.run()
 	for {
 		v.serveRequests()
@@ -190,7 +309,7 @@ func (v *VCPU) loop(h *exitHandler, stop *atomic.Bool) (StopReason, error) {
 		_, err := ioctl(v.fd, kvmRun, 0)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
-				atomic.StoreUint32((*uint32)(v.run.p), 0)
+				v.setImmediateExit(false)
 				continue
 			}
 			return StopError, wrap("KVM_RUN", err)

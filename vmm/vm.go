@@ -73,8 +73,7 @@ const (
 	maxMem          = 3 << 30 // below the PCI hole; hvprobe puts no devices there
 	tssAddr         = 0xfffbd000
 	identityMapAddr = 0xfffbc000
-	kernelImageSize = 1 << 30 // KERNEL_IMAGE_SIZE with RANDOMIZE_BASE
-	maxCPUs         = 8       // the mini kernel's NR_CPUS
+	maxCPUs         = 8 // the mini kernel's NR_CPUS
 )
 
 // VM is a booted-but-not-yet-running or running virtual machine.
@@ -94,7 +93,11 @@ type VM struct {
 	stop    atomic.Bool
 	resetCh chan struct{}
 	once    sync.Once
-	closed  bool
+	// life guards the fds, the kvm_run pages and the vCPU threads: every
+	// public method that reaches them enters it, and Close waits for those
+	// in flight before releasing anything.
+	life    lifetime
+	closing atomic.Bool
 
 	// slotMu guards the memslot layout (dirtylog.go): the slots KVM has,
 	// the write watch and whether the vCPUs have run (after which the
@@ -228,11 +231,9 @@ func (vm *VM) create(ram []byte, cpuidFor func(id int, supported []CPUIDEntry) [
 		return err
 	}
 	for i := 0; i < vm.cfg.CPUs; i++ {
-		v, err := vm.createVCPU(i, int(mmapSize), cpuidFor(i, cpuid))
-		if err != nil {
+		if _, err := vm.createVCPU(i, int(mmapSize), cpuidFor(i, cpuid)); err != nil {
 			return err
 		}
-		vm.vcpus = append(vm.vcpus, v)
 	}
 	return nil
 }
@@ -269,22 +270,22 @@ func (vm *VM) createVCPU(id, mmapSize int, cpuid []CPUIDEntry) (*VCPU, error) {
 		unix.Close(int(fd))
 		return nil, fmt.Errorf("mapping kvm_run of vCPU %d: %w", id, err)
 	}
-	v := &VCPU{id: id, fd: int(fd), runBuf: buf, run: newRunView(buf), reqs: make(chan request, 16), done: make(chan struct{})}
-	if _, err := cpuidIoctl(v.fd, kvmSetCPUID2, cpuid); err != nil {
-		return nil, fmt.Errorf("KVM_SET_CPUID2 on vCPU %d: %w", id, err)
-	}
-	// Legacy interrupts (PIC: PIT and UART) reach the CPU through LINT0 as
-	// ExtINT until the guest programs its APIC; NMIs through LINT1.
-	l, err := v.lapic()
-	if err != nil {
-		return nil, err
-	}
-	setLVTDeliveryMode(&l, 0x350, 7)
-	setLVTDeliveryMode(&l, 0x360, 4)
-	if err := v.setLAPIC(l); err != nil {
-		return nil, err
-	}
-	return v, nil
+	v := newVCPU(id, int(fd), buf, &vm.life)
+	vm.vcpus = append(vm.vcpus, v) // Close ends its thread from here on
+	return v, v.Do(func(CPU) error {
+		if _, err := cpuidIoctl(v.fd, kvmSetCPUID2, cpuid); err != nil {
+			return fmt.Errorf("KVM_SET_CPUID2 on vCPU %d: %w", id, err)
+		}
+		// Legacy interrupts (PIC: PIT and UART) reach the CPU through LINT0 as
+		// ExtINT until the guest programs its APIC; NMIs through LINT1.
+		l, err := v.lapic()
+		if err != nil {
+			return err
+		}
+		setLVTDeliveryMode(&l, 0x350, 7)
+		setLVTDeliveryMode(&l, 0x360, 4)
+		return v.setLAPIC(l)
+	})
 }
 
 // vcpuCPUID gives each vCPU its own APIC ID in the CPUID leaves that carry
@@ -334,7 +335,7 @@ func (vm *VM) load(img *kimage.Image) error {
 		if usable > kernelHigh+uint64(len(vm.cfg.Initrd)) && room >= 2<<20 {
 			physDelta = randomAligned(room)
 		}
-		vroom := uint64(kernelImageSize) - (kernelLow + span)
+		vroom := uint64(kimage.KernelImageSize) - (kernelLow + span)
 		virtDelta = randomAligned(vroom)
 	}
 	if kernelHigh+physDelta > usable {
@@ -363,19 +364,20 @@ func (vm *VM) load(img *kimage.Image) error {
 		}
 	}
 	bsp := vm.vcpus[0]
-	s, err := bsp.Sregs()
-	if err != nil {
-		return err
-	}
-	bootSregs(&s)
-	if err := bsp.SetSregs(s); err != nil {
-		return err
-	}
-	if err := bsp.SetRegs(bootRegs(entry)); err != nil {
-		return err
-	}
-	f := FPU{FCW: 0x37f, MXCSR: 0x1f80}
-	return bsp.setFPU(f)
+	return bsp.Do(func(CPU) error {
+		s, err := bsp.Sregs()
+		if err != nil {
+			return err
+		}
+		bootSregs(&s)
+		if err := bsp.SetSregs(s); err != nil {
+			return err
+		}
+		if err := bsp.SetRegs(bootRegs(entry)); err != nil {
+			return err
+		}
+		return bsp.setFPU(FPU{FCW: 0x37f, MXCSR: 0x1f80})
+	})
 }
 
 // randomAligned returns a random multiple of 2 MiB in [0, limit).
@@ -422,7 +424,7 @@ func (vm *VM) SetDebugHook(h DebugHook) error {
 		vm.hook.Store(&hookBox{h})
 	}
 	for _, v := range vm.vcpus {
-		err := vm.doOrDirect(v, func(c CPU) error { return c.(*VCPU).setSoftwareBreakpoints(h != nil) })
+		err := v.Do(func(CPU) error { return v.setSoftwareBreakpoints(h != nil) })
 		if err != nil {
 			return fmt.Errorf("setting guest debug on vCPU %d: %w", v.id, err)
 		}
@@ -430,21 +432,12 @@ func (vm *VM) SetDebugHook(h DebugHook) error {
 	return nil
 }
 
-// doOrDirect runs f on the vCPU's thread if its loop runs, else directly
-// (before Run, the creating goroutine owns the fd).
-func (vm *VM) doOrDirect(v *VCPU, f func(CPU) error) error {
-	if v.tid.Load() == 0 {
-		return f(v)
-	}
-	return v.Do(f)
-}
-
-// Do runs f on vCPU cpu's thread while that vCPU is stopped.
+// Do runs f on vCPU cpu's thread while that vCPU is stopped (VCPU.Do).
 func (vm *VM) Do(cpu int, f func(CPU) error) error {
 	if cpu < 0 || cpu >= len(vm.vcpus) {
 		return fmt.Errorf("%w: no vCPU %d", ErrBadConfig, cpu)
 	}
-	return vm.doOrDirect(vm.vcpus[cpu], f)
+	return vm.vcpus[cpu].Do(f)
 }
 
 // Mem is guest RAM.
@@ -458,8 +451,8 @@ func (vm *VM) NumCPUs() int { return len(vm.vcpus) }
 
 // Reserved is hvprobe's private guest-physical region: reserved by the
 // kernel, never allocated by it, but in its direct map (see e820Map).
-func (vm *VM) Reserved() (gpa, size uint64) {
-	return reservedStart(vm.cfg.MemSize, vm.cfg.Reserved) + reservedHeader, vm.cfg.Reserved - reservedHeader
+func (vm *VM) Reserved() ReservedRegion {
+	return ReservedRegion{Start: reservedStart(vm.cfg.MemSize, vm.cfg.Reserved), Size: vm.cfg.Reserved}
 }
 
 // Layout is where the kernel was placed.
@@ -468,11 +461,33 @@ func (vm *VM) Layout() Layout { return vm.layout }
 // Stats are the exit counters.
 func (vm *VM) Stats() *ExitStats { return &vm.stats }
 
-// ConsoleInput sends bytes to the guest's serial port.
-func (vm *VM) ConsoleInput(p []byte) { vm.serial.Input(p) }
+// ConsoleInput sends bytes to the guest's serial port (dropped once the
+// VM is closed).
+func (vm *VM) ConsoleInput(p []byte) {
+	if !vm.life.enter() {
+		return
+	}
+	defer vm.life.exit()
+	vm.serial.Input(p)
+}
+
+// ConsoleDropped is how many console bytes were lost because the console
+// writer could not keep up (the guest never waits for it).
+func (vm *VM) ConsoleDropped() uint64 { return vm.console.dropped() }
+
+// VCPUState is vCPU cpu's state now.
+func (vm *VM) VCPUState(cpu int) VCPUState { return vm.vcpus[cpu].State() }
 
 // Stop makes Run return with StopRequested.
 func (vm *VM) Stop() {
+	if !vm.life.enter() {
+		return
+	}
+	defer vm.life.exit()
+	vm.stopAll()
+}
+
+func (vm *VM) stopAll() {
 	vm.stop.Store(true)
 	for _, v := range vm.vcpus {
 		v.kick()
@@ -482,36 +497,36 @@ func (vm *VM) Stop() {
 // Run runs every vCPU until the guest resets or halts, an error occurs, Stop
 // is called or ctx ends.
 func (vm *VM) Run(ctx context.Context) Result {
-	type end struct {
-		reason StopReason
-		err    error
+	if !vm.life.enter() {
+		return Result{Reason: StopError, Err: ErrClosed}
 	}
-	ends := make(chan end, len(vm.vcpus))
+	defer vm.life.exit()
 	// From here on the memslot layout is fixed (WatchWrites refuses).
 	vm.slotMu.Lock()
+	ran := vm.ran
 	vm.ran = true
 	vm.slotMu.Unlock()
-	for _, v := range vm.vcpus {
-		go func(v *VCPU) {
-			r, err := v.loop(vm.handler, &vm.stop)
-			close(v.done)
-			ends <- end{r, err}
-		}(v)
+	if ran {
+		return Result{Reason: StopError, Err: &StateError{CPU: 0, Op: "Run", State: vm.vcpus[0].State()}}
 	}
-	first := end{}
+	ends := make(chan loopEnd, len(vm.vcpus))
+	for _, v := range vm.vcpus {
+		v.runs <- runStart{h: vm.handler, stop: &vm.stop, end: ends}
+	}
+	first := loopEnd{}
 	running := len(vm.vcpus)
 	select {
 	case e := <-ends:
 		first = e
 		running--
 	case <-vm.resetCh:
-		first = end{reason: StopReset}
+		first = loopEnd{reason: StopReset}
 	case <-ctx.Done():
-		first = end{reason: StopRequested, err: ctx.Err()}
+		first = loopEnd{reason: StopRequested, err: ctx.Err()}
 	}
-	vm.Stop()
-	// Every vCPU thread must be out of its loop before Run returns: Close
-	// unmaps the kvm_run pages they use.
+	vm.stopAll()
+	// Every vCPU must be out of its loop before Run returns: the guest is
+	// not to run behind the caller's back.
 	for ; running > 0; running-- {
 		<-ends
 	}
@@ -526,13 +541,18 @@ func (vm *VM) Run(ctx context.Context) Result {
 	return Result{Reason: first.reason, Err: first.err, Panicked: vm.console.panicked(), Tail: vm.console.tail()}
 }
 
-// Close releases the VM's file descriptors and memory.
+// Close stops the guest if it runs, waits for every call in flight
+// (Run, Do, Snapshot, guest-memory accesses), ends the vCPU threads and
+// releases the VM's file descriptors and memory. Afterwards those calls
+// fail with ErrClosed.
 func (vm *VM) Close() error {
-	if vm.closed {
+	if !vm.closing.CompareAndSwap(false, true) {
 		return nil
 	}
-	vm.closed = true
+	vm.stopAll()
+	vm.life.close()
 	for _, v := range vm.vcpus {
+		v.stopThread()
 		unix.Munmap(v.runBuf)
 		unix.Close(v.fd)
 	}
@@ -540,7 +560,9 @@ func (vm *VM) Close() error {
 		unix.Close(vm.vmFD)
 	}
 	if vm.mem != nil {
-		unix.Munmap(vm.mem.b)
+		if ram := vm.mem.close(); ram != nil {
+			unix.Munmap(ram)
+		}
 	}
 	if vm.kvm != nil {
 		vm.kvm.Close()
@@ -553,6 +575,7 @@ func (vm *VM) Close() error {
 type lineTracker struct {
 	mu     sync.Mutex
 	out    io.Writer
+	async  *asyncWriter // out's queue, kept for its drop count after flush
 	onLine func(string)
 	cur    []byte
 	last   []string
@@ -562,10 +585,19 @@ type lineTracker struct {
 const tailLines = 25
 
 func newLineTracker(out io.Writer, onLine func(string)) *lineTracker {
+	t := &lineTracker{onLine: onLine}
 	if out != nil {
-		out = newAsyncWriter(out)
+		t.async = newAsyncWriter(out)
+		t.out = t.async
 	}
-	return &lineTracker{out: out, onLine: onLine}
+	return t
+}
+
+func (t *lineTracker) dropped() uint64 {
+	if t == nil || t.async == nil {
+		return 0
+	}
+	return t.async.dropped.Load()
 }
 
 func (t *lineTracker) Write(p []byte) (int, error) {

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -169,7 +170,22 @@ func cmdRun(args []string) error {
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if n := s.VM.ConsoleDropped(); n > 0 {
+			events.printf("console: %d bytes dropped", n)
+		}
+	}()
 	defer s.Close()
+	// Every goroutine that uses the session is joined before it closes.
+	var bg sync.WaitGroup
+	defer bg.Wait()
+	goBg := func(f func()) {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			f()
+		}()
+	}
 	if err := s.WriteWatch(); err != nil && hasProbes {
 		events.printf("hvprobe: warning: %v: a probe whose text the guest rewrites is not re-checked", err)
 	}
@@ -206,39 +222,47 @@ func cmdRun(args []string) error {
 		ctx, c2 = context.WithTimeout(ctx, *timeout)
 		defer c2()
 	}
+	// bgCtx ends the goroutines below once the guest has stopped.
+	bgCtx, stopBg := context.WithCancel(ctx)
+	defer stopBg()
 	if *control {
-		c, err := s.ListenControl("", emit)
+		c, err := s.ListenControl("", emit) // closed, connections joined, by s.Close
 		if err != nil {
 			return err
 		}
-		defer c.Close()
 		events.printf("hvprobe: control socket %s", c.Path())
-		go c.Serve(ctx)
+		goBg(func() { c.Serve(bgCtx) })
 	}
 	if *interactive {
+		// Not joined: it may block reading stdin forever. It touches only
+		// ConsoleInput, a no-op once the VM is closed.
 		go forwardInput(os.Stdin, s.VM.ConsoleInput)
 	}
 	l := s.VM.Layout()
 	events.printf("hvprobe: kernel placed at physical +%#x, virtual +%#x (KASLR)", l.PhysDelta, l.VirtDelta)
 	if *restore == "" {
-		go reportBoot(ctx, s, events)
+		goBg(func() { reportBoot(bgCtx, s, events) })
 	}
 	if *inspect != "" {
-		go inspectAt(ctx, s, *inspect, events)
+		goBg(func() { inspectAt(bgCtx, s, *inspect, events) })
 	}
 	var snapErr atomic.Pointer[error]
 	if *snapAt != "" {
-		go func() {
-			if err := snapshotAt(ctx, s, *snapAt, *snapOut, events); err != nil {
+		goBg(func() {
+			// A guest that ended before the marker is told by its end, not
+			// by the wait that stopBg cut short.
+			if err := snapshotAt(bgCtx, s, *snapAt, *snapOut, events); err != nil && (ctx.Err() != nil || bgCtx.Err() == nil) {
 				snapErr.Store(&err)
 			}
 			s.VM.Stop()
-		}()
+		})
 	}
 	if *scenario != "" {
-		go sendScenario(ctx, s, *scenario, *restore != "", events)
+		goBg(func() { sendScenario(bgCtx, s, *scenario, *restore != "", events) })
 	}
 	res := s.Run(ctx)
+	stopBg()
+	bg.Wait()
 	if e := snapErr.Load(); e != nil {
 		return *e
 	}
@@ -358,24 +382,29 @@ func parseSize(s string) (uint64, error) {
 }
 
 // printer serializes event lines from vCPU threads onto one writer without
-// making a vCPU wait for the terminal.
+// making a vCPU wait for the terminal: when its queue is full, or after
+// close, a line is dropped and counted, and close reports the count.
 type printer struct {
-	ch   chan string
-	done chan struct{}
+	mu      sync.Mutex
+	closed  bool
+	dropped uint64
+	ch      chan string
+	done    chan struct{}
+	w       io.Writer
 }
 
 func newPrinter(w io.Writer) *printer {
-	p := &printer{ch: make(chan string, 65536), done: make(chan struct{})}
+	p := &printer{ch: make(chan string, 65536), done: make(chan struct{}), w: w}
 	go func() {
+		defer close(p.done)
 		bw := bufio.NewWriter(w)
+		defer bw.Flush()
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
 			case l, ok := <-p.ch:
 				if !ok {
-					bw.Flush()
-					close(p.done)
 					return
 				}
 				bw.WriteString(l)
@@ -388,11 +417,38 @@ func newPrinter(w io.Writer) *printer {
 	return p
 }
 
-func (p *printer) printf(format string, args ...any) { p.ch <- fmt.Sprintf(format, args...) }
+func (p *printer) printf(format string, args ...any) {
+	l := fmt.Sprintf(format, args...)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		p.dropped++
+		return
+	}
+	select {
+	case p.ch <- l:
+	default:
+		p.dropped++
+	}
+}
 
+// close writes what is queued, then the number of lines dropped, if any.
 func (p *printer) close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
 	close(p.ch)
+	p.mu.Unlock()
 	<-p.done
+	p.mu.Lock()
+	n := p.dropped
+	p.mu.Unlock()
+	if n > 0 {
+		fmt.Fprintf(p.w, "hvprobe: %d event lines dropped (the output could not keep up)\n", n)
+	}
 }
 
 // forwardInput copies what the user types to the guest's UART until EOF.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
 	"github.com/hvprobe/hvprobe/session"
@@ -111,5 +113,48 @@ func TestRunSnapshotFlagConflicts(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("run %q: %v, want %q", c.args, err, c.want)
 		}
+	}
+}
+
+// stallWriter blocks every Write until released, as a stuck terminal does.
+type stallWriter struct {
+	release chan struct{}
+	mu      sync.Mutex
+	out     strings.Builder
+}
+
+func (w *stallWriter) Write(p []byte) (int, error) {
+	<-w.release
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.out.Write(p)
+}
+
+// TestPrinterNeverBlocks: with the output stuck and the queue full, printf
+// drops and counts instead of waiting; a print after close is dropped too
+// (no send on a closed channel), and close reports the count.
+func TestPrinterNeverBlocks(t *testing.T) {
+	w := &stallWriter{release: make(chan struct{})}
+	p := newPrinter(w)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 70000 {
+			p.printf("line %d with some text to fill the writer's buffer", i)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("printf blocked on a full queue")
+	}
+	close(w.release)
+	p.close()
+	p.printf("late")
+	p.close()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !strings.Contains(w.out.String(), "event lines dropped") {
+		t.Fatalf("no drop report at close; output ends %q", w.out.String()[max(0, w.out.Len()-200):])
 	}
 }

@@ -292,44 +292,10 @@ func (e *evaluator) funcArg(n uint64) (uint64, error) {
 }
 
 func (e *evaluator) reg(name string) uint64 {
-	r := &e.c.Regs
+	if p, ok := e.c.Regs.Reg(name); ok {
+		return *p
+	}
 	switch name {
-	case "ax":
-		return r.RAX
-	case "bx":
-		return r.RBX
-	case "cx":
-		return r.RCX
-	case "dx":
-		return r.RDX
-	case "si":
-		return r.RSI
-	case "di":
-		return r.RDI
-	case "bp":
-		return r.RBP
-	case "sp":
-		return r.RSP
-	case "ip":
-		return r.RIP
-	case "flags":
-		return r.RFLAGS
-	case "r8":
-		return r.R8
-	case "r9":
-		return r.R9
-	case "r10":
-		return r.R10
-	case "r11":
-		return r.R11
-	case "r12":
-		return r.R12
-	case "r13":
-		return r.R13
-	case "r14":
-		return r.R14
-	case "r15":
-		return r.R15
 	case "cs":
 		return uint64(e.c.CS)
 	case "ss":

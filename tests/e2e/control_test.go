@@ -3,14 +3,19 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/vmm"
 )
 
 // TestControlSocket: a live session adds a probe over the control socket,
@@ -92,5 +97,99 @@ func TestControlSocket(t *testing.T) {
 	}
 	if l, st := ask("stats"); st != "ok" || len(l) == 0 {
 		t.Fatalf("stats: %q %s", l, st)
+	}
+}
+
+// TestControlCloseUnderLoad: the session is closed while the guest runs a
+// workload under a probe added over the control socket, a connection keeps
+// asking for stats, and an inspect-like goroutine reads registers and the
+// task list: no crash (-race), the connection is closed, and guest memory
+// and vCPU requests then fail with vmm.ErrClosed.
+func TestControlCloseUnderLoad(t *testing.T) {
+	miniGuest(t) // makes sure the cached snapshot exists
+	path, err := snapshotPath(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := restoreMini(path, 1, "close")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hits atomic.Int64
+	c, err := g.s.ListenControl("", func(probedef.Event) { hits.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Serve(ctx)
+	conn, err := net.Dial("unix", c.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sc := bufio.NewScanner(conn)
+	ask := func(cmd string) (string, error) {
+		if _, err := fmt.Fprintln(conn, cmd); err != nil {
+			return "", err
+		}
+		for sc.Scan() {
+			if l := sc.Text(); l == "ok" || l == "error" {
+				return l, nil
+			}
+		}
+		return "", io.EOF
+	}
+	if st, err := ask(`add p:close/open do_filp_open path=+0(+0(%si)):string`); st != "ok" {
+		t.Fatalf("add: %s %v", st, err)
+	}
+	go g.s.Scenario(ctx, "fileread:1000000")
+
+	var wg sync.WaitGroup
+	var inspectErr, connErr error
+	wg.Add(2)
+	go func() { // --inspect
+		defer wg.Done()
+		for {
+			if _, inspectErr = g.s.Inspect(); inspectErr != nil {
+				return
+			}
+		}
+	}()
+	go func() { // a control client
+		defer wg.Done()
+		for {
+			if _, connErr = ask("stats"); connErr != nil {
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(2 * time.Minute)
+	for hits.Load() < 20 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if hits.Load() == 0 {
+		t.Fatal("the probe never fired")
+	}
+	if err := g.s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	r := <-g.ended
+	wg.Wait()
+	if r.Reason != vmm.StopRequested {
+		t.Errorf("Run ended with %v (%v), want stopped by request", r.Reason, r.Err)
+	}
+	if !errors.Is(inspectErr, vmm.ErrClosed) {
+		t.Errorf("inspect after Close: %v, want vmm.ErrClosed", inspectErr)
+	}
+	if connErr == nil {
+		t.Error("the control connection stayed open after Close")
+	}
+	var b [8]byte
+	if err := g.a.Kernel.ReadVirt(g.a.Slots.VA, b[:]); !errors.Is(err, vmm.ErrClosed) {
+		t.Errorf("ReadVirt after Close: %v, want vmm.ErrClosed", err)
+	}
+	if err := g.s.VM.Do(0, func(vmm.CPU) error { return nil }); !errors.Is(err, vmm.ErrClosed) {
+		t.Errorf("Do after Close: %v, want vmm.ErrClosed", err)
 	}
 }

@@ -24,6 +24,10 @@ const (
 	XLFKernel64 = 1 << 0
 	// LoadedHigh (loadflags): protected-mode code loads at 0x100000.
 	LoadedHigh = 1 << 0
+	// KASLRFlag (loadflags): the loader randomized the kernel's placement.
+	KASLRFlag = 1 << 1
+	// CanUseHeap (loadflags): heap_end_ptr is valid.
+	CanUseHeap = 1 << 7
 )
 
 // SetupHeader mirrors struct setup_header
