@@ -39,11 +39,11 @@ type Unwinder struct {
 	// at the first address that is not. nil accepts the kernel half
 	// (bit 63 set).
 	InText func(addr uint64) bool
-	// Return maps a return address read from the stack to the real one
-	// before it is used: a kretprobe trampoline's address to the return
-	// address the probe engine saved for this task (as the kernel's
-	// unwind_recover_ret_addr does). nil keeps addresses as read.
-	Return func(addr uint64) uint64
+	// Return maps a return address read from the stack at slot to the
+	// real one before it is used: a kretprobe trampoline's address to the
+	// return address the probe engine saved for that slot (as the
+	// kernel's unwind_recover_ret_addr does). nil keeps addresses as read.
+	Return func(addr, slot uint64) uint64
 }
 
 // Unwind returns the kernel call chain of a vCPU stopped in kernel mode:
@@ -83,9 +83,9 @@ func (w *walker) inText(addr uint64) bool {
 	return addr>>63 == 1
 }
 
-func (w *walker) ret(addr uint64) uint64 {
+func (w *walker) ret(addr, slot uint64) uint64 {
 	if w.u.Return != nil {
-		return w.u.Return(addr)
+		return w.u.Return(addr, slot)
 	}
 	return addr
 }
@@ -117,7 +117,7 @@ func (w *walker) framePointers(bp uint64) error {
 		if err != nil {
 			return err
 		}
-		ip = w.ret(ip)
+		ip = w.ret(ip, bp+8)
 		if !w.inText(ip) {
 			return nil
 		}
@@ -221,7 +221,7 @@ func (w *walker) orc(regs vmm.Regs) error {
 			if err != nil {
 				return err
 			}
-			*s = orcState{ip: w.ret(ip), sp: sp, bp: s.bp, signal: e.Signal}
+			*s = orcState{ip: w.ret(ip, sp-8), sp: sp, bp: s.bp, signal: e.Signal}
 		case guest.ORCRegs, guest.ORCRegsPartial:
 			iret := sp
 			if e.Type == guest.ORCRegs {
@@ -246,7 +246,7 @@ func (w *walker) orc(regs vmm.Regs) error {
 				}
 				*s = orcState{regs: iret - ptIP, prev: prev, live: live}
 			}
-			s.ip, s.sp, s.bp, s.signal = w.ret(ip), nsp, oldBP, true
+			s.ip, s.sp, s.bp, s.signal = w.ret(ip, iret), nsp, oldBP, true
 		}
 		switch e.BPReg {
 		case guest.ORCRegUndefined:

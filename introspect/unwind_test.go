@@ -93,7 +93,7 @@ func TestUnwindORC(t *testing.T) {
 		name   string
 		mem    wordMem
 		regs   vmm.Regs
-		ret    func(uint64) uint64
+		ret    func(addr, slot uint64) uint64
 		want   []uint64
 		errSub bool
 	}{
@@ -119,8 +119,8 @@ func TestUnwindORC(t *testing.T) {
 			name: "kretprobe trampoline mapped back",
 			mem:  interrupted(0x10, kt+0x7000),
 			regs: vmm.Regs{RIP: kt + 0x4000, RSP: stS},
-			ret: func(a uint64) uint64 {
-				if a == kt+0x7000 {
+			ret: func(a, slot uint64) uint64 {
+				if a == kt+0x7000 && slot == stR+8 {
 					return kt + 0x5008
 				}
 				return a

@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
+	"github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/introspect"
 	"github.com/hvprobe/hvprobe/kprobes"
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
@@ -73,6 +75,13 @@ func (s *Session) AddDefs(a *Attached, defs []*probedef.Def, emit func(probedef.
 		}
 	}
 	env := &eventEnv{s: s, k: k}
+	if slices.ContainsFunc(defs, func(d *probedef.Def) bool { return d.Stack }) {
+		u, err := s.unwinder(a)
+		if err != nil {
+			return nil, err
+		}
+		env.unwind = u
+	}
 	if l, err := s.TaskLayout(); err == nil {
 		env.layout = &l // without BTF, events carry no comm/pid
 	}
@@ -137,6 +146,13 @@ func (e *eventEnv) handle(p *Probe, def *probedef.Def, emit func(probedef.Event)
 			entry, _ := c.Data.(*vmm.Regs)
 			ev := e.event(def, c.Context, *c.Regs(), entry, c.Symbol)
 			ev.Where = e.k.Syms.FormatAddr(c.ReturnAddress)
+			ev.Duration = c.Duration
+			if def.Stack {
+				// The stack of the caller the function returned to.
+				r := *c.Regs()
+				r.RIP = c.ReturnAddress
+				ev.Stack = e.stack(r, false)
+			}
 			emit(ev)
 		}
 	}
@@ -147,6 +163,7 @@ type eventEnv struct {
 	s      *Session
 	k      *RunningKernel
 	layout *introspect.TaskLayout
+	unwind *introspect.Unwinder // for definitions with Stack set
 }
 
 func (e *eventEnv) event(def *probedef.Def, c *kprobes.Context, regs vmm.Regs, entry *vmm.Regs, fn string) probedef.Event {
@@ -156,10 +173,56 @@ func (e *eventEnv) event(def *probedef.Def, c *kprobes.Context, regs vmm.Regs, e
 	if err != nil {
 		vals = []probedef.Value{{Name: "error", Type: probedef.Type{Base: probedef.String}, Str: err.Error()}}
 	}
-	return probedef.Event{
+	ev := probedef.Event{
 		Def: def, Comm: comm, PID: pid, CPU: c.CPU, IRQsOff: regs.RFLAGS&vmm.FlagIF == 0,
 		Time: e.s.sinceLocked(c.Time), Where: e.k.Syms.FormatAddr(c.Addr), Func: fn, Values: vals,
 	}
+	if def.Stack && fn == "" {
+		r := regs
+		r.RIP = c.Addr
+		ev.Stack = e.stack(r, c.Offset == 0)
+	}
+	return ev
+}
+
+// stack unwinds the kernel stack at a hit (Def.Stack): on the host, from
+// guest memory, ORC tables when the image has them, else frame pointers. A walk that stops early keeps
+// the frames it found, as the kernel's stack_trace_save does.
+// At a function's first instruction its frame is not built yet: the
+// return address is at %rsp, which ORC knows and a frame-pointer walk,
+// following %rbp, would skip, so that walk starts from the caller.
+func (e *eventEnv) stack(regs vmm.Regs, atEntry bool) []probedef.Frame {
+	var addrs []uint64
+	if ret, err := e.k.Mem.ReadU64(regs.RSP); atEntry && e.unwind.ORC == nil && err == nil {
+		caller := regs
+		caller.RIP, caller.RSP = e.unwind.Return(ret, regs.RSP), regs.RSP+8
+		addrs, _ = e.unwind.Unwind(e.k, caller)
+		addrs = append([]uint64{regs.RIP}, addrs...)
+	} else {
+		addrs, _ = e.unwind.Unwind(e.k, regs)
+	}
+	st := make([]probedef.Frame, len(addrs))
+	for i, a := range addrs {
+		st[i] = probedef.Frame{Addr: a, Where: e.k.Syms.FormatAddr(a)}
+	}
+	return st
+}
+
+// unwinder walks this guest's stacks: with the image's ORC tables, slid,
+// when it has them, else by frame pointers; kretprobe trampolines on the
+// stack are shown as the return addresses they replaced.
+func (s *Session) unwinder(a *Attached) (*introspect.Unwinder, error) {
+	u := &introspect.Unwinder{InText: a.Kernel.InText, Return: func(addr, slot uint64) uint64 {
+		return a.Manager.RealReturnAddress(slot, addr)
+	}}
+	s.orcOnce.Do(func() { s.orc, s.orcErr = s.Kernel.ORC() })
+	switch {
+	case s.orcErr == nil:
+		u.ORC = s.orc.Slid(a.Kernel.Layout.VirtDelta)
+	case !errors.Is(s.orcErr, guest.ErrNoORC):
+		return nil, fmt.Errorf("kernel stacks: %w", s.orcErr)
+	}
+	return u, nil
 }
 
 // Address and Format make eventEnv a probedef.Symbols.

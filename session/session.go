@@ -66,6 +66,9 @@ type Session struct {
 	workers   sync.WaitGroup
 	ctlMu     sync.Mutex
 	controls  []*Control
+	orcOnce   sync.Once // the image's ORC tables, read at the first need
+	orc       *guest.ORC
+	orcErr    error
 	// consoleDropped is the console loss last reported (NoticeConsoleDropped).
 	consoleDropped atomic.Uint64
 

@@ -54,6 +54,10 @@ func cmdRun(args []string) error {
 	snapOut := fs.String("snapshot-out", "", "snapshot file written at --snapshot-at")
 	restore := fs.String("restore", "", "start from this snapshot instead of booting (memory, vCPUs and command line are the snapshot's)")
 	scenario := fs.String("scenario", "", "workload commands for the mini guest's mailbox (e.g. calls:5,poweroff), sent once the workload serves (at once after --restore)")
+	var filters, hists multiFlag
+	fs.Var(&filters, "filter", "EVENT:EXPR (repeatable): pass only EVENT's hits that match an ftrace event filter, e.g. 'myev:count > 100 && comm ~ \"kw*\"'")
+	fs.Var(&hists, "hist", "EVENT:hist:keys=...[:vals=...][:sort=...] (repeatable): aggregate EVENT's hits as an ftrace hist trigger; the table prints at exit instead of the events")
+	stacktrace := fs.Bool("stacktrace", false, "for --probe/--probes: each event carries the guest kernel stack of its hit (ftrace's stacktrace option)")
 	keepGoing := fs.Bool("keep-going", false, "when a probe cannot be armed once the guest runs, report it and carry on (default: report it and stop the guest, exit status 6)")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
@@ -126,6 +130,11 @@ func cmdRun(args []string) error {
 	if parseErr != nil && !errors.As(parseErr, &se) {
 		return parseErr // the file could not be read
 	}
+	an, badAnalysis := newAnalysis(defs, filters, hists)
+	bad = append(bad, badAnalysis...)
+	for _, d := range defs {
+		d.Stack = d.Stack || *stacktrace
+	}
 	emit, err := eventPrinter(*format, events)
 	if err != nil {
 		return err
@@ -136,6 +145,8 @@ func cmdRun(args []string) error {
 		emit = counts.add
 		defer counts.print(events)
 	}
+	emit = an.wrap(emit)
+	defer an.print(*format, events)
 	hasProbes := !probes.empty() || len(defs) > 0 || len(bad) > 0 || parseErr != nil
 	k, err := guest.OpenKernel(*kernel, *sysmap)
 	if err != nil {
@@ -203,6 +214,7 @@ func cmdRun(args []string) error {
 	var defProbes atomic.Pointer[session.DefProbes]
 	if len(defs) > 0 {
 		s.AtAttach(func(a *session.Attached) error {
+			an.symbolize(a.Kernel)
 			dp, err := s.AddDefs(a, defs, emit)
 			defProbes.Store(dp)
 			if err != nil {

@@ -75,6 +75,11 @@ type Def struct {
 
 	Args []Arg
 
+	// Stack asks for the kernel stack of each hit in its event
+	// (Event.Stack), as ftrace's stacktrace trigger does; it is set by
+	// the tool, not written in the line.
+	Stack bool
+
 	// Line and Text locate the definition in its source for error
 	// reports (Validate); they are not part of the definition itself.
 	Line int

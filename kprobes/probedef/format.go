@@ -28,9 +28,31 @@ type Event struct {
 	// "(WHERE <- FUNC)".
 	Func   string
 	Values []Value
+	// Duration is a return probe's time from function entry to return.
+	Duration time.Duration
+	// Stack is the kernel stack at the hit, innermost first (the probe
+	// site, then return addresses); nil unless stacks were asked for.
+	Stack []Frame
 }
 
-// FormatTrace renders ev as one trace_pipe line, without the newline:
+// Frame is one kernel stack entry: its address and how Symbols.Format
+// renders it.
+type Frame struct {
+	Addr  uint64
+	Where string
+}
+
+// StackAddrs is ev's stack as addresses (Hist.Stack).
+func StackAddrs(ev *Event) []uint64 {
+	out := make([]uint64, len(ev.Stack))
+	for i, f := range ev.Stack {
+		out[i] = f.Addr
+	}
+	return out
+}
+
+// FormatTrace renders ev as one trace_pipe line, without the final
+// newline, followed by ftrace's "<stack trace>" block when ev.Stack is set:
 //
 //	bash-1447    [001] d.... 1038282.286875: myprobe: (do_sys_open+0x0/0xd6) dfd=0x3
 //
@@ -63,6 +85,13 @@ func FormatTrace(ev Event) string {
 	for _, v := range ev.Values {
 		b.WriteString(" " + v.Name + "=")
 		writeValue(&b, v)
+	}
+	// ftrace's stacktrace option: a "<stack trace>" block after the event.
+	if ev.Stack != nil {
+		b.WriteString("\n <stack trace>")
+		for _, f := range ev.Stack {
+			b.WriteString("\n => " + f.Where)
+		}
 	}
 	return b.String()
 }
@@ -132,6 +161,8 @@ type jsonEvent struct {
 	Where   string   `json:"where"`
 	Func    string   `json:"func,omitempty"`
 	Args    jsonArgs `json:"args"`
+	DurNS   int64    `json:"duration_ns,omitempty"`
+	Stack   []string `json:"stack,omitempty"`
 }
 
 // jsonArgs is an object whose keys keep the definition's order.
@@ -195,5 +226,17 @@ func FormatJSON(ev Event) ([]byte, error) {
 		TimeNS: ev.Time.Nanoseconds(),
 		Group:  ev.Def.Group, Event: ev.Def.Event, Kind: ev.Def.Kind.String(),
 		Where: ev.Where, Func: ev.Func, Args: jsonArgs(ev.Values),
+		DurNS: ev.Duration.Nanoseconds(), Stack: stackWhere(ev.Stack),
 	})
+}
+
+func stackWhere(st []Frame) []string {
+	if st == nil {
+		return nil
+	}
+	out := make([]string, len(st))
+	for i, f := range st {
+		out[i] = f.Where
+	}
+	return out
 }

@@ -73,3 +73,30 @@ func TestFormatJSON(t *testing.T) {
 		t.Fatalf("k = %v", anyv["args"])
 	}
 }
+
+func TestFormatStackAndDuration(t *testing.T) {
+	r, err := Parse("r:ret f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := Event{Def: r, PID: 1, Comm: "init", Where: "g+0x5/0x20", Func: "f", Duration: 1500,
+		Stack: []Frame{{0xffffffff81000005, "g+0x5/0x20"}, {0xffffffff81000105, "h+0x1/0x9"}}}
+	want := "            init-1       [000] ..... " + "    0.000000: ret: (g+0x5/0x20 <- f)\n <stack trace>\n => g+0x5/0x20\n => h+0x1/0x9"
+	if got := FormatTrace(ev); got != want {
+		t.Errorf("FormatTrace:\n got %q\nwant %q", got, want)
+	}
+	b, err := FormatJSON(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["duration_ns"] != 1500.0 || !reflect.DeepEqual(m["stack"], []any{"g+0x5/0x20", "h+0x1/0x9"}) {
+		t.Errorf("FormatJSON: %s", b)
+	}
+	if got := StackAddrs(&ev); !reflect.DeepEqual(got, []uint64{0xffffffff81000005, 0xffffffff81000105}) {
+		t.Errorf("StackAddrs = %#x", got)
+	}
+}

@@ -108,6 +108,9 @@ func stallAfter() time.Duration {
 const (
 	initcallsProbe = "r:initcalls do_one_initcall fn=$arg1:symbol ret=$retval:s32"
 	initTextProbe  = "p:inittext chr_dev_init"
+	// initStackProbe's events carry the kernel stack, unwound with the
+	// image's ORC tables.
+	initStackProbe = "p:initstack do_one_initcall"
 )
 
 // Sample sizes of the random probe set.
@@ -124,14 +127,8 @@ func stockProbes(t *testing.T, k *kguest.Kernel) []*probedef.Def {
 	}
 	t.Logf("random probe sample: HVPROBE_SEED=%d", seed)
 	sample := randomSample(t, k, rand.New(rand.NewPCG(uint64(seed), 0)), sampleBody, sampleEntry, sampleRet)
-	var defs []*probedef.Def
-	for _, l := range []string{initcallsProbe, initTextProbe} {
-		d, err := probedef.Parse(l)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defs = append(defs, d)
-	}
+	defs := parseDefs(t, initcallsProbe, initTextProbe, initStackProbe)
+	defs[2].Stack = true
 	return append(defs, sample...)
 }
 
@@ -216,7 +213,7 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 	var addErr error
 	s.AtAttach(func(a *session.Attached) error {
 		dp, addErr = s.AddDefs(a, defs, func(ev probedef.Event) {
-			if ev.Def.Event == "initcalls" || ev.Def.Event == "inittext" {
+			if ev.Def.Event == "initcalls" || ev.Def.Event == "inittext" || ev.Def.Event == "initstack" {
 				mu.Lock()
 				events = append(events, ev)
 				mu.Unlock()
@@ -284,6 +281,7 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 	defer mu.Unlock()
 	checkStockConsole(t, s.Lines(), l)
 	checkInitcallPairs(t, s.Lines(), l, events)
+	checkInitcallStacks(t, events)
 	deferred, armed, retired := 0, 0, 0
 	for _, n := range notices {
 		switch n.Kind {
@@ -318,6 +316,38 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 	}
 	checkStockTextRestored(t, k, a, probed)
 	return false
+}
+
+// checkInitcallStacks: every do_one_initcall hit is pid 1's (the
+// initcall pairs show it), so every stack, unwound with ORC, starts at the
+// probe and ends in kernel_init, entered from ret_from_fork.
+func checkInitcallStacks(t *testing.T, events []probedef.Event) {
+	t.Helper()
+	calls, stacks := 0, 0
+	var example []string
+	for _, ev := range events {
+		switch ev.Def.Event {
+		case "initcalls":
+			calls++
+		case "initstack":
+			stacks++
+			var where []string
+			for _, f := range ev.Stack {
+				where = append(where, f.Where)
+			}
+			k := slices.IndexFunc(where, func(w string) bool { return strings.HasPrefix(w, "kernel_init+") })
+			if len(where) < 3 || !strings.HasPrefix(where[0], "do_one_initcall+0x0/") || k < 0 ||
+				!slices.ContainsFunc(where[:k], func(w string) bool { return strings.HasPrefix(w, "kernel_init_freeable+") }) ||
+				slices.ContainsFunc(where[k+1:], func(w string) bool { return !strings.HasPrefix(w, "ret_from_fork") }) {
+				t.Errorf("initcall stack %q does not run from do_one_initcall through kernel_init_freeable to kernel_init", where)
+			}
+			example = where
+		}
+	}
+	if stacks != calls || stacks == 0 {
+		t.Errorf("%d initcall stacks for %d initcalls", stacks, calls)
+	}
+	t.Logf("%d initcall stacks unwound with ORC, e.g. %q", stacks, example)
 }
 
 func countKind(ns []session.Notice, k session.NoticeKind) int {

@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
+)
+
+// TestFilterPassesExactCalls: an ftrace filter on hvwl_target_add's
+// arguments passes exactly the calls the workload made that satisfy it
+// (calls:N calls add(i, 1000+i) for i < N, as it reports), and a hist
+// over the same hits counts each of them.
+func TestFilterPassesExactCalls(t *testing.T) {
+	g := miniGuest(t)
+	d := parseDefs(t, `p:an/add hvwl_target_add a=%di:s64 b=%si:s64`)[0]
+	f, err := probedef.ParseFilter(d, `(a >= 3 && b < 1005) || a == 9 || !(a < 11)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := probedef.ParseHist(d, `hist:keys=a:vals=b:sort=a`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var passed []int64
+	dp, err := g.s.AddDefs(g.a, []*probedef.Def{d}, func(ev probedef.Event) {
+		h.Add(ev)
+		if f.Match(ev) {
+			mu.Lock()
+			passed = append(passed, ev.Values[0].S64)
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Remove()
+	out := g.run(t, "calls:12")
+	n := num(t, report(t, out, "calls"), "n")
+	var want []int64
+	for i := int64(0); i < n; i++ {
+		if (i >= 3 && 1000+i < 1005) || i == 9 || i >= 11 {
+			want = append(want, i)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(passed) != len(want) {
+		t.Fatalf("filter passed a=%v; the workload's calls that match are a=%v", passed, want)
+	}
+	for i := range want {
+		if passed[i] != want[i] {
+			t.Fatalf("filter passed a=%v; the workload's calls that match are a=%v", passed, want)
+		}
+	}
+	var b strings.Builder
+	if err := h.Text(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "Hits: 12") || !strings.Contains(b.String(), "Entries: 12") ||
+		!strings.Contains(b.String(), "{ a:          5 } hitcount:          1  b:       1005") {
+		t.Errorf("hist:\n%s", b.String())
+	}
+}
+
+// TestStackTraces: the kernel stack of each hit in hvwl_recurse, unwound
+// on the host, shows one hvwl_recurse frame per active call (depth D-k+1
+// for the call with argument k) and then its callers, with a
+// kretprobe on the same function: its trampoline, which replaces every
+// active frame's return address, is shown as the real return address.
+func TestStackTraces(t *testing.T) {
+	g := miniGuest(t)
+	defs := parseDefs(t, `p:an/rec hvwl_recurse depth=%di:s64`, `r:an/recret hvwl_recurse depth=$arg1:s64`)
+	for _, d := range defs {
+		d.Stack = true
+	}
+	var log eventLog
+	dp, err := g.s.AddDefs(g.a, defs, log.add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Remove()
+	const depth = 5
+	out := g.run(t, "recurse:5")
+	if calls := num(t, report(t, out, "recurse"), "calls"); calls != depth+1 {
+		t.Fatalf("workload made %d calls", calls)
+	}
+	events := log.all()
+	entries, returns := 0, 0
+	for _, ev := range events {
+		var where []string
+		for _, f := range ev.Stack {
+			where = append(where, f.Where)
+		}
+		lead := 0
+		for lead < len(where) && strings.HasPrefix(where[lead], "hvwl_recurse+") {
+			lead++
+		}
+		var want int
+		switch ev.Def.Event {
+		case "rec":
+			entries++
+			want = depth - int(ev.Values[0].S64) + 1
+			if len(where) == 0 || !strings.HasPrefix(where[0], "hvwl_recurse+0x0/") {
+				t.Errorf("entry stack starts %q", where)
+			}
+		case "recret":
+			// At the return the callee's frame is gone: the stack is the
+			// caller's, at the return address.
+			returns++
+			want = depth - int(ev.Values[0].S64)
+		}
+		if lead != want || lead >= len(where) || !strings.HasPrefix(where[lead], "hvwl_run_one+") ||
+			!strings.HasPrefix(where[len(where)-1], "ret_from_fork+") {
+			t.Errorf("%s %s: %d hvwl_recurse frames (want %d) in stack %q", ev.Def.Event, probedef.FormatValue(ev.Values[0]), lead, want, where)
+		}
+		for _, w := range where {
+			if !strings.Contains(w, "+0x") {
+				t.Errorf("frame %q is no kernel symbol (a trampoline left in?) in %q", w, where)
+			}
+		}
+	}
+	if entries != depth+1 || returns != depth+1 {
+		t.Fatalf("%d entry and %d return events, want %d each", entries, returns, depth+1)
+	}
+	t.Logf("e.g.\n%s", probedef.FormatTrace(events[len(events)-1]))
+}
