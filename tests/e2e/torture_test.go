@@ -9,10 +9,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	kguest "github.com/hvprobe/hvprobe/guest"
+	"github.com/hvprobe/hvprobe/kprobes"
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
 	"github.com/hvprobe/hvprobe/session"
 )
@@ -43,9 +45,37 @@ func TestRandomProbesLeaveWorkloadIntact(t *testing.T) {
 
 	var addErr error
 	var dp *session.DefProbes
+	// Each kprobe gets a twin at its address with a post handler, which
+	// makes the engine execute every sampled instruction itself (host
+	// emulation) or step it, never boost it.
+	type twin struct {
+		of, p *session.Probe
+		posts atomic.Uint64
+	}
+	var twins []*twin
+	var sess *session.Session
 	g, err := coldBootMiniWith(1, "hvprobe_wl=serve", "torture", func(s *session.Session) {
+		sess = s
 		s.AtAttach(func(a *session.Attached) error {
 			dp, addErr = s.AddDefs(a, defs, func(probedef.Event) {})
+			if addErr != nil {
+				return nil
+			}
+			for _, p := range dp.Probes() {
+				if p.Kprobe == nil {
+					continue
+				}
+				tw := &twin{of: p}
+				k := &kprobes.Kprobe{Symbol: p.Kprobe.Symbol, Offset: p.Kprobe.Offset, PostHandler: func(*kprobes.Context) { tw.posts.Add(1) }}
+				if k.Symbol == "" {
+					k.Addr = p.Kprobe.Addr
+				}
+				tw.p = &session.Probe{Name: p.Name + " (post twin)", Kprobe: k}
+				if addErr = s.Arm(a, tw.p); addErr != nil {
+					return nil
+				}
+				twins = append(twins, tw)
+			}
 			return nil
 		})
 	})
@@ -84,6 +114,15 @@ func TestRandomProbesLeaveWorkloadIntact(t *testing.T) {
 		len(st.Probes), hitProbes, hits, perHit, st.Emulated, st.EmulatedBranches, st.Boosted, st.Stepped, st.RepIterations, st.Reentered, st.Faults)
 	if st.LostSteps != 0 || st.Errors != 0 || st.OrphanReturns != 0 {
 		t.Errorf("lost steps %d, errors %d (%v), orphan returns %d", st.LostSteps, st.Errors, g.a.Manager.Err(), st.OrphanReturns)
+	}
+	t.Logf("stepped by mnemonic: %v", st.SteppedOps)
+	for _, tw := range twins {
+		if h, th, n := tw.of.Kprobe.Hits(), tw.p.Kprobe.Hits(), tw.posts.Load(); h != th || th != n {
+			t.Errorf("%s: %d hits, its twin %d hits and %d post handler runs", tw.of.Name, h, th, n)
+		}
+		if err := sess.Disarm(g.a, tw.p); err != nil {
+			t.Error(err)
+		}
 	}
 	var addrs []uint64
 	for _, p := range dp.Probes() {
