@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
 	"github.com/hvprobe/hvprobe/session"
@@ -61,8 +60,6 @@ func newAnalysis(defs []*probedef.Def, filters, hists []string) (*analysis, []st
 		each("hist", v, func(d *probedef.Def, body string) error {
 			h, err := probedef.ParseHist(d, body)
 			if err == nil {
-				h.Stack = probedef.StackAddrs
-				h.Duration = func(ev *probedef.Event) (_ time.Duration, ok bool) { return ev.Duration, d.Kind == probedef.Retprobe }
 				a.hists[d] = append(a.hists[d], h)
 				a.order = append(a.order, h)
 				d.Stack = d.Stack || strings.Contains(body, "stacktrace")

@@ -32,11 +32,11 @@ type Hist struct {
 	// print as hex addresses.
 	Syms Symbols
 	// Stack gives an event's kernel stack (return addresses, innermost
-	// first, as introspect.Unwinder returns them) for a stacktrace key;
-	// nil gives every event an empty stack.
+	// first) for a stacktrace key; nil takes Event.Stack.
 	Stack func(ev *Event) []uint64
 	// Duration gives a return probe's time since function entry for the
-	// duration field; nil, or false, counts the field as faulted.
+	// duration field, false counting it as faulted; nil takes
+	// Event.Duration.
 	Duration func(ev *Event) (time.Duration, bool)
 
 	def    *Def
@@ -361,7 +361,7 @@ func (h *Hist) Add(ev Event) {
 func (h *Hist) number(f field, ev *Event) (uint64, bool) {
 	if f.kind == fieldDuration {
 		if h.Duration == nil {
-			return 0, false
+			return uint64(ev.Duration.Nanoseconds()), true // ParseHist allows duration on return probes only
 		}
 		d, ok := h.Duration(ev)
 		return uint64(d.Nanoseconds()), ok
@@ -380,7 +380,7 @@ func (h *Hist) keyPart(k histField, ev *Event) keyPart {
 	switch {
 	case k.kind == fieldStack:
 		if h.Stack == nil {
-			return keyPart{}
+			return keyPart{stack: StackAddrs(ev)}
 		}
 		// Copied: the caller may reuse its slice for the next event.
 		return keyPart{stack: slices.Clone(h.Stack(ev))}

@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
 )
@@ -126,4 +128,58 @@ func TestStackTraces(t *testing.T) {
 		t.Fatalf("%d entry and %d return events, want %d each", entries, returns, depth+1)
 	}
 	t.Logf("e.g.\n%s", probedef.FormatTrace(events[len(events)-1]))
+}
+
+// TestHistDistributions: hists over return probes give exactly the
+// workload's distributions. hvwl_target_ret(x) returns 3x+1 for each x
+// below the ret:N count, so a hist keyed on $retval has those N keys once
+// each; block:MS sleeps MS ms in hvwl_target_block, so a duration.log2
+// hist puts every call in the bucket of MS ms. Each is compared with the
+// same hist fed the ideal events.
+func TestHistDistributions(t *testing.T) {
+	g := miniGuest(t)
+	defs := parseDefs(t, `r:an/ret hvwl_target_ret ret=$retval:s64`, `r:an/block hvwl_target_block ms=$retval:s64`)
+	spec := []string{"hist:keys=ret:sort=ret", "hist:keys=duration.log2"}
+	var real, ideal [2]*probedef.Hist
+	for i := range defs {
+		var err error
+		if real[i], err = probedef.ParseHist(defs[i], spec[i]); err != nil {
+			t.Fatal(err)
+		}
+		if ideal[i], err = probedef.ParseHist(defs[i], spec[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dp, err := g.s.AddDefs(g.a, defs, func(ev probedef.Event) {
+		real[slices.Index(defs, ev.Def)].Add(ev)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Remove()
+	const ms, blocks = 300, 3 // 300 ms: its log2 bucket [268, 537) ms leaves room for wake-up latency
+	out := g.run(t, "ret:9,block:300,block:300,block:300")
+	n := num(t, report(t, out, "ret"), "n")
+	value := func(d *probedef.Def, v int64) probedef.Value {
+		return probedef.Value{Name: d.Args[0].Name, Type: d.Args[0].Type, S64: v, U64: uint64(v)}
+	}
+	for x := int64(0); x < n; x++ {
+		ideal[0].Add(probedef.Event{Def: defs[0], Values: []probedef.Value{value(defs[0], 3*x+1)}})
+	}
+	for i := 0; i < blocks; i++ {
+		ideal[1].Add(probedef.Event{Def: defs[1], Duration: ms * time.Millisecond, Values: []probedef.Value{value(defs[1], ms)}})
+	}
+	for i := range defs {
+		var got, want strings.Builder
+		if err := real[i].Text(&got); err != nil {
+			t.Fatal(err)
+		}
+		if err := ideal[i].Text(&want); err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != want.String() {
+			t.Errorf("%s:\n%s\nthe workload's distribution:\n%s", spec[i], got.String(), want.String())
+		}
+		t.Logf("%s:\n%s", spec[i], got.String())
+	}
 }
