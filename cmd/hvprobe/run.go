@@ -57,6 +57,7 @@ func cmdRun(args []string) error {
 	var filters, hists multiFlag
 	fs.Var(&filters, "filter", "EVENT:EXPR (repeatable): pass only EVENT's hits that match an ftrace event filter, e.g. 'myev:count > 100 && comm ~ \"kw*\"'")
 	fs.Var(&hists, "hist", "EVENT:hist:keys=...[:vals=...][:sort=...] (repeatable): aggregate EVENT's hits as an ftrace hist trigger; the table prints at exit instead of the events")
+	perfettoOut := fs.String("perfetto", "", "for --probe/--probes: also write the events to FILE as a Perfetto (Chrome trace-event JSON) timeline: kretprobes as slices, kprobes as instants, a track per vCPU and per guest task")
 	stacktrace := fs.Bool("stacktrace", false, "for --probe/--probes: each event carries the guest kernel stack of its hit (ftrace's stacktrace option)")
 	keepGoing := fs.Bool("keep-going", false, "when a probe cannot be armed once the guest runs, report it and carry on (default: report it and stop the guest, exit status 6)")
 	fs.Parse(args)
@@ -144,6 +145,24 @@ func cmdRun(args []string) error {
 		counts = &eventCounter{n: map[string]uint64{}}
 		emit = counts.add
 		defer counts.print(events)
+	}
+	if *perfettoOut != "" {
+		w, closeW, err := outputTo(*perfettoOut)
+		if err != nil {
+			return err
+		}
+		defer closeW()
+		out := newPrinter(w)
+		defer out.close()
+		pf := probedef.NewPerfetto(func(l string) { out.printf("%s", l) })
+		defer pf.Close() // after the guest has stopped
+		printed := emit
+		emit = func(ev probedef.Event) {
+			if err := pf.Add(ev); err != nil {
+				events.printf("hvprobe: %v", err)
+			}
+			printed(ev)
+		}
 	}
 	emit = an.wrap(emit)
 	defer an.print(*format, events)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"sync"
@@ -181,5 +182,82 @@ func TestHistDistributions(t *testing.T) {
 			t.Errorf("%s:\n%s\nthe workload's distribution:\n%s", spec[i], got.String(), want.String())
 		}
 		t.Logf("%s:\n%s", spec[i], got.String())
+	}
+}
+
+// TestPerfettoTimeline: the workload's calls as a Perfetto (Chrome
+// trace-event) file: one slice per hvwl_target_ret call with its
+// argument, one instant per hvwl_target_add call, each on its vCPU's and
+// its task's track, and records that follow the format's rules.
+func TestPerfettoTimeline(t *testing.T) {
+	g := miniGuest(t)
+	defs := parseDefs(t, `r:an/pret hvwl_target_ret x=$arg1:s64`, `p:an/padd hvwl_target_add a=%di:s64`)
+	var mu sync.Mutex
+	var lines []string
+	pf := probedef.NewPerfetto(func(l string) {
+		mu.Lock()
+		lines = append(lines, l)
+		mu.Unlock()
+	})
+	dp, err := g.s.AddDefs(g.a, defs, func(ev probedef.Event) {
+		if err := pf.Add(ev); err != nil {
+			t.Error(err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := g.run(t, "ret:4,calls:3")
+	if err := dp.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	pf.Close()
+	rets, calls := num(t, report(t, out, "ret"), "n"), num(t, report(t, out, "calls"), "n")
+	mu.Lock()
+	defer mu.Unlock()
+	var recs []struct {
+		Name, Ph, S string
+		TS, Dur     *float64
+		PID, TID    *int
+		Args        map[string]any
+	}
+	if err := json.Unmarshal([]byte(strings.Join(lines, "\n")), &recs); err != nil {
+		t.Fatalf("not a trace-event JSON array: %v", err)
+	}
+	spans, instants := map[int][]float64{}, map[int][]float64{}
+	tracks := map[string]bool{}
+	for _, r := range recs {
+		if r.PID == nil || r.TID == nil || r.Name == "" {
+			t.Fatalf("record without name, pid or tid: %+v", r)
+		}
+		switch r.Ph {
+		case "X":
+			if r.TS == nil || r.Dur == nil || *r.Dur <= 0 {
+				t.Errorf("slice without ts or a positive dur: %+v", r)
+			}
+			spans[*r.PID] = append(spans[*r.PID], r.Args["x"].(float64))
+		case "i":
+			if r.TS == nil || r.S != "t" {
+				t.Errorf("instant without ts or thread scope: %+v", r)
+			}
+			instants[*r.PID] = append(instants[*r.PID], r.Args["a"].(float64))
+		case "M":
+			tracks[r.Args["name"].(string)] = true
+		default:
+			t.Errorf("record of phase %q", r.Ph)
+		}
+	}
+	for pid := 1; pid <= 2; pid++ { // the vCPU tracks, then the task tracks
+		if int64(len(spans[pid])) != rets || int64(len(instants[pid])) != calls {
+			t.Errorf("process %d: %d slices, %d instants; the workload made %d and %d calls", pid, len(spans[pid]), len(instants[pid]), rets, calls)
+		}
+		for i, x := range spans[pid] {
+			if x != float64(i) {
+				t.Errorf("slice %d has x=%v", i, x)
+			}
+		}
+	}
+	if !tracks["guest vCPUs"] || !tracks["guest tasks"] || !tracks["vCPU 0"] || !tracks["swapper/0-1"] {
+		t.Errorf("track names %v", tracks)
 	}
 }
