@@ -154,16 +154,9 @@ type Param struct {
 // FuncProto returns the parameters and the return type of a kernel
 // function.
 func (t *Types) FuncProto(name string) ([]Param, string, error) {
-	var fn *btf.Func
-	if err := t.spec.TypeByName(name, &fn); err != nil {
-		if errors.Is(err, btf.ErrNotFound) {
-			return nil, "", fmt.Errorf("function %q: %w", name, ErrUnknownType)
-		}
-		return nil, "", fmt.Errorf("looking up function %q: %w", name, err)
-	}
-	proto, ok := fn.Type.(*btf.FuncProto)
-	if !ok {
-		return nil, "", fmt.Errorf("function %q has no prototype: %w", name, ErrUnknownType)
+	proto, err := t.proto(name)
+	if err != nil {
+		return nil, "", err
 	}
 	params := make([]Param, len(proto.Params))
 	for i, p := range proto.Params {
@@ -245,4 +238,147 @@ func orAnon(name string) string {
 		return "(anon)"
 	}
 	return name
+}
+
+// Step is one member selection of a field access: "->Name" when Arrow,
+// ".Name" otherwise.
+type Step struct {
+	Name  string
+	Arrow bool
+}
+
+// ValueKind classifies the type a field access ends on, which is what
+// picks its default fetch type and whether it can be a string.
+type ValueKind int
+
+const (
+	ValueOther       ValueKind = iota // struct, union, float, non-char array
+	ValueInt                          // integer, enum, bool
+	ValuePointer                      // a pointer other than char *
+	ValueCharPointer                  // pointer to a one-byte integer
+	ValueCharArray                    // array of one-byte integers
+)
+
+// Access is a field access resolved against BTF. Each "->" group loads
+// a member: Offsets[i] is the byte offset, from the pointer the previous
+// load gave, of the member the group ends on.
+type Access struct {
+	Offsets []uint64
+	Kind    ValueKind
+	Size    int  // bytes, for ValueInt
+	Signed  bool // for ValueInt
+	Type    string
+}
+
+// StepError is a field access BTF refuses; Step indexes the step at
+// fault. It is ErrUnknownType, or ErrBitfield for a bitfield member.
+type StepError struct {
+	Step int
+	Msg  string
+	err  error
+}
+
+func (e *StepError) Error() string { return e.Msg }
+
+// Is makes errors.Is match ErrUnknownType or ErrBitfield.
+func (e *StepError) Is(target error) bool { return target == e.err }
+
+// FieldAccess resolves steps from a parameter of function fn (arg is
+// 0-based) or, with arg -1, from its return value, following typedefs
+// and qualifiers as ftrace does. A step through a bitfield is refused:
+// it has no byte offset to load from.
+func (t *Types) FieldAccess(fn string, arg int, steps []Step) (Access, error) {
+	proto, err := t.proto(fn)
+	if err != nil {
+		return Access{}, err
+	}
+	var typ btf.Type
+	var what string
+	switch {
+	case arg == -1:
+		typ, what = proto.Return, "the return value"
+	case arg >= 0 && arg < len(proto.Params):
+		typ, what = proto.Params[arg].Type, proto.Params[arg].Name
+	default:
+		return Access{}, fmt.Errorf("function %q has no parameter %d: %w", fn, arg+1, ErrUnknownType)
+	}
+	var acc Access
+	var off uint64
+	for i, s := range steps {
+		cur := btf.UnderlyingType(typ)
+		if s.Arrow {
+			if i > 0 {
+				acc.Offsets = append(acc.Offsets, off)
+			}
+			p, ok := cur.(*btf.Pointer)
+			if !ok || !isComposite(btf.UnderlyingType(p.Target)) {
+				return Access{}, &StepError{Step: i, err: ErrUnknownType,
+					Msg: fmt.Sprintf("%s is %s, not a pointer to a struct or union", what, TypeString(typ))}
+			}
+			cur, off = btf.UnderlyingType(p.Target), 0
+		} else if !isComposite(cur) {
+			return Access{}, &StepError{Step: i, err: ErrUnknownType,
+				Msg: fmt.Sprintf("%s is %s, not a struct or union", what, TypeString(typ))}
+		}
+		m, bits, ok := findMember(cur, s.Name)
+		if !ok {
+			return Access{}, &StepError{Step: i, err: ErrUnknownType,
+				Msg: fmt.Sprintf("%s has no member %s", TypeString(cur), s.Name)}
+		}
+		if m.BitfieldSize != 0 || bits%8 != 0 {
+			return Access{}, &StepError{Step: i, err: ErrBitfield,
+				Msg: fmt.Sprintf("%s.%s is a %d-bit bitfield, which has no byte offset to fetch from", TypeString(cur), s.Name, m.BitfieldSize)}
+		}
+		off += bits / 8
+		typ, what = m.Type, s.Name
+	}
+	if len(steps) > 0 {
+		acc.Offsets = append(acc.Offsets, off)
+	}
+	acc.Type = TypeString(typ)
+	switch v := btf.UnderlyingType(typ).(type) {
+	case *btf.Int:
+		acc.Kind, acc.Size, acc.Signed = ValueInt, int(v.Size), v.Encoding&btf.Signed != 0
+	case *btf.Enum:
+		acc.Kind, acc.Size, acc.Signed = ValueInt, int(v.Size), true
+	case *btf.Pointer:
+		acc.Kind = ValuePointer
+		if isByte(v.Target) {
+			acc.Kind = ValueCharPointer
+		}
+	case *btf.Array:
+		if isByte(v.Type) {
+			acc.Kind = ValueCharArray
+		}
+	}
+	return acc, nil
+}
+
+func (t *Types) proto(fn string) (*btf.FuncProto, error) {
+	var f *btf.Func
+	if err := t.spec.TypeByName(fn, &f); err != nil {
+		if errors.Is(err, btf.ErrNotFound) {
+			return nil, fmt.Errorf("function %q: %w", fn, ErrUnknownType)
+		}
+		return nil, fmt.Errorf("looking up function %q: %w", fn, err)
+	}
+	proto, ok := f.Type.(*btf.FuncProto)
+	if !ok {
+		return nil, fmt.Errorf("function %q has no prototype: %w", fn, ErrUnknownType)
+	}
+	return proto, nil
+}
+
+func isComposite(t btf.Type) bool {
+	switch t.(type) {
+	case *btf.Struct, *btf.Union:
+		return true
+	}
+	return false
+}
+
+// isByte: char, signed or unsigned, which ftrace reads as text.
+func isByte(t btf.Type) bool {
+	i, ok := btf.UnderlyingType(t).(*btf.Int)
+	return ok && i.Size == 1
 }

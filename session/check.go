@@ -192,36 +192,82 @@ type reasonOnly struct{ pe *kprobes.ProbeError }
 func (r reasonOnly) Error() string { return r.pe.Reason }
 func (r reasonOnly) Unwrap() error { return r.pe }
 
-// bindParams resolves BTF parameter names (filename, $arg*) when the
-// definition uses any.
+// bindParams binds the definition to the probed function's BTF: parameter
+// names ($arg* too), field accesses (file->f_path.dentry), :string on
+// char * parameters; and checks $argN against the prototype's arity and
+// $retval against a void return. Without BTF (or a function BTF does not
+// describe) $argN and $retval go unchecked, as before; names and fields
+// need it.
 func bindParams(k *guest.Kernel, d *probedef.Def) error {
-	needs := false
+	needs, checks := false, false
 	for _, a := range d.Args {
-		needs = needs || usesParams(a.Fetch)
+		n, c := usesParams(a.Fetch)
+		needs, checks = needs || n, checks || c
 	}
-	if !needs {
+	if !needs && !checks {
 		return nil
 	}
 	types, err := k.BTF()
 	if err != nil {
+		if !needs && errors.Is(err, guest.ErrNoBTF) {
+			return nil
+		}
+		if d.UsesFields() {
+			return d.NoBTF(err)
+		}
 		return fmt.Errorf("parameter names need the kernel's BTF: %w", err)
 	}
-	params, _, err := types.FuncProto(d.Symbol)
+	params, ret, err := types.FuncProto(d.Symbol)
 	if err != nil {
+		if !needs {
+			return nil
+		}
 		return err
 	}
-	names := make([]string, len(params))
-	for i, p := range params {
-		names[i] = p.Name
+	fn := &probedef.BTFFunc{Name: d.Symbol, Void: ret == "void"}
+	for _, p := range params {
+		fn.Params = append(fn.Params, p.Name)
 	}
-	return d.ResolveParams(names)
+	// BTF ends a variadic prototype with an unnamed void parameter.
+	if n := len(params); n > 0 && params[n-1].Name == "" && params[n-1].Type == "void" {
+		fn.Params, fn.Variadic = fn.Params[:n-1], true
+	}
+	kinds := [...]probedef.ValueKind{
+		guest.ValueOther: probedef.ValueOther, guest.ValueInt: probedef.ValueInt,
+		guest.ValuePointer: probedef.ValuePointer, guest.ValueCharPointer: probedef.ValueCharPointer,
+		guest.ValueCharArray: probedef.ValueCharArray,
+	}
+	fn.Access = func(arg int, path []probedef.Field) (probedef.Access, error) {
+		steps := make([]guest.Step, len(path))
+		for i, f := range path {
+			steps[i] = guest.Step{Name: f.Name, Arrow: f.Arrow}
+		}
+		acc, err := types.FieldAccess(d.Symbol, arg, steps)
+		var se *guest.StepError
+		if errors.As(err, &se) {
+			return probedef.Access{}, &probedef.FieldError{Step: se.Step, Err: err}
+		}
+		if err != nil {
+			return probedef.Access{}, err
+		}
+		return probedef.Access{Offsets: acc.Offsets, Kind: kinds[acc.Kind],
+			Size: acc.Size, Signed: acc.Signed, Type: acc.Type}, nil
+	}
+	return d.ResolveBTF(fn)
 }
 
-func usesParams(f *probedef.Fetch) bool {
+// usesParams reports whether f needs BTF (a parameter name, $arg*, a
+// field access) and whether it has something
+// BTF would check ($argN, $retval).
+func usesParams(f *probedef.Fetch) (needs, checks bool) {
 	for ; f != nil; f = f.Inner {
-		if f.Kind == probedef.FetchParam || f.Kind == probedef.FetchAllArgs {
-			return true
+		switch f.Kind {
+		case probedef.FetchParam, probedef.FetchAllArgs:
+			needs = true
+		case probedef.FetchArg, probedef.FetchRetval:
+			checks = true
 		}
+		needs = needs || len(f.Fields) > 0
 	}
-	return false
+	return needs, checks
 }

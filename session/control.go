@@ -24,12 +24,18 @@ import (
 //	list                       one line per armed probe definition
 //	stats                      hits / nmissed per probe, engine totals
 //	pause | resume             stop / restart event output (probes stay)
+//	filter <event> <expr>      pass only the hits matching an ftrace filter
+//	unfilter <event>           drop the event's filters
+//	hist <event> <hist:spec>   count the event's hits into an ftrace hist
+//	hist [<event>] [json]      print the event's (or every) hist table
+//	unhist <event>             drop the event's hists: print its hits again
 //
 // Each reply is zero or more lines, then a line "ok" or "error"; after
 // "error" the lines before it are the error message. Adding
 // or removing a probe stops no vCPU: arming writes single bytes.
 type Control struct {
 	s      *Session
+	an     *Analysis
 	emit   func(probedef.Event)
 	paused atomic.Bool
 	ln     net.Listener
@@ -53,8 +59,12 @@ type liveProbe struct {
 
 // ListenControl creates the control socket in a new private directory
 // under parent (os.TempDir() when empty). Events of probes added through
-// it go to emit unless paused.
-func (s *Session) ListenControl(parent string, emit func(probedef.Event)) (*Control, error) {
+// it pass an's filters and hists (a new Analysis when nil), then go to
+// emit unless paused.
+func (s *Session) ListenControl(parent string, emit func(probedef.Event), an *Analysis) (*Control, error) {
+	if an == nil {
+		an = NewAnalysis(nil)
+	}
 	dir, err := os.MkdirTemp(parent, "hvprobe-")
 	if err != nil {
 		return nil, err
@@ -73,7 +83,7 @@ func (s *Session) ListenControl(parent string, emit func(probedef.Event)) (*Cont
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	c := &Control{s: s, emit: emit, ln: ln, dir: dir, probes: map[string]*liveProbe{}, conns: map[net.Conn]bool{}}
+	c := &Control{s: s, an: an, emit: an.Wrap(emit), ln: ln, dir: dir, probes: map[string]*liveProbe{}, conns: map[net.Conn]bool{}}
 	s.ctlMu.Lock()
 	s.controls = append(s.controls, c)
 	s.ctlMu.Unlock()
@@ -186,8 +196,24 @@ func (c *Control) Do(cmd string) ([]string, error) {
 	case "resume":
 		c.paused.Store(false)
 		return nil, nil
+	case "filter", "hist":
+		event, rest, _ := strings.Cut(arg, " ")
+		rest = strings.TrimSpace(rest)
+		switch {
+		case verb == "filter":
+			return nil, c.an.AddFilter(event, rest)
+		case strings.HasPrefix(rest, "hist:"):
+			return nil, c.an.AddHist(event, rest)
+		case event == "json":
+			return c.an.Tables("", true)
+		}
+		return c.an.Tables(event, rest == "json")
+	case "unfilter":
+		return nil, c.an.ClearFilters(arg)
+	case "unhist":
+		return nil, c.an.RemoveHists(arg)
 	}
-	return nil, fmt.Errorf("unknown command %q (add, remove, list, stats, pause, resume)", verb)
+	return nil, fmt.Errorf("unknown command %q (add, remove, list, stats, pause, resume, filter, unfilter, hist, unhist)", verb)
 }
 
 func (c *Control) add(line string) error {
@@ -216,6 +242,7 @@ func (c *Control) add(line string) error {
 		return err
 	}
 	c.probes[d.Event] = &liveProbe{def: d, dp: dp}
+	c.an.Define(d)
 	return nil
 }
 
@@ -227,6 +254,7 @@ func (c *Control) remove(event string) error {
 		return fmt.Errorf("no event %q", event)
 	}
 	delete(c.probes, event)
+	c.an.Forget(p.def)
 	return p.dp.Remove()
 }
 

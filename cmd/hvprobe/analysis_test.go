@@ -47,7 +47,7 @@ func TestAnalysisFiltersAndHists(t *testing.T) {
 		t.Fatal(bad)
 	}
 	var printed []uint64
-	emit := an.wrap(func(ev probedef.Event) { printed = append(printed, ev.Values[0].U64) })
+	emit := an.Wrap(func(ev probedef.Event) { printed = append(printed, ev.Values[0].U64) })
 	for _, d := range defs {
 		for a := uint64(0); a < 4; a++ {
 			emit(probedef.Event{Def: d, Values: []probedef.Value{{Name: "a", Type: probedef.Type{Base: probedef.U64}, U64: a % 2}}})
@@ -57,11 +57,8 @@ func TestAnalysisFiltersAndHists(t *testing.T) {
 	if len(printed) != 2 || printed[0] != 1 || printed[1] != 1 {
 		t.Errorf("printed %v", printed)
 	}
-	var b strings.Builder
-	if err := an.order[0].Text(&b); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(b.String(), "{ a:          0 } hitcount:          2") || !strings.Contains(b.String(), "Hits: 4") {
-		t.Errorf("hist:\n%s", b.String())
+	table, err := an.Tables("two", false)
+	if all := strings.Join(table, "\n"); err != nil || !strings.Contains(all, "{ a:          0 } hitcount:          2") || !strings.Contains(all, "Hits: 4") {
+		t.Errorf("hist: %v\n%s", err, all)
 	}
 }

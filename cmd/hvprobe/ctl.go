@@ -15,7 +15,7 @@ func cmdCtl(args []string) error {
 	fs := flag.NewFlagSet("ctl", flag.ExitOnError)
 	sock := fs.String("socket", "", "control socket printed by 'hvprobe run --control'")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: hvprobe ctl --socket S add 'LINE' | remove EVENT | list | stats | pause | resume")
+		fmt.Fprintln(fs.Output(), "usage: hvprobe ctl --socket S add 'LINE' | remove EVENT | list | stats | pause | resume |\n       filter EVENT EXPR | unfilter EVENT | hist EVENT hist:SPEC | hist [EVENT] [json] | unhist EVENT")
 		fs.PrintDefaults()
 	}
 	fs.Parse(args)

@@ -156,16 +156,17 @@ func cmdRun(args []string) error {
 		defer out.close()
 		pf := probedef.NewPerfetto(func(l string) { out.printf("%s", l) })
 		defer pf.Close() // after the guest has stopped
-		printed := emit
+		toPrinter := emit
 		emit = func(ev probedef.Event) {
 			if err := pf.Add(ev); err != nil {
 				events.printf("hvprobe: %v", err)
 			}
-			printed(ev)
+			toPrinter(ev)
 		}
 	}
-	emit = an.wrap(emit)
-	defer an.print(*format, events)
+	printed := emit // control-socket probes pass the Analysis on their own
+	emit = an.Wrap(emit)
+	defer printHists(an, *format, events)
 	hasProbes := !probes.empty() || len(defs) > 0 || len(bad) > 0 || parseErr != nil
 	k, err := guest.OpenKernel(*kernel, *sysmap)
 	if err != nil {
@@ -230,10 +231,13 @@ func cmdRun(args []string) error {
 			return nil
 		})
 	}
+	s.AtAttach(func(a *session.Attached) error {
+		an.Symbolize(a.Kernel) // before any event reaches a hist
+		return nil
+	})
 	var defProbes atomic.Pointer[session.DefProbes]
 	if len(defs) > 0 {
 		s.AtAttach(func(a *session.Attached) error {
-			an.symbolize(a.Kernel)
 			dp, err := s.AddDefs(a, defs, emit)
 			defProbes.Store(dp)
 			if err != nil {
@@ -257,7 +261,7 @@ func cmdRun(args []string) error {
 	bgCtx, stopBg := context.WithCancel(ctx)
 	defer stopBg()
 	if *control {
-		c, err := s.ListenControl("", emit) // closed, connections joined, by s.Close
+		c, err := s.ListenControl("", printed, an) // closed, connections joined, by s.Close
 		if err != nil {
 			return err
 		}

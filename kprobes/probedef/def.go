@@ -97,6 +97,9 @@ type Arg struct {
 	Name  string
 	Fetch *Fetch
 	Type  Type
+	// BTFType: the fetch is a field access without a type, so ResolveBTF
+	// types it from BTF as ftrace does; Type is DefaultType until then.
+	BTFType bool
 }
 
 // FetchKind says where a fetch expression takes its value from.
@@ -129,6 +132,19 @@ type Fetch struct {
 	Off   int64
 	User  bool // +u...(): the address is in user space
 	Inner *Fetch
+	// Fields follow a parameter name, $argN or $retval: a BTF field
+	// access such as file->f_path.dentry, which ResolveBTF turns into
+	// dereferences.
+	Fields []Field
+}
+
+// Field is one member selection of a field access: "->Name" when Arrow,
+// ".Name" otherwise. Off is the byte offset of Name in the text of the
+// fetch it belongs to, which String spells as parsed, for error columns.
+type Field struct {
+	Name  string
+	Arrow bool
+	Off   int
 }
 
 // memory reports whether the expression ends in a memory access, which is
@@ -148,10 +164,29 @@ func (f *Fetch) ops() int {
 	case FetchDeref:
 		return f.Inner.ops() + 1
 	}
-	return 1
+	n := 1
+	for _, fl := range f.Fields {
+		if fl.Arrow {
+			n++
+		}
+	}
+	return n
 }
 
 func (f *Fetch) String() string {
+	s := f.base()
+	for _, fl := range f.Fields {
+		if fl.Arrow {
+			s += "->"
+		} else {
+			s += "."
+		}
+		s += fl.Name
+	}
+	return s
+}
+
+func (f *Fetch) base() string {
 	switch f.Kind {
 	case FetchReg:
 		return "%" + f.Reg
@@ -339,7 +374,7 @@ func (d *Def) String() string {
 		}
 		// A bare parameter names itself, and may do so beyond
 		// MaxArgNameLen, which NAME= does not allow.
-		if a.Fetch.Kind != FetchParam || a.Name != a.Fetch.Str {
+		if a.Fetch.Kind != FetchParam || a.Name != a.Fetch.Str || len(a.Fetch.Fields) > 0 {
 			b.WriteString(a.Name + "=")
 		}
 		b.WriteString(a.Fetch.String())
@@ -349,7 +384,7 @@ func (d *Def) String() string {
 		if a.Fetch.Kind == FetchComm || a.Fetch.Kind == FetchImmString {
 			implicit = Type{Base: String}
 		}
-		if a.Type != implicit {
+		if a.Type != implicit || (len(a.Fetch.Fields) > 0 && !a.BTFType) {
 			b.WriteString(":" + a.Type.String())
 		}
 	}

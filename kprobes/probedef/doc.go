@@ -18,9 +18,16 @@
 // function's arguments. Its fetch arguments are evaluated at entry, as
 // for "p" on SYM+0; $retval is not available. Everything else is ftrace's.
 //
+// BTF arguments as kprobe_events takes them: parameter names, and field
+// accesses after a name, $argN or $retval ("file->f_path.dentry->d_name.name",
+// "->" through a pointer, "." into an embedded struct). ResolveBTF turns
+// them into dereferences at the members' offsets, types them from BTF
+// when no type is given, and refuses $argN beyond the prototype and
+// $retval of a void function, with a caret under the part at fault.
+//
 // What the package does not own: symbol tables (Validate takes a lookup so
-// callers add "did you mean"), BTF (parameter names stay unresolved until
-// ResolveParams gets the prototype's names), guest memory and registers
+// callers add "did you mean"), BTF (names and fields stay unresolved until
+// ResolveParams or ResolveBTF gets the prototype, through BTFFunc), guest memory and registers
 // (Evaluate reads them through the Memory, Symbols and Task interfaces and
 // a vmm.Regs), and where output goes.
 //

@@ -98,7 +98,7 @@ func (e *evaluator) arg(a Arg) (Value, error) {
 	v := Value{Name: a.Name, Type: t}
 	var err error
 	switch {
-	case f.Kind == FetchParam || f.Kind == FetchAllArgs:
+	case f.Kind == FetchParam || f.Kind == FetchAllArgs || len(f.Fields) > 0:
 		return v, &UnresolvedError{Event: e.d.Event, Name: f.String()}
 	case f.Kind == FetchComm:
 		if e.c.Task == nil {
@@ -226,6 +226,9 @@ func (e *evaluator) symbolize(v *Value, x uint64) error {
 // value is what ftrace's fetch stages compute before the store: an
 // unsigned long.
 func (e *evaluator) value(f *Fetch) (uint64, error) {
+	if len(f.Fields) > 0 {
+		return 0, &UnresolvedError{Event: e.d.Event, Name: f.String()}
+	}
 	switch f.Kind {
 	case FetchReg:
 		return e.reg(f.Reg), nil

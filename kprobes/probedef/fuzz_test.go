@@ -20,6 +20,8 @@ func FuzzParse(f *testing.F) {
 		"j:jp f filename +0(+8(path)):string[2] c=$comm",
 		`p 0x1000 \"a" \-0x80 @sym-8:x8[3] @12:symbol %orig_ax:char $stack12`,
 		"p f+0x10 # comment",
+		"p:bt/rd vfs_read file=file->f_path.dentry->d_name.name:string $arg01->f_flags:x64",
+		"r f n=+8($retval->a->b.c):u8[2] $arg2->x:ustring",
 	} {
 		f.Add(s)
 	}

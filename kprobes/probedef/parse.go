@@ -406,7 +406,7 @@ func (p *lineParser) parseArg(d *Def, i int, tok token) (Arg, *SyntaxError) {
 	if n := storeOps(f, typ); n > fetchInsnMax-1 {
 		return Arg{}, p.fail(bodyOff, "dereference is nested too deeply")
 	}
-	return Arg{Name: name, Fetch: f, Type: typ}, nil
+	return Arg{Name: name, Fetch: f, Type: typ, BTFType: len(f.Fields) > 0 && !hasType}, nil
 }
 
 // checkType applies ftrace's rules on which fetches each type can store.
@@ -417,9 +417,12 @@ func (p *lineParser) checkType(f *Fetch, t Type, off int, explicit bool) (Type, 
 		}
 		return Type{Base: String}, nil
 	}
+	// BTF decides later whether a parameter or field is text, as ftrace
+	// does for char * and char arrays.
+	btfTyped := f.Kind == FetchParam || len(f.Fields) > 0
 	switch t.Base {
 	case String, UString:
-		if !f.memory() && f.Kind != FetchImm {
+		if !f.memory() && f.Kind != FetchImm && !btfTyped {
 			return t, p.fail(off, "%s accepts only a memory fetch such as +0(%%di) or @ADDR", t.Base)
 		}
 	case SymStr:
@@ -429,7 +432,7 @@ func (p *lineParser) checkType(f *Fetch, t Type, off int, explicit bool) (Type, 
 			return t, p.fail(off, "symstr accepts only a register, stack entry, argument or memory fetch")
 		}
 	}
-	if t.Array > 0 && (!f.memory() || t.Base == SymStr) {
+	if t.Array > 0 && (!(f.memory() || len(f.Fields) > 0) || t.Base == SymStr) {
 		return t, p.fail(off, "arrays accept only a memory fetch such as +0(%%di)")
 	}
 	return t, nil
@@ -538,6 +541,11 @@ func (p *lineParser) parseFetch(d *Def, s string, off int) (*Fetch, *SyntaxError
 	if s == "" {
 		return nil, p.fail(off, "no argument expression")
 	}
+	if s[0] == '$' || isAlpha(s[0]) || s[0] == '_' {
+		if i := strings.IndexAny(s, ".-"); i > 0 {
+			return p.parseFieldAccess(d, s, i, off)
+		}
+	}
 	switch s[0] {
 	case '$':
 		return p.parseVar(d, s, off)
@@ -576,6 +584,42 @@ func (p *lineParser) parseFetch(d *Def, s string, off int) (*Fetch, *SyntaxError
 		return &Fetch{Kind: FetchParam, Str: s}, nil
 	}
 	return nil, p.fail(off, "invalid fetch argument %q", s)
+}
+
+// parseFieldAccess reads BASE->MEMBER[.MEMBER|->MEMBER]..., ftrace's BTF
+// field access; sep is where the first separator is in s.
+func (p *lineParser) parseFieldAccess(d *Def, s string, sep, off int) (*Fetch, *SyntaxError) {
+	base, err := p.parseFetch(d, s[:sep], off)
+	if err != nil {
+		return nil, err
+	}
+	switch base.Kind {
+	case FetchParam, FetchArg, FetchRetval:
+	default:
+		return nil, p.fail(off, "fields (->) follow only a parameter name, $argN or $retval")
+	}
+	for i := sep; i < len(s); {
+		var fl Field
+		switch {
+		case strings.HasPrefix(s[i:], "->"):
+			fl.Arrow, i = true, i+2
+		case s[i] == '-':
+			return nil, p.fail(off+i, "single '-' in a field access: forgot '>'?")
+		case i == sep:
+			return nil, p.fail(off+i, "a dot-connected field on an argument is not supported: use '->'")
+		default:
+			i++
+		}
+		end := i + strings.IndexAny(s[i:]+".", ".-")
+		// Off counts from the base as String spells it ($arg01 is $arg1).
+		fl.Name, fl.Off = s[i:end], i-sep+len(base.base())
+		if !goodName(fl.Name, false) {
+			return nil, p.fail(off+i, "invalid field name %q", fl.Name)
+		}
+		base.Fields = append(base.Fields, fl)
+		i = end
+	}
+	return base, nil
 }
 
 func (p *lineParser) parseVar(d *Def, s string, off int) (*Fetch, *SyntaxError) {

@@ -77,8 +77,12 @@ func (d *Def) ArgCol(name string) int {
 	return d.SymbolCol()
 }
 
-// Error is a *SyntaxError about d with the caret at col.
+// Error is a *SyntaxError about d with the caret at col, or err itself
+// when it is one already (ResolveBTF's errors know their column).
 func (d *Def) Error(col int, err error) *SyntaxError {
+	if se, ok := err.(*SyntaxError); ok {
+		return se
+	}
 	return &SyntaxError{Line: d.Line, Col: col, Input: d.input(), Msg: err.Error(), Err: err}
 }
 

@@ -29,7 +29,7 @@ func TestControlSocket(t *testing.T) {
 		mu.Lock()
 		events = append(events, ev)
 		mu.Unlock()
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,6 +86,37 @@ func TestControlSocket(t *testing.T) {
 	if int64(ours) != n {
 		t.Fatalf("%d events for %s over the socket session, the workload opened it %d times", ours, fr["path"], n)
 	}
+	// A filter and a hist added live: calls:6 calls add(i, 1000+i), the
+	// filter passes i >= 2, the hist counts those four, and no add event
+	// is printed while the hist holds them.
+	for _, cmd := range []string{`add p:live/add hvwl_target_add a=%di:s64`, `filter add a >= 2`, `hist add hist:keys=a:sort=a`} {
+		if msg, st := ask(cmd); st != "ok" {
+			t.Fatalf("%s: %q", cmd, msg)
+		}
+	}
+	if msg, st := ask(`filter add nosuch == 1`); st != "error" || !strings.Contains(strings.Join(msg, "\n"), `field "nosuch" not found`) {
+		t.Fatalf("a bad filter: %q %s", msg, st)
+	}
+	g.run(t, "calls:6")
+	table, st := ask("hist add")
+	if all := strings.Join(table, "\n"); st != "ok" || !strings.Contains(all, "Hits: 4") || !strings.Contains(all, "{ a:          2 } hitcount:          1") || strings.Contains(all, "{ a:          1 }") {
+		t.Fatalf("hist add: %s\n%s", st, all)
+	}
+	mu.Lock()
+	for _, ev := range events {
+		if ev.Def.Event == "add" {
+			t.Errorf("an add event printed while its hist counts it: %s", probedef.FormatTrace(ev))
+		}
+	}
+	mu.Unlock()
+	for _, cmd := range []string{"unhist add", "remove add"} {
+		if msg, st := ask(cmd); st != "ok" {
+			t.Fatalf("%s: %q", cmd, msg)
+		}
+	}
+	mu.Lock()
+	seen = len(events)
+	mu.Unlock()
 	if _, st := ask("remove open"); st != "ok" {
 		t.Fatalf("remove: %s", st)
 	}
@@ -116,7 +147,7 @@ func TestControlCloseUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	var hits atomic.Int64
-	c, err := g.s.ListenControl("", func(probedef.Event) { hits.Add(1) })
+	c, err := g.s.ListenControl("", func(probedef.Event) { hits.Add(1) }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

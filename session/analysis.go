@@ -1,0 +1,213 @@
+package session
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
+)
+
+// Analysis is what is done with events on the host beyond printing them:
+// ftrace event filters, which drop the hits that do not match, and hist
+// triggers, which count their event's hits into a table instead of
+// passing them on. Both are keyed by event name (EVENT or GROUP/EVENT) and
+// may be added and removed while events flow (the control socket's
+// filter and hist commands); Wrap applies them.
+type Analysis struct {
+	mu      sync.RWMutex
+	defs    map[string]*probedef.Def // by EVENT and GROUP/EVENT
+	filters map[*probedef.Def][]*probedef.Filter
+	hists   map[*probedef.Def][]*probedef.Hist
+	order   []*probedef.Hist // as added, for printing
+	syms    probedef.Symbols
+}
+
+// NewAnalysis knows the events of defs; Define adds more.
+func NewAnalysis(defs []*probedef.Def) *Analysis {
+	a := &Analysis{defs: map[string]*probedef.Def{}, filters: map[*probedef.Def][]*probedef.Filter{}, hists: map[*probedef.Def][]*probedef.Hist{}}
+	for _, d := range defs {
+		a.Define(d)
+	}
+	return a
+}
+
+// Define makes d's event known by name.
+func (a *Analysis) Define(d *probedef.Def) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.defs[d.Event] = d
+	a.defs[d.Group+"/"+d.Event] = d
+}
+
+// Forget drops d's event, with its filters and hists.
+func (a *Analysis) Forget(d *probedef.Def) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name, x := range a.defs {
+		if x == d {
+			delete(a.defs, name)
+		}
+	}
+	a.dropHists(d)
+	delete(a.filters, d)
+}
+
+// Def is the definition making event name.
+func (a *Analysis) Def(name string) (*probedef.Def, error) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if d, ok := a.defs[name]; ok {
+		return d, nil
+	}
+	return nil, fmt.Errorf("no probe definition makes event %q", name)
+}
+
+// AddFilter adds an ftrace filter on event's hits; an error is a
+// *probedef.SyntaxError pointing into expr, or names the event.
+func (a *Analysis) AddFilter(event, expr string) error {
+	d, err := a.Def(event)
+	if err != nil {
+		return err
+	}
+	f, err := probedef.ParseFilter(d, expr)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.filters[d] = append(a.filters[d], f)
+	return nil
+}
+
+// ClearFilters removes event's filters.
+func (a *Analysis) ClearFilters(event string) error {
+	d, err := a.Def(event)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.filters, d)
+	return nil
+}
+
+// AddHist adds an ftrace hist trigger (hist:keys=...) on event; from
+// now on its hits are counted there instead of passed on. A stacktrace
+// key needs an event defined with Def.Stack.
+func (a *Analysis) AddHist(event, spec string) error {
+	d, err := a.Def(event)
+	if err != nil {
+		return err
+	}
+	h, err := probedef.ParseHist(d, spec)
+	if err != nil {
+		return err
+	}
+	if KeysOnStack(spec) && !d.Stack {
+		return fmt.Errorf("event %q carries no stacks: a stacktrace key needs it armed with stacks (--stacktrace)", event)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h.Syms = a.syms
+	a.hists[d] = append(a.hists[d], h)
+	a.order = append(a.order, h)
+	return nil
+}
+
+// KeysOnStack reports whether a hist spec keys on stacktrace, which its
+// event's definition must know before it is armed (Def.Stack).
+func KeysOnStack(spec string) bool { return strings.Contains(spec, "stacktrace") }
+
+// RemoveHists drops event's hists: its hits are passed on again.
+func (a *Analysis) RemoveHists(event string) error {
+	d, err := a.Def(event)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.dropHists(d)
+	return nil
+}
+
+func (a *Analysis) dropHists(d *probedef.Def) {
+	for _, h := range a.hists[d] {
+		for i, x := range a.order {
+			if x == h {
+				a.order = append(a.order[:i], a.order[i+1:]...)
+				break
+			}
+		}
+	}
+	delete(a.hists, d)
+}
+
+// Symbolize gives the hists, present and later, the running kernel's
+// symbols (.sym keys, stacktrace). Call it at attach, before events.
+func (a *Analysis) Symbolize(k *RunningKernel) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.syms = kernelSyms{k}
+	for _, h := range a.order {
+		h.Syms = a.syms
+	}
+}
+
+type kernelSyms struct{ k *RunningKernel }
+
+func (s kernelSyms) Address(name string) (uint64, error) { return s.k.Resolve(name, 0) }
+func (s kernelSyms) Format(addr uint64) string           { return s.k.Syms.FormatAddr(addr) }
+
+// Wrap puts the filters and hists in front of emit.
+func (a *Analysis) Wrap(emit func(probedef.Event)) func(probedef.Event) {
+	return func(ev probedef.Event) {
+		a.mu.RLock()
+		filters, hists := a.filters[ev.Def], a.hists[ev.Def]
+		a.mu.RUnlock()
+		for _, f := range filters {
+			if !f.Match(ev) {
+				return
+			}
+		}
+		for _, h := range hists {
+			h.Add(ev)
+		}
+		if len(hists) == 0 {
+			emit(ev)
+		}
+	}
+}
+
+// Tables renders the hists of event ("" for all), as ftrace's hist file
+// or, with json, as JSON.
+func (a *Analysis) Tables(event string, json bool) ([]string, error) {
+	a.mu.RLock()
+	hists := a.order
+	if event != "" {
+		d, ok := a.defs[event]
+		if !ok {
+			a.mu.RUnlock()
+			return nil, fmt.Errorf("no probe definition makes event %q", event)
+		}
+		hists = a.hists[d]
+	}
+	hists = append([]*probedef.Hist(nil), hists...)
+	a.mu.RUnlock()
+	var out []string
+	for _, h := range hists {
+		var b bytes.Buffer
+		var err error
+		if json {
+			err = h.JSON(&b)
+		} else {
+			err = h.Text(&b)
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, strings.Split(strings.TrimRight(b.String(), "\n"), "\n")...)
+	}
+	return out, nil
+}
