@@ -71,6 +71,10 @@ func (s *Session) AddDefs(a *Attached, defs []*probedef.Def, emit func(probedef.
 			return nil, fmt.Errorf("%w: line %d: %q deletes an event; there is none to delete here", ErrProbeDef, d.Line, d.Text)
 		}
 		if err := bindParams(s.Kernel, d); err != nil {
+			var se *probedef.SyntaxError
+			if errors.As(err, &se) { // it names the line and column itself
+				return nil, probedef.SyntaxErrors{se}
+			}
 			return nil, fmt.Errorf("%w: line %d: %v", ErrProbeDef, d.Line, err)
 		}
 	}

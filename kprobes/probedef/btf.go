@@ -188,7 +188,11 @@ func (r *btfResolver) fetch(f *Fetch, top bool) (*Fetch, *Access, error) {
 		return &c, nil, nil
 	case FetchArg:
 		if n := len(r.fn.Params); !r.fn.Variadic && f.N > uint64(n) {
-			return nil, nil, r.fail(r.col(f, 0), fmt.Errorf("%s has %d parameters: there is no $arg%d", r.fn.Name, n, f.N))
+			s := "s"
+			if n == 1 {
+				s = ""
+			}
+			return nil, nil, r.fail(r.col(f, 0), fmt.Errorf("%s has %d parameter%s: there is no $arg%d", r.fn.Name, n, s, f.N))
 		}
 		arg = int(f.N) - 1
 	case FetchRetval:

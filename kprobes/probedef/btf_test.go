@@ -216,6 +216,11 @@ func TestResolveBTFErrors(t *testing.T) {
 	if err := d.ResolveBTF(fakeVFSRead(false)); !errors.As(err, &ue) || ue.Name != "nosuch" {
 		t.Errorf("unknown parameter: %v", err)
 	}
+	one := fakeVFSRead(false)
+	one.Params = one.Params[:1]
+	if d, _ := Parse("p:x vfs_read $arg2"); d.ResolveBTF(one) == nil || !strings.Contains(d.ResolveBTF(one).Error(), "vfs_read has 1 parameter: there is no $arg2") {
+		t.Errorf("$arg2 of a one-parameter function: %v", d.ResolveBTF(one))
+	}
 	// Variadic functions take any $argN.
 	fn := fakeVFSRead(false)
 	fn.Variadic = true

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/vmm"
 )
 
@@ -37,27 +38,13 @@ func TestControlSocket(t *testing.T) {
 	if fi, err := os.Stat(c.Path()); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket %s: %v, mode %v; want 0600", c.Path(), err, fi.Mode())
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Serve(ctx)
-	conn, err := net.Dial("unix", c.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sc := bufio.NewScanner(conn)
+	cc := serveAndDial(t, c)
 	ask := func(cmd string) ([]string, string) {
-		fmt.Fprintln(conn, cmd)
-		var lines []string
-		for sc.Scan() {
-			l := sc.Text()
-			if l == "ok" || l == "error" {
-				return lines, l
-			}
-			lines = append(lines, l)
+		lines, st, err := cc.ask(cmd)
+		if err != nil {
+			t.Fatalf("%q: %v", cmd, err)
 		}
-		t.Fatalf("%q: connection closed", cmd)
-		return nil, ""
+		return lines, st
 	}
 	if _, st := ask(`add p:live/open do_filp_open path=+0(+0(%si)):string`); st != "ok" {
 		t.Fatalf("add: %s", st)
@@ -151,30 +138,15 @@ func TestControlCloseUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Serve(ctx)
-	conn, err := net.Dial("unix", c.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sc := bufio.NewScanner(conn)
+	cc := serveAndDial(t, c)
 	ask := func(cmd string) (string, error) {
-		if _, err := fmt.Fprintln(conn, cmd); err != nil {
-			return "", err
-		}
-		for sc.Scan() {
-			if l := sc.Text(); l == "ok" || l == "error" {
-				return l, nil
-			}
-		}
-		return "", io.EOF
+		_, st, err := cc.ask(cmd)
+		return st, err
 	}
 	if st, err := ask(`add p:close/open do_filp_open path=+0(+0(%si)):string`); st != "ok" {
 		t.Fatalf("add: %s %v", st, err)
 	}
-	go g.s.Scenario(ctx, "fileread:1000000")
+	go g.s.Scenario(t.Context(), "fileread:1000000")
 
 	var wg sync.WaitGroup
 	var inspectErr, connErr error
@@ -223,4 +195,41 @@ func TestControlCloseUnderLoad(t *testing.T) {
 	if err := g.s.VM.Do(0, func(vmm.CPU) error { return nil }); !errors.Is(err, vmm.ErrClosed) {
 		t.Errorf("Do after Close: %v, want vmm.ErrClosed", err)
 	}
+}
+
+// ctlConn is a client of a control socket.
+type ctlConn struct {
+	conn net.Conn
+	sc   *bufio.Scanner
+}
+
+// serveAndDial serves c until the test ends and connects to it.
+func serveAndDial(t *testing.T, c *session.Control) *ctlConn {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go c.Serve(ctx)
+	conn, err := net.Dial("unix", c.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &ctlConn{conn: conn, sc: bufio.NewScanner(conn)}
+}
+
+// ask sends one command and returns its reply lines and status ("ok" or
+// "error"); io.EOF when the connection closed first.
+func (cc *ctlConn) ask(cmd string) ([]string, string, error) {
+	if _, err := fmt.Fprintln(cc.conn, cmd); err != nil {
+		return nil, "", err
+	}
+	var lines []string
+	for cc.sc.Scan() {
+		l := cc.sc.Text()
+		if l == "ok" || l == "error" {
+			return lines, l, nil
+		}
+		lines = append(lines, l)
+	}
+	return lines, "", io.EOF
 }
