@@ -17,41 +17,49 @@ import (
 // filter and hist commands); Wrap applies them.
 type Analysis struct {
 	mu      sync.RWMutex
-	defs    map[string]*probedef.Def // by EVENT and GROUP/EVENT
-	filters map[*probedef.Def][]*probedef.Filter
-	hists   map[*probedef.Def][]*probedef.Hist
+	defs    map[string]*probedef.Def      // the first of each event, by EVENT and GROUP/EVENT
+	filters map[string][]*probedef.Filter // by GROUP/EVENT: every probe point of the event
+	hists   map[string][]*probedef.Hist
 	order   []*probedef.Hist // as added, for printing
 	syms    probedef.Symbols
 }
 
 // NewAnalysis knows the events of defs; Define adds more.
 func NewAnalysis(defs []*probedef.Def) *Analysis {
-	a := &Analysis{defs: map[string]*probedef.Def{}, filters: map[*probedef.Def][]*probedef.Filter{}, hists: map[*probedef.Def][]*probedef.Hist{}}
+	a := &Analysis{defs: map[string]*probedef.Def{}, filters: map[string][]*probedef.Filter{}, hists: map[string][]*probedef.Hist{}}
 	for _, d := range defs {
 		a.Define(d)
 	}
 	return a
 }
 
-// Define makes d's event known by name.
+// Define makes d's event known by name; a later definition of the same
+// event is another probe point of it (probedef.Merge), with the same
+// fields.
 func (a *Analysis) Define(d *probedef.Def) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if _, ok := a.defs[key(d)]; ok {
+		return
+	}
 	a.defs[d.Event] = d
-	a.defs[d.Group+"/"+d.Event] = d
+	a.defs[key(d)] = d
 }
+
+// key names d's event in the filter and hist maps.
+func key(d *probedef.Def) string { return d.Group + "/" + d.Event }
 
 // Forget drops d's event, with its filters and hists.
 func (a *Analysis) Forget(d *probedef.Def) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for name, x := range a.defs {
-		if x == d {
+		if key(x) == key(d) {
 			delete(a.defs, name)
 		}
 	}
-	a.dropHists(d)
-	delete(a.filters, d)
+	a.dropHists(key(d))
+	delete(a.filters, key(d))
 }
 
 // Def is the definition making event name.
@@ -77,7 +85,7 @@ func (a *Analysis) AddFilter(event, expr string) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.filters[d] = append(a.filters[d], f)
+	a.filters[key(d)] = append(a.filters[key(d)], f)
 	return nil
 }
 
@@ -89,7 +97,7 @@ func (a *Analysis) ClearFilters(event string) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	delete(a.filters, d)
+	delete(a.filters, key(d))
 	return nil
 }
 
@@ -111,7 +119,7 @@ func (a *Analysis) AddHist(event, spec string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	h.Syms = a.syms
-	a.hists[d] = append(a.hists[d], h)
+	a.hists[key(d)] = append(a.hists[key(d)], h)
 	a.order = append(a.order, h)
 	return nil
 }
@@ -128,12 +136,12 @@ func (a *Analysis) RemoveHists(event string) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.dropHists(d)
+	a.dropHists(key(d))
 	return nil
 }
 
-func (a *Analysis) dropHists(d *probedef.Def) {
-	for _, h := range a.hists[d] {
+func (a *Analysis) dropHists(k string) {
+	for _, h := range a.hists[k] {
 		for i, x := range a.order {
 			if x == h {
 				a.order = append(a.order[:i], a.order[i+1:]...)
@@ -141,7 +149,7 @@ func (a *Analysis) dropHists(d *probedef.Def) {
 			}
 		}
 	}
-	delete(a.hists, d)
+	delete(a.hists, k)
 }
 
 // Symbolize gives the hists, present and later, the running kernel's
@@ -164,7 +172,7 @@ func (s kernelSyms) Format(addr uint64) string           { return s.k.Syms.Forma
 func (a *Analysis) Wrap(emit func(probedef.Event)) func(probedef.Event) {
 	return func(ev probedef.Event) {
 		a.mu.RLock()
-		filters, hists := a.filters[ev.Def], a.hists[ev.Def]
+		filters, hists := a.filters[key(ev.Def)], a.hists[key(ev.Def)]
 		a.mu.RUnlock()
 		for _, f := range filters {
 			if !f.Match(ev) {
@@ -191,7 +199,7 @@ func (a *Analysis) Tables(event string, json bool) ([]string, error) {
 			a.mu.RUnlock()
 			return nil, fmt.Errorf("no probe definition makes event %q", event)
 		}
-		hists = a.hists[d]
+		hists = a.hists[key(d)]
 	}
 	hists = append([]*probedef.Hist(nil), hists...)
 	a.mu.RUnlock()

@@ -38,8 +38,12 @@ func newAnalysis(defs []*probedef.Def, filters, hists []string) (*session.Analys
 	}
 	for _, v := range hists {
 		each("hist", v, func(event, spec string) error {
-			if d, err := an.Def(event); err == nil && session.KeysOnStack(spec) {
-				d.Stack = true
+			if first, err := an.Def(event); err == nil && session.KeysOnStack(spec) {
+				for _, d := range defs { // every probe point of the event
+					if d.Group == first.Group && d.Event == first.Event {
+						d.Stack = true
+					}
+				}
 			}
 			return an.AddHist(event, spec)
 		})

@@ -62,3 +62,30 @@ func TestAnalysisFiltersAndHists(t *testing.T) {
 		t.Errorf("hist: %v\n%s", err, all)
 	}
 }
+
+// TestAnalysisMultiProbeEvent: filters and hists of an event apply to
+// every probe point appended to it.
+func TestAnalysisMultiProbeEvent(t *testing.T) {
+	var defs []*probedef.Def
+	for _, l := range []string{"p:g/ev f a=%di:u64", "p:g/ev g a=%di:u64"} {
+		d, err := probedef.Parse(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defs = append(defs, d)
+	}
+	an, bad := newAnalysis(defs, []string{"ev:a == 1"}, []string{"g/ev:hist:keys=a"})
+	if len(bad) > 0 {
+		t.Fatal(bad)
+	}
+	emit := an.Wrap(func(ev probedef.Event) { t.Errorf("printed %v while a hist holds the event", ev) })
+	for _, d := range defs {
+		for a := uint64(0); a < 3; a++ {
+			emit(probedef.Event{Def: d, Values: []probedef.Value{{Name: "a", Type: probedef.Type{Base: probedef.U64}, U64: a}}})
+		}
+	}
+	table, err := an.Tables("ev", false)
+	if all := strings.Join(table, "\n"); err != nil || !strings.Contains(all, "{ a:          1 } hitcount:          2") || !strings.Contains(all, "Hits: 2") {
+		t.Errorf("hist: %v\n%s", err, all)
+	}
+}

@@ -11,7 +11,8 @@ import (
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
 )
 
-// readDefs parses --probe lines and a --probes file. Bad lines come
+// readDefs parses --probe lines and a --probes file, then merges them
+// (probedef.Merge). Bad lines come
 // back as one probedef.SyntaxErrors (--probe lines with Line 0), next to
 // every good definition, so that all of them can be checked and reported
 // at once.
@@ -45,6 +46,13 @@ func readDefs(lines []string, file string) ([]*probedef.Def, error) {
 			return nil, fmt.Errorf("%s: %w", file, err)
 		}
 		defs = append(defs, fd...)
+	}
+	// Deletions and probe points appended to an event, as ftrace applies
+	// its lines in order.
+	defs, err := probedef.Merge(defs)
+	var merged probedef.SyntaxErrors
+	if errors.As(err, &merged) {
+		bad = append(bad, merged...)
 	}
 	if len(bad) > 0 {
 		return defs, bad
