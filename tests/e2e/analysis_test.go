@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/session"
 )
 
 // TestFilterPassesExactCalls: an ftrace filter on hvwl_target_add's
@@ -259,5 +260,40 @@ func TestPerfettoTimeline(t *testing.T) {
 	}
 	if !tracks["guest vCPUs"] || !tracks["guest tasks"] || !tracks["vCPU 0"] || !tracks["swapper/0-1"] {
 		t.Errorf("track names %v", tracks)
+	}
+}
+
+// TestMultiProbeEvent: two probe points appended to one event (ftrace's
+// multi-probe events) give that event's hits at both sites, as many as
+// the workload made calls to each, and a filter on the event covers both.
+func TestMultiProbeEvent(t *testing.T) {
+	g := miniGuest(t)
+	defs, err := probedef.Merge(parseDefs(t, `p:an/two hvwl_target_add x=%di:s64`, `p:an/two hvwl_target_ret x=%di:s64`))
+	if err != nil || len(defs) != 2 {
+		t.Fatalf("merge: %d defs, %v", len(defs), err)
+	}
+	an := session.NewAnalysis(defs)
+	if err := an.AddFilter("two", "x >= 1"); err != nil {
+		t.Fatal(err)
+	}
+	var log eventLog
+	dp, err := g.s.AddDefs(g.a, defs, an.Wrap(log.add))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Remove()
+	out := g.run(t, "calls:4,ret:3")
+	calls, rets := num(t, report(t, out, "calls"), "n"), num(t, report(t, out, "ret"), "n")
+	at := map[string]int64{}
+	for _, ev := range log.all() {
+		if ev.Def.Event != "two" || ev.Values[0].S64 < 1 {
+			t.Errorf("event %s passed", probedef.FormatTrace(ev))
+		}
+		fn, _, _ := strings.Cut(ev.Where, "+")
+		at[fn]++
+	}
+	// x is the first argument, 0..n-1 at each site: the filter drops x=0.
+	if at["hvwl_target_add"] != calls-1 || at["hvwl_target_ret"] != rets-1 {
+		t.Errorf("event hits by site %v; the workload made %d and %d calls", at, calls, rets)
 	}
 }
