@@ -282,7 +282,8 @@ func (p *lineParser) parseLocation(d *Def, tok token) *SyntaxError {
 	if offStr != "" {
 		v, ok := kstrtol(offStr)
 		if !ok || v < 0 || v > math.MaxUint32 {
-			return p.fail(symOff+len(sym)+len(ordinal), "invalid probe offset %q", offStr)
+			// At the location, as ftrace's BAD_PROBE_ADDR.
+			return p.fail(tok.off, "invalid probe offset %q", offStr)
 		}
 		d.Offset = uint64(v)
 	}
@@ -404,7 +405,13 @@ func (p *lineParser) parseArg(d *Def, i int, tok token) (Arg, *SyntaxError) {
 		return Arg{}, err
 	}
 	if n := storeOps(f, typ); n > fetchInsnMax-1 {
-		return Arg{}, p.fail(bodyOff, "dereference is nested too deeply")
+		// ftrace runs out of fetch instructions adding the outermost
+		// dereference, and points inside it.
+		col := bodyOff
+		if i := strings.IndexByte(expr, '('); i >= 0 {
+			col += i + 1
+		}
+		return Arg{}, p.fail(col, "dereference is nested too deeply")
 	}
 	return Arg{Name: name, Fetch: f, Type: typ, BTFType: len(f.Fields) > 0 && !hasType}, nil
 }
