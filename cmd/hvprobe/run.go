@@ -58,6 +58,7 @@ func cmdRun(args []string) error {
 	fs.Var(&filters, "filter", "EVENT:EXPR (repeatable): pass only EVENT's hits that match an ftrace event filter, e.g. 'myev:count > 100 && comm ~ \"kw*\"'")
 	fs.Var(&hists, "hist", "EVENT:hist:keys=...[:vals=...][:sort=...] (repeatable): aggregate EVENT's hits as an ftrace hist trigger; the table prints at exit instead of the events")
 	perfettoOut := fs.String("perfetto", "", "for --probe/--probes: also write the events to FILE as a Perfetto (Chrome trace-event JSON) timeline: kretprobes as slices, kprobes as instants, a track per vCPU and per guest task")
+	interval := fs.Duration("interval", 0, "with --hist: also print the hist tables every interval (they always print at exit)")
 	stacktrace := fs.Bool("stacktrace", false, "for --probe/--probes: each event carries the guest kernel stack of its hit (ftrace's stacktrace option)")
 	keepGoing := fs.Bool("keep-going", false, "when a probe cannot be armed once the guest runs, report it and carry on (default: report it and stop the guest, exit status 6)")
 	fs.Parse(args)
@@ -280,6 +281,20 @@ func cmdRun(args []string) error {
 	}
 	if *inspect != "" {
 		goBg(func() { inspectAt(bgCtx, s, *inspect, events) })
+	}
+	if *interval > 0 && len(hists) > 0 {
+		goBg(func() {
+			t := time.NewTicker(*interval)
+			defer t.Stop()
+			for {
+				select {
+				case <-bgCtx.Done():
+					return
+				case <-t.C:
+					printHists(an, *format, events)
+				}
+			}
+		})
 	}
 	var snapErr atomic.Pointer[error]
 	if *snapAt != "" {
