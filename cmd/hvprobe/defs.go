@@ -74,8 +74,10 @@ func eventPrinter(format string, p *printer) (func(probedef.Event), error) {
 			}
 			p.printf("%s", strings.TrimRight(string(b), "\n"))
 		}, nil
+	case "perfetto": // the events go to the trace only
+		return func(probedef.Event) {}, nil
 	}
-	return nil, fmt.Errorf("--format: %q is not trace or json", format)
+	return nil, fmt.Errorf("--format: %q is not trace, json or perfetto", format)
 }
 
 // eventCounter aggregates events by probe and argument values (--count).

@@ -44,7 +44,7 @@ func cmdRun(args []string) error {
 	var lines multiFlag
 	fs.Var(&lines, "probe", "probe definition in ftrace kprobe_events syntax, e.g. 'p:myopen do_filp_open path=+0(+0(%si)):string' (repeatable; 'j:' = jprobe)")
 	probesFile := fs.String("probes", "", "file of probe definitions, one per line (# comments)")
-	format := fs.String("format", "trace", "event output for --probe/--probes: trace (trace_pipe lines) or json (JSON lines)")
+	format := fs.String("format", "trace", "event output for --probe/--probes: trace (trace_pipe lines), json (JSON lines), or perfetto (a Perfetto timeline in --events FILE; hvprobe's own lines go to stderr)")
 	count := fs.Bool("count", false, "for --probe/--probes: count events per probe and argument values, print the table at exit instead of every event")
 	eventsOut := fs.String("events", "-", "where events and statistics go: - for stdout, or a file (keeps the terminal for the guest console)")
 	interactive := fs.Bool("interactive", false, "send standard input to the guest's serial console (use with --events FILE to keep events apart)")
@@ -102,9 +102,19 @@ func cmdRun(args []string) error {
 		return err
 	}
 	defer closeConsole()
-	eventsW, closeEvents, err := outputTo(*eventsOut)
-	if err != nil {
-		return err
+	if *format == "perfetto" {
+		// The events file is the trace; hvprobe's own lines, which would
+		// break its JSON, go to stderr.
+		if *eventsOut == "-" || *perfettoOut != "" {
+			return exitError{code: 2, msg: "--format perfetto writes the trace to --events FILE (and replaces --perfetto)"}
+		}
+		*perfettoOut, *eventsOut = *eventsOut, ""
+	}
+	eventsW, closeEvents := io.Writer(os.Stderr), func() error { return nil }
+	if *eventsOut != "" {
+		if eventsW, closeEvents, err = outputTo(*eventsOut); err != nil {
+			return err
+		}
 	}
 	defer closeEvents()
 	events := newPrinter(eventsW)
