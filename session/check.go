@@ -232,11 +232,6 @@ func bindParams(k *guest.Kernel, d *probedef.Def) error {
 	if n := len(params); n > 0 && params[n-1].Name == "" && params[n-1].Type == "void" {
 		fn.Params, fn.Variadic = fn.Params[:n-1], true
 	}
-	kinds := [...]probedef.ValueKind{
-		guest.ValueOther: probedef.ValueOther, guest.ValueInt: probedef.ValueInt,
-		guest.ValuePointer: probedef.ValuePointer, guest.ValueCharPointer: probedef.ValueCharPointer,
-		guest.ValueCharArray: probedef.ValueCharArray,
-	}
 	fn.Access = func(arg int, path []probedef.Field) (probedef.Access, error) {
 		steps := make([]guest.Step, len(path))
 		for i, f := range path {
@@ -250,15 +245,14 @@ func bindParams(k *guest.Kernel, d *probedef.Def) error {
 		if err != nil {
 			return probedef.Access{}, err
 		}
-		return probedef.Access{Offsets: acc.Offsets, Kind: kinds[acc.Kind],
-			Size: acc.Size, Signed: acc.Signed, Type: acc.Type}, nil
+		return acc, nil
 	}
 	return d.ResolveBTF(fn)
 }
 
 // usesParams reports whether f needs BTF (a parameter name, $arg*, a
-// field access) and whether it has something
-// BTF would check ($argN, $retval).
+// field access) and whether it has something BTF would check ($argN,
+// $retval).
 func usesParams(f *probedef.Fetch) (needs, checks bool) {
 	for ; f != nil; f = f.Inner {
 		switch f.Kind {

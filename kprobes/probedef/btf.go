@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/hvprobe/hvprobe/guest"
 )
 
 // BTFFunc is what the kernel's BTF says about the probed function, for
-// ResolveBTF; the caller reads BTF (probedef does not).
+// ResolveBTF; the caller reads BTF (guest.Types).
 type BTFFunc struct {
 	Name     string
 	Params   []string // parameter names, in order
@@ -19,27 +21,9 @@ type BTFFunc struct {
 	Access func(arg int, path []Field) (Access, error)
 }
 
-// Access is a field access resolved against BTF: one load per "->"
-// group, Offsets[i] bytes from the pointer the previous load gave, and
-// the type it ends on.
-type Access struct {
-	Offsets []uint64
-	Kind    ValueKind
-	Size    int  // bytes, for ValueInt
-	Signed  bool // for ValueInt
-	Type    string
-}
-
-// ValueKind classifies the type a field access ends on.
-type ValueKind int
-
-const (
-	ValueOther       ValueKind = iota // struct, union, float, non-char array
-	ValueInt                          // integer, enum, bool
-	ValuePointer                      // a pointer other than char *
-	ValueCharPointer                  // pointer to a one-byte integer
-	ValueCharArray                    // array of one-byte integers
-)
+// Access is a field access resolved against BTF (guest.Types.FieldAccess):
+// one load per "->" group at Offsets[i], ending on a value of Kind.
+type Access = guest.Access
 
 // FieldError is Access refusing path[Step]; Err says why.
 type FieldError struct {
@@ -52,8 +36,8 @@ func (e *FieldError) Unwrap() error { return e.Err }
 
 // fetchType is ftrace's default for a BTF-typed value: sN or uN for
 // integers of N bits, x64 for pointers and anything else.
-func (a *Access) fetchType() Type {
-	if a.Kind != ValueInt {
+func fetchType(a *Access) Type {
+	if a.Kind != guest.ValueInt {
 		return DefaultType
 	}
 	var b BaseType
@@ -155,14 +139,14 @@ func (r *btfResolver) arg(a Arg) (Arg, error) {
 	}
 	if acc != nil {
 		switch {
-		case str && acc.Kind == ValueCharPointer:
+		case str && acc.Kind == guest.ValueCharPointer:
 			// ftrace adds the load of the pointer the text is at.
 			f = &Fetch{Kind: FetchDeref, Inner: f, User: a.Type.Base == UString}
-		case str && acc.Kind == ValueCharArray && f.memory():
+		case str && acc.Kind == guest.ValueCharArray && f.memory():
 		case str:
 			return a, r.fail(r.typeCol(), fmt.Errorf("%s is %s: %s needs a char * or a char array", a.Fetch, acc.Type, a.Type.Base))
 		case a.BTFType:
-			a.Type = acc.fetchType()
+			a.Type = fetchType(acc)
 		}
 	}
 	a.BTFType = false

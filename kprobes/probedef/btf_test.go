@@ -3,6 +3,7 @@ package probedef
 import (
 	"errors"
 	"fmt"
+	"github.com/hvprobe/hvprobe/guest"
 	"reflect"
 	"strings"
 	"testing"
@@ -65,15 +66,15 @@ func fakeVFSRead(void bool) *BTFFunc {
 			acc.Type = typ
 			switch {
 			case typ == "*char":
-				acc.Kind = ValueCharPointer
+				acc.Kind = guest.ValueCharPointer
 			case typ[0] == '*':
-				acc.Kind = ValuePointer
+				acc.Kind = guest.ValuePointer
 			case strings.HasPrefix(typ, "char["):
-				acc.Kind = ValueCharArray
+				acc.Kind = guest.ValueCharArray
 			case typ[0] == 'u' || typ[0] == 's':
 				var bits int
 				fmt.Sscan(typ[1:], &bits)
-				acc.Kind, acc.Size, acc.Signed = ValueInt, bits/8, typ[0] == 's'
+				acc.Kind, acc.Size, acc.Signed = guest.ValueInt, bits/8, typ[0] == 's'
 			}
 			return acc, nil
 		}}
