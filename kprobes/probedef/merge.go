@@ -43,23 +43,19 @@ func Merge(defs []*Def) ([]*Def, error) {
 }
 
 // appendable checks that d may define its GROUP/EVENT after defs: a new
-// event, or a new probe point of the same kind and arguments.
+// event, or a new probe point of the same kind and arguments, in
+// ftrace's order of checks (append_trace_kprobe).
 func appendable(defs []*Def, d *Def) *SyntaxError {
-	var first *Def
+	var same []*Def
 	for _, x := range defs {
-		if x.Group != d.Group || x.Event != d.Event {
-			continue
-		}
-		if first == nil {
-			first = x
-		}
-		if x.Symbol == d.Symbol && x.Offset == d.Offset && x.Addr == d.Addr && x.Module == d.Module && x.Kind == d.Kind {
-			return d.Error(d.SymbolCol(), errors.New("There is already the exact same probe event"))
+		if x.Group == d.Group && x.Event == d.Event {
+			same = append(same, x)
 		}
 	}
-	if first == nil {
+	if len(same) == 0 {
 		return nil
 	}
+	first := same[0]
 	if first.Kind != d.Kind {
 		return d.Error(1, errors.New("Probe type is different from existing probe"))
 	}
@@ -70,6 +66,11 @@ func appendable(defs []*Def, d *Def) *SyntaxError {
 	}
 	if len(d.Args) != len(first.Args) {
 		return d.Error(d.SymbolCol(), errors.New("Argument type or name is different from existing probe"))
+	}
+	for _, x := range same {
+		if x.Symbol == d.Symbol && x.Offset == d.Offset && x.Addr == d.Addr && x.Module == d.Module {
+			return d.Error(1, errors.New("There is already the exact same probe event"))
+		}
 	}
 	return nil
 }

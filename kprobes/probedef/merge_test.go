@@ -46,7 +46,7 @@ func TestMerge(t *testing.T) {
 		{3, 23, "Argument type or name"},
 		{4, 23, "Argument type or name"},
 		{5, 1, "Probe type is different"},
-		{6, 10, "exact same probe"},
+		{6, 1, "exact same probe"},
 		{9, 1, "no event g/nosuch to delete"},
 	}
 	for i, w := range want {

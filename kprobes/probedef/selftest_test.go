@@ -34,6 +34,8 @@ var ftraceSyntaxErrors = []string{
 	"p vfs_read ^%none_reg",      // BAD_REG_NAME
 	"p vfs_read ^@12345678abcde", // BAD_MEM_ADDR
 	"p vfs_read ^@+10",           // FILE_ON_KPROBE
+	`p vfs_read arg1=\^x`,        // BAD_IMM
+	`p vfs_read arg1=\"abcd^`,    // IMMSTR_NO_CLOSE
 	"p vfs_read ^+0@0)",          // DEREF_NEED_BRACE
 	"p vfs_read ^+0ab1(@0)",      // BAD_DEREF_OFFS
 	"p vfs_read +0(+0(@0^)",      // DEREF_OPEN_BRACE
@@ -53,6 +55,43 @@ var ftraceSyntaxErrors = []string{
 	"p vfs_read var1=@11 ^var1=@12",                     // USED_ARG_NAME
 	"p vfs_read ^+1234567(+1234567(+1234567(+1234567(+1234567(+1234567(@1234))))))", // ARG_TOO_LONG
 	"p vfs_read arg1=^", // NO_ARG_BODY
+}
+
+// ftraceMultiprobeErrors are the selftest's multi-probe lines, each
+// written after ftraceMultiprobeFirst.
+const ftraceMultiprobeFirst = `p:kprobes/testevent _do_fork abcd=\1`
+
+var ftraceMultiprobeErrors = []string{
+	"^r:kprobes/testevent do_exit",              // DIFF_PROBE_TYPE
+	`p:kprobes/testevent _do_fork ^bcd=\1`,      // DIFF_ARG_TYPE
+	`p:kprobes/testevent _do_fork ^abcd=\1:u8`,  // DIFF_ARG_TYPE
+	`p:kprobes/testevent _do_fork ^abcd=\"foo"`, // DIFF_ARG_TYPE
+	`^p:kprobes/testevent _do_fork abcd=\1`,     // SAME_PROBE
+}
+
+func TestFtraceSelftestMultiprobeErrors(t *testing.T) {
+	first, err := Parse(ftraceMultiprobeFirst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ftraceMultiprobeErrors {
+		caret := strings.Index(l, "^")
+		line := l[:caret] + l[caret+1:]
+		d, err := Parse(line)
+		if err != nil {
+			t.Errorf("%q: %v", line, err)
+			continue
+		}
+		_, err = Merge([]*Def{first, d})
+		var list SyntaxErrors
+		if !errors.As(err, &list) || len(list) != 1 {
+			t.Errorf("%q: accepted after %q (ftrace refuses it at column %d)", line, ftraceMultiprobeFirst, caret+1)
+			continue
+		}
+		if list[0].Col != caret+1 {
+			t.Errorf("%q: caret at column %d, ftrace's at %d:\n%s", line, list[0].Col, caret+1, list[0].Render(""))
+		}
+	}
 }
 
 func TestFtraceSelftestSyntaxErrors(t *testing.T) {
