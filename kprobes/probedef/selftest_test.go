@@ -122,3 +122,62 @@ func TestFtraceSelftestSyntaxErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestFtraceSelftestArgsSyntax: the arguments of Linux's
+// kprobe_args_syntax.tc selftest, on x86-64, accepted and refused as
+// ftrace does them (_sdata and vfs_read are known symbols).
+func TestFtraceSelftestArgsSyntax(t *testing.T) {
+	lookup := func(sym string) error {
+		if sym == "vfs_read" || sym == "_sdata" {
+			return nil
+		}
+		return fmt.Errorf("unknown symbol %q", sym)
+	}
+	check := func(line string) error {
+		d, err := Parse(line)
+		if err == nil {
+			err = Validate([]*Def{d}, lookup)
+		}
+		return err
+	}
+	good := []string{"%ax", "@_sdata", "@0xffffffff82a00000", "@_sdata+10", "@_sdata-10",
+		"$stack", "$stack0", "$stack1", "$comm",
+		"+0(%ax)", "-0(%ax)", "+10($stack)", "+0($stack1)", "+10(@_sdata-10)", "+0(+10(+20($stack)))",
+		"varname=%ax", "%ax:x16", "$comm:string", "+0($stack):string"}
+	bad := []string{"%ex", "@", "@deaqswdefr", "@_sdata*10", "@_sdata/10", "@_sdata%10", "@_sdata&10", "@_sdata|10",
+		"$stackp", "$stack0+10", "$stack1-10", "$retval",
+		"+(%ax)", "(%ax+10)", "-(%ax)", "(%ax)", "+10($comm)", "+0(%ax)+10",
+		"varname=varname2=%ax", "%ax::x16", "%ax:y16", "x16:%ax",
+		"$comm:x64", "$stack:string", "%ax:string"}
+	for _, a := range good {
+		if err := check("p vfs_read " + a); err != nil {
+			t.Errorf("%q refused: %v", a, err)
+		}
+	}
+	for _, a := range bad {
+		if err := check("p vfs_read " + a); err == nil {
+			t.Errorf("%q accepted", a)
+		}
+	}
+	if err := check("r vfs_read $retval"); err != nil {
+		t.Errorf("r vfs_read $retval: %v", err)
+	}
+}
+
+// TestFtraceSelftestEventNames: kprobe_eventname.tc's automatic and given
+// event names.
+func TestFtraceSelftestEventNames(t *testing.T) {
+	for _, c := range []struct{ line, group, event string }{
+		{"p vfs_read", "kprobes", "p_vfs_read_0"},
+		{"p:event1 vfs_read", "kprobes", "event1"},
+		{"p:kprobes2/event2 vfs_read", "kprobes2", "event2"},
+		{"p ip_rcv_finish_core.isra.0", "kprobes", "p_ip_rcv_finish_core_isra_0_0"},
+	} {
+		d, err := Parse(c.line)
+		if err != nil {
+			t.Errorf("%q: %v", c.line, err)
+		} else if d.Group != c.group || d.Event != c.event {
+			t.Errorf("%q: event %s/%s; want %s/%s", c.line, d.Group, d.Event, c.group, c.event)
+		}
+	}
+}
