@@ -12,6 +12,12 @@
 // free_initmem, and followWrites hands the text pages the guest wrote
 // (vmm's dirty log) to the engine. Every such change is a Notice.
 //
+// Events of probe definitions (AddDefs) carry the current task, the
+// evaluated fetch args, a return probe's duration and, for definitions
+// with Stack set, the kernel stack unwound on the host (ORC or frame
+// pointers). Analysis holds ftrace filters and hist triggers by event
+// name, for the command line and the control socket alike.
+//
 // Lifetime: Close stops the guest, closes the control sockets it opened
 // (joining their connections) and its own goroutines (the write-watch
 // poller), then closes the VM, which waits for any call still in flight;
