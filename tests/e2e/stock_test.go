@@ -160,7 +160,7 @@ func randomBoundary(k *kguest.Kernel, f kguest.Symbol, rng *rand.Rand) (uint64, 
 
 // refusalClass shortens a refusal to its kind, for the log.
 func refusalClass(msg string) string {
-	for _, c := range []string{"jump label", "static call", "instruction boundary", "inside a", ".exit.text", "int3", "raises", "privilege", "reloads", "stops the CPU", "not in kernel text", "function entry", "symbols named"} {
+	for _, c := range []string{"jump label", "static call", "instruction boundary", "inside a", ".exit.text", "int3", "raises", "privilege", "reloads", "stops the CPU", "not in kernel text", "function entry", "symbols named", "returns 'void'"} {
 		if strings.Contains(msg, c) {
 			return c
 		}
