@@ -8,11 +8,7 @@ import (
 )
 
 func TestAnalysisRefusals(t *testing.T) {
-	d, err := probedef.Parse("p:myev hvwl_target_add a=%di:u64 b=%si:u64")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, bad := newAnalysis([]*probedef.Def{d},
+	_, bad := newAnalysis(mustParse(t, "p:myev hvwl_target_add a=%di:u64 b=%si:u64"),
 		[]string{"myev:a > 3 && nosuch == 1", "other:a == 1", "nocolon"},
 		[]string{"myev:hist:keys=a:vals=bogus"})
 	if len(bad) != 4 {
@@ -34,14 +30,7 @@ func TestAnalysisRefusals(t *testing.T) {
 }
 
 func TestAnalysisFiltersAndHists(t *testing.T) {
-	var defs []*probedef.Def
-	for _, l := range []string{"p:grp/one f a=%di:u64", "p:two g a=%di:u64"} {
-		d, err := probedef.Parse(l)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defs = append(defs, d)
-	}
+	defs := mustParse(t, "p:grp/one f a=%di:u64", "p:two g a=%di:u64")
 	an, bad := newAnalysis(defs, []string{"grp/one:a >= 1"}, []string{"two:hist:keys=a"})
 	if len(bad) > 0 {
 		t.Fatal(bad)
@@ -66,14 +55,7 @@ func TestAnalysisFiltersAndHists(t *testing.T) {
 // TestAnalysisMultiProbeEvent: filters and hists of an event apply to
 // every probe point appended to it.
 func TestAnalysisMultiProbeEvent(t *testing.T) {
-	var defs []*probedef.Def
-	for _, l := range []string{"p:g/ev f a=%di:u64", "p:g/ev g a=%di:u64"} {
-		d, err := probedef.Parse(l)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defs = append(defs, d)
-	}
+	defs := mustParse(t, "p:g/ev f a=%di:u64", "p:g/ev g a=%di:u64")
 	an, bad := newAnalysis(defs, []string{"ev:a == 1"}, []string{"g/ev:hist:keys=a"})
 	if len(bad) > 0 {
 		t.Fatal(bad)
@@ -88,4 +70,18 @@ func TestAnalysisMultiProbeEvent(t *testing.T) {
 	if all := strings.Join(table, "\n"); err != nil || !strings.Contains(all, "{ a:          1 } hitcount:          2") || !strings.Contains(all, "Hits: 2") {
 		t.Errorf("hist: %v\n%s", err, all)
 	}
+}
+
+// mustParse parses probe lines or fails the test.
+func mustParse(t *testing.T, lines ...string) []*probedef.Def {
+	t.Helper()
+	var defs []*probedef.Def
+	for _, l := range lines {
+		d, err := probedef.Parse(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defs = append(defs, d)
+	}
+	return defs
 }
