@@ -268,6 +268,9 @@ type Access struct {
 	Size    int  // bytes, for ValueInt
 	Signed  bool // for ValueInt
 	Type    string
+	// A bitfield member has BitSize > 0: its value is BitSize bits from
+	// bit BitOffset (0-7) of the byte at the last offset.
+	BitOffset, BitSize int
 }
 
 // StepError is a field access BTF refuses; Step indexes the step at
@@ -285,8 +288,7 @@ func (e *StepError) Is(target error) bool { return target == e.err }
 
 // FieldAccess resolves steps from a parameter of function fn (arg is
 // 0-based) or, with arg -1, from its return value, following typedefs
-// and qualifiers as ftrace does. A step through a bitfield is refused:
-// it has no byte offset to load from.
+// and qualifiers as ftrace does. A bitfield can only end the path.
 func (t *Types) FieldAccess(fn string, arg int, steps []Step) (Access, error) {
 	proto, err := t.proto(fn)
 	if err != nil {
@@ -325,11 +327,14 @@ func (t *Types) FieldAccess(fn string, arg int, steps []Step) (Access, error) {
 			return Access{}, &StepError{Step: i, err: ErrUnknownType,
 				Msg: fmt.Sprintf("%s has no member %s", TypeString(cur), s.Name)}
 		}
-		if m.BitfieldSize != 0 || bits%8 != 0 {
-			return Access{}, &StepError{Step: i, err: ErrBitfield,
-				Msg: fmt.Sprintf("%s.%s is a %d-bit bitfield, which has no byte offset to fetch from", TypeString(cur), s.Name, m.BitfieldSize)}
-		}
 		off += bits / 8
+		acc.BitOffset, acc.BitSize = 0, 0
+		if m.BitfieldSize != 0 || bits%8 != 0 {
+			acc.BitOffset, acc.BitSize = int(bits%8), int(m.BitfieldSize)
+			if acc.BitSize == 0 {
+				acc.BitSize = int(8 * sizeOf(m.Type))
+			}
+		}
 		typ, what = m.Type, s.Name
 	}
 	if len(steps) > 0 {
@@ -381,4 +386,13 @@ func isComposite(t btf.Type) bool {
 func isByte(t btf.Type) bool {
 	i, ok := btf.UnderlyingType(t).(*btf.Int)
 	return ok && i.Size == 1
+}
+
+// sizeOf is t's size in bytes, 0 when BTF gives none.
+func sizeOf(t btf.Type) uint64 {
+	n, err := btf.Sizeof(t)
+	if err != nil {
+		return 0
+	}
+	return uint64(n)
 }

@@ -71,10 +71,16 @@ func TestRealStockFieldAccess(t *testing.T) {
 			t.Errorf("%+v: %v", r.steps, err)
 		}
 	}
-	// sk_buff.pkt_type is a 3-bit bitfield, in an anonymous struct group.
-	_, err = types.FieldAccess("consume_skb", 0, []Step{{"pkt_type", true}})
-	if se := (*StepError)(nil); !errors.As(err, &se) || se.Step != 0 || !errors.Is(err, ErrBitfield) {
-		t.Errorf("skb->pkt_type: %v", err)
+	// sk_buff.pkt_type is a 3-bit bitfield, in an anonymous struct group:
+	// the byte it starts in, and its bits there.
+	acc, err = types.FieldAccess("consume_skb", 0, []Step{{"pkt_type", true}})
+	bits, size, berr := types.MemberBitOffset("sk_buff", "pkt_type")
+	if err != nil || berr != nil || size != 3 || acc.BitSize != 3 ||
+		acc.Offsets[0] != bits/8 || uint64(acc.BitOffset) != bits%8 || acc.Kind != ValueInt {
+		t.Errorf("skb->pkt_type: %+v %v; bit %d size %d %v", acc, err, bits, size, berr)
+	}
+	if _, err := types.FieldAccess("consume_skb", 0, []Step{{"pkt_type", true}, {"x", false}}); err == nil {
+		t.Error("skb->pkt_type.x accepted")
 	}
 	if _, err := types.FieldAccess("vfs_read", 5, nil); !errors.Is(err, ErrUnknownType) {
 		t.Errorf("parameter 6 of vfs_read: %v", err)

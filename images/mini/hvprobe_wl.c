@@ -131,6 +131,24 @@ HVWL_TARGET void __noreturn hvwl_target_exit(void)
 }
 
 /*
+ * Bitfields for BTF-typed field fetches: widths of 3, 9, 1 and 40 bits,
+ * one starting mid-byte and crossing four bytes, one of another type.
+ */
+struct hvwl_bits {
+	unsigned int lo:3;
+	unsigned int mid:9;
+	unsigned char flag:1;
+	unsigned long wide:40;
+	long tag;
+};
+
+HVWL_TARGET long hvwl_target_bits(struct hvwl_bits *b)
+{
+	HVWL_FRAME();
+	return b->lo + b->mid + b->flag + b->tag;
+}
+
+/*
  * Text the kernel rewrites while it runs: hvwl_keyed's static branch on
  * hvwl_key. With CONFIG_JUMP_LABEL the branch is a jump-label site (a
  * 2- or 5-byte nop while the key is disabled, a jmp to the "on" arm while
@@ -385,6 +403,23 @@ out:
 	kfree(buf);
 }
 
+static void hvwl_bits_scenario(long n)
+{
+	struct hvwl_bits b = {};
+	long i;
+
+	for (i = 0; i < n; i++) {
+		b.lo = i;
+		b.mid = 0x155 + i;
+		b.flag = i;
+		b.wide = 0xabcdef1234UL + i;
+		b.tag = i;
+		hvwl_target_bits(&b);
+		pr_info("bits i=%ld lo=%u mid=%u flag=%u wide=%lu\n",
+			i, b.lo, b.mid, b.flag, (unsigned long)b.wide);
+	}
+}
+
 static void hvwl_tasks(void)
 {
 	pr_info("task pid=%d comm=%s\n", task_pid_nr(current), current->comm);
@@ -629,6 +664,8 @@ static void hvwl_run_one(char *cmd, bool may_serve)
 		hvwl_threads(a[0], a[1]);
 	else if (!strcmp(name, "fileread") && n == 1)
 		hvwl_fileread(a[0]);
+	else if (!strcmp(name, "bits") && n == 1)
+		hvwl_bits_scenario(a[0]);
 	else if (!strcmp(name, "tasks") && n == 0)
 		hvwl_tasks();
 	else if (!strcmp(name, "static") && n == 2)

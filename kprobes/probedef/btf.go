@@ -35,8 +35,16 @@ func (e *FieldError) Error() string { return e.Err.Error() }
 func (e *FieldError) Unwrap() error { return e.Err }
 
 // fetchType is ftrace's default for a BTF-typed value: sN or uN for
-// integers of N bits, x64 for pointers and anything else.
+// integers of N bits, x64 for pointers and anything else. A bitfield is
+// read as the smallest container that holds it, as b<size>@<bit>/<bits>.
 func fetchType(a *Access) Type {
+	if a.BitSize > 0 {
+		c := 8
+		for c < a.BitOffset+a.BitSize {
+			c *= 2
+		}
+		return Type{Base: Bitfield, BitWidth: a.BitSize, BitOffset: a.BitOffset, ContainerBits: c}
+	}
 	if a.Kind != guest.ValueInt {
 		return DefaultType
 	}
@@ -60,8 +68,9 @@ func fetchType(a *Access) Type {
 }
 
 // ResolveBTF binds d to the probed function as BTF describes it. Field
-// accesses become dereferences at the members' offsets, typed from BTF
-// when the line gives no type; string and ustring fetch the text a
+// accesses become dereferences at the members' offsets (a bitfield is
+// read as a b-type); they, parameters by name, $arg* and $retval are
+// typed from BTF when the line gives no type; string and ustring fetch the text a
 // char * points to or a char array holds; parameter names become $argN
 // and $arg* expands. $argN beyond the prototype (unless variadic) and
 // $retval of a void function are refused. Errors are *SyntaxError under
@@ -89,6 +98,17 @@ func (d *Def) ResolveBTF(fn *BTFFunc) error {
 	c.Args = args
 	if err := c.ResolveParams(fn.Params); err != nil {
 		return err
+	}
+	// What is still BTFType came from $arg*.
+	for i, a := range c.Args {
+		if !a.BTFType {
+			continue
+		}
+		acc, err := fn.Access(int(a.Fetch.N)-1, nil)
+		if err != nil {
+			return fmt.Errorf("event %s: $arg* parameter %s: %w", d.Event, a.Name, err)
+		}
+		c.Args[i].Type, c.Args[i].BTFType = fetchType(&acc), false
 	}
 	*d = c
 	return nil
@@ -133,7 +153,7 @@ func (r *btfResolver) arg(a Arg) (Arg, error) {
 		return a, nil
 	}
 	str := a.Type.Base == String || a.Type.Base == UString
-	f, acc, err := r.fetch(a.Fetch, str)
+	f, acc, err := r.fetch(a.Fetch, str || a.BTFType)
 	if err != nil {
 		return a, err
 	}
@@ -147,6 +167,10 @@ func (r *btfResolver) arg(a Arg) (Arg, error) {
 			return a, r.fail(r.typeCol(), fmt.Errorf("%s is %s: %s needs a char * or a char array", a.Fetch, acc.Type, a.Type.Base))
 		case a.BTFType:
 			a.Type = fetchType(acc)
+		case acc.BitSize > 0:
+			// A type of the line's own would be applied to the bytes
+			// around the bits; ftrace's own reading is the only one.
+			return a, r.fail(r.typeCol(), fmt.Errorf("%s is a %d-bit bitfield: leave its type out to read it as %s", a.Fetch, acc.BitSize, fetchType(acc)))
 		}
 	}
 	a.BTFType = false

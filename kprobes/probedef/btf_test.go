@@ -11,7 +11,7 @@ import (
 
 // fakeMember is a member of a fake struct: its byte offset and type,
 // spelled "*T" (pointer to struct T), "*char", "char[N]", "uN"/"sN", a
-// struct name, or "bitfield".
+// struct name, or "u32:W@B" (a W-bit bitfield from bit B of the byte).
 type fakeMember struct {
 	off uint64
 	typ string
@@ -19,7 +19,7 @@ type fakeMember struct {
 
 // fakeStructs is a 6.1-shaped slice of struct file and what it points to.
 var fakeStructs = map[string]map[string]fakeMember{
-	"file":   {"f_path": {16, "path"}, "f_mode": {64, "bitfield"}, "f_flags": {68, "u32"}, "f_pos": {72, "s64"}},
+	"file":   {"f_path": {16, "path"}, "f_mode": {64, "u32:3@5"}, "f_wide": {80, "u32:12@6"}, "f_flags": {68, "u32"}, "f_pos": {72, "s64"}},
 	"path":   {"mnt": {0, "*vfsmount"}, "dentry": {8, "*dentry"}},
 	"dentry": {"d_name": {32, "qstr"}, "d_iname": {56, "char[32]"}},
 	"qstr":   {"len": {4, "u32"}, "name": {8, "*char"}},
@@ -54,11 +54,12 @@ func fakeVFSRead(void bool) *BTFFunc {
 				if !ok {
 					return acc, &FieldError{Step: i, Err: fmt.Errorf("struct %s has no member %s", typ, f.Name)}
 				}
-				if m.typ == "bitfield" {
-					return acc, &FieldError{Step: i, Err: fmt.Errorf("struct %s.%s is a bitfield", typ, f.Name)}
-				}
 				off += m.off
 				typ = m.typ
+				acc.BitOffset, acc.BitSize = 0, 0
+				if n, _ := fmt.Sscanf(typ, "u32:%d@%d", &acc.BitSize, &acc.BitOffset); n == 2 {
+					typ = "u32"
+				}
 			}
 			if len(path) > 0 {
 				acc.Offsets = append(acc.Offsets, off)
@@ -131,7 +132,7 @@ func TestResolveBTF(t *testing.T) {
 	arg1 := &Fetch{Kind: FetchArg, N: 1}
 	want := []Arg{
 		{Name: "name", Fetch: deref(0, deref(40, deref(24, arg1))), Type: Type{Base: String}},
-		x64("count", &Fetch{Kind: FetchArg, N: 3}),
+		{Name: "count", Fetch: &Fetch{Kind: FetchArg, N: 3}, Type: Type{Base: U64}},
 		{Name: "fl", Fetch: deref(68, arg1), Type: Type{Base: U32}},
 		{Name: "pos", Fetch: deref(72, arg1), Type: Type{Base: S64}},
 		{Name: "ln", Fetch: deref(36, deref(24, arg1)), Type: Type{Base: U32}},
@@ -150,7 +151,7 @@ func TestResolveBTF(t *testing.T) {
 		t.Fatalf("%d args, want %d", len(d.Args), len(want))
 	}
 	// The resolved form is plain ftrace syntax.
-	if s := d.String(); !strings.Contains(s, "name=+0(+40(+24($arg1))):string count=$arg3 fl=+68($arg1):u32 pos=+72($arg1):s64") {
+	if s := d.String(); !strings.Contains(s, "name=+0(+40(+24($arg1))):string count=$arg3:u64 fl=+68($arg1):u32 pos=+72($arg1):s64") {
 		t.Errorf("String = %q", s)
 	}
 
@@ -164,6 +165,29 @@ func TestResolveBTF(t *testing.T) {
 	rv := &Fetch{Kind: FetchRetval}
 	if f := r.Args[0].Fetch; !reflect.DeepEqual(f, &Fetch{Kind: FetchDeref, User: true, Inner: deref(40, deref(24, rv))}) {
 		t.Errorf("$retval field = %s", f)
+	}
+	// A bare $retval, parameters by name and $arg* are typed from BTF as
+	// current ftrace types them; $argN is not, and an explicit type wins.
+	b, err := Parse("r:y vfs_read $retval cnt=count c2=count:x32 $arg3 $arg*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ResolveBTF(fakeVFSRead(false)); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.String(); s != "r:kprobes/y vfs_read arg1=$retval:x64 cnt=$arg3:u64 c2=$arg3:x32 arg4=$arg3 file=$arg1 buf=$arg2 count=$arg3:u64 pos=$arg4" {
+		t.Errorf("typed from BTF: %q", s)
+	}
+	// Bitfields read as the smallest b-type that holds them.
+	f, err := Parse("p:z vfs_read m=file->f_mode w=file->f_wide")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ResolveBTF(fakeVFSRead(false)); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.String(); s != "p:kprobes/z vfs_read m=+64($arg1):b3@5/8 w=+80($arg1):b12@6/32" {
+		t.Errorf("bitfields: %q", s)
 	}
 }
 
@@ -179,7 +203,8 @@ func TestResolveBTFErrors(t *testing.T) {
 		{"p:x vfs_read file->f_path->dentry", false, "dentry", "path is not a pointer to a struct or union"},
 		{"p:x vfs_read file->f_flags.x", false, "x", "u32 is not a struct or union"},
 		{"p:x vfs_read count->x", false, "x", "u64 is not a pointer"},
-		{"p:x vfs_read file->f_mode", false, "f_mode", "is a bitfield"},
+		{"p:x vfs_read m=file->f_mode:u8", false, "u8", "file->f_mode is a 3-bit bitfield: leave its type out to read it as b3@5/8"},
+		{"p:x vfs_read m=file->f_mode.x", false, "x", "u32 is not a struct or union"},
 		{"p:x vfs_read $arg1 $arg5", false, "$arg5", "vfs_read has 4 parameters: there is no $arg5"},
 		{"p:x vfs_read a=+8(+0($arg12)):u8", false, "$arg12", "there is no $arg12"},
 		{"p:x vfs_read $arg5->f_flags", false, "$arg5", "there is no $arg5"},

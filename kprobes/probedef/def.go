@@ -97,9 +97,16 @@ type Arg struct {
 	Name  string
 	Fetch *Fetch
 	Type  Type
-	// BTFType: the fetch is a field access without a type, so ResolveBTF
-	// types it from BTF as ftrace does; Type is DefaultType until then.
+	// BTFType: the line gives no type for a fetch BTF can type (a field
+	// access, a parameter by name or from $arg*, $retval), so ResolveBTF
+	// types it as ftrace does; Type is DefaultType until then.
 	BTFType bool
+}
+
+// btfTyped reports whether ftrace types f from BTF when the line gives
+// no type: a field access, a parameter name, or $retval.
+func (f *Fetch) btfTyped() bool {
+	return len(f.Fields) > 0 || f.Kind == FetchParam || f.Kind == FetchRetval
 }
 
 // FetchKind says where a fetch expression takes its value from.
@@ -384,7 +391,7 @@ func (d *Def) String() string {
 		if a.Fetch.Kind == FetchComm || a.Fetch.Kind == FetchImmString {
 			implicit = Type{Base: String}
 		}
-		if a.Type != implicit || (len(a.Fetch.Fields) > 0 && !a.BTFType) {
+		if a.Type != implicit || (a.Fetch.btfTyped() && !a.BTFType) {
 			b.WriteString(":" + a.Type.String())
 		}
 	}

@@ -20,7 +20,7 @@ func TestKprobetraceExamples(t *testing.T) {
 			}}},
 		{"r:myretprobe do_sys_open $retval",
 			&Def{Kind: Retprobe, Group: "kprobes", Event: "myretprobe", Symbol: "do_sys_open", Args: []Arg{
-				x64("arg1", &Fetch{Kind: FetchRetval}),
+				untyped("arg1", &Fetch{Kind: FetchRetval}),
 			}}},
 		{"-:myprobe", &Def{Kind: Delete, Event: "myprobe"}},
 		// From "Types".

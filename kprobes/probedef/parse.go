@@ -413,7 +413,7 @@ func (p *lineParser) parseArg(d *Def, i int, tok token) (Arg, *SyntaxError) {
 		}
 		return Arg{}, p.fail(col, "dereference is nested too deeply")
 	}
-	return Arg{Name: name, Fetch: f, Type: typ, BTFType: len(f.Fields) > 0 && !hasType}, nil
+	return Arg{Name: name, Fetch: f, Type: typ, BTFType: !hasType && f.btfTyped()}, nil
 }
 
 // checkType applies ftrace's rules on which fetches each type can store.

@@ -16,6 +16,11 @@ func bare(d *Def) *Def {
 
 func x64(name string, f *Fetch) Arg { return Arg{Name: name, Fetch: f, Type: DefaultType} }
 
+// untyped is an argument the line gives no type for and BTF would type.
+func untyped(name string, f *Fetch) Arg {
+	return Arg{Name: name, Fetch: f, Type: DefaultType, BTFType: true}
+}
+
 func reg(r string) *Fetch { return &Fetch{Kind: FetchReg, Reg: r} }
 
 func deref(off int64, in *Fetch) *Fetch { return &Fetch{Kind: FetchDeref, Off: off, Inner: in} }
@@ -40,11 +45,11 @@ func TestParseValid(t *testing.T) {
 		{"p 0xffffffff81000000", &Def{Kind: Probe, Group: "kprobes", Event: "p_0xffffffff81000000", Addr: 0xffffffff81000000}},
 		{"p 010", &Def{Kind: Probe, Group: "kprobes", Event: "p_0x0000000000000008", Addr: 8}},
 		{"r do_sys_open $retval", &Def{Kind: Retprobe, Group: "kprobes", Event: "r_do_sys_open_0",
-			Symbol: "do_sys_open", Args: []Arg{x64("arg1", &Fetch{Kind: FetchRetval})}}},
+			Symbol: "do_sys_open", Args: []Arg{untyped("arg1", &Fetch{Kind: FetchRetval})}}},
 		{"r100:ev f+0 ret=$retval:s32", &Def{Kind: Retprobe, Group: "kprobes", Event: "ev", MaxActive: 100,
 			Symbol: "f", Args: []Arg{{Name: "ret", Fetch: &Fetch{Kind: FetchRetval}, Type: Type{Base: S32}}}}},
 		{"p:ev vfs_read%return $retval $arg2", &Def{Kind: Retprobe, Group: "kprobes", Event: "ev", Symbol: "vfs_read",
-			Args: []Arg{x64("arg1", &Fetch{Kind: FetchRetval}), x64("arg2", &Fetch{Kind: FetchArg, N: 2})}}},
+			Args: []Arg{untyped("arg1", &Fetch{Kind: FetchRetval}), x64("arg2", &Fetch{Kind: FetchArg, N: 2})}}},
 		{"p vfs_read%return", &Def{Kind: Retprobe, Group: "kprobes", Event: "r_vfs_read_0", Symbol: "vfs_read"}},
 		{"-:myprobe", &Def{Kind: Delete, Event: "myprobe"}},
 		{"-:grp/myprobe", &Def{Kind: Delete, Group: "grp", Event: "myprobe"}},
@@ -88,7 +93,7 @@ func TestParseValid(t *testing.T) {
 			}}},
 		{"p vfs_open filename +0(path):string mode=flags:u32 $arg*",
 			&Def{Kind: Probe, Group: "kprobes", Event: "p_vfs_open_0", Symbol: "vfs_open", Args: []Arg{
-				x64("filename", &Fetch{Kind: FetchParam, Str: "filename"}),
+				untyped("filename", &Fetch{Kind: FetchParam, Str: "filename"}),
 				{Name: "arg2", Fetch: deref(0, &Fetch{Kind: FetchParam, Str: "path"}), Type: Type{Base: String}},
 				{Name: "mode", Fetch: &Fetch{Kind: FetchParam, Str: "flags"}, Type: Type{Base: U32}},
 				{Fetch: &Fetch{Kind: FetchAllArgs}, Type: DefaultType},

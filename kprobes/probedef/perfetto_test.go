@@ -5,40 +5,20 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hvprobe/hvprobe/tests/traceevent"
 )
 
-// checkTraceEvents parses a trace-event file and checks each record
-// against the format's rules (Trace Event Format, "JSON Array Format"):
-// name, ph, pid and tid on every record, ts on all but metadata, dur on
-// complete events, a scope on instants. It returns the records.
+// checkTraceEvents checks a trace-event file against the Trace Event
+// Format's JSON Schema (tests/traceevent) and returns its records.
 func checkTraceEvents(t *testing.T, file string) []map[string]any {
 	t.Helper()
+	if err := traceevent.Validate([]byte(file)); err != nil {
+		t.Fatalf("trace-event schema: %v\n%s", err, file)
+	}
 	var recs []map[string]any
 	if err := json.Unmarshal([]byte(file), &recs); err != nil {
-		t.Fatalf("not a JSON array of objects: %v\n%s", err, file)
-	}
-	for _, r := range recs {
-		_, name := r["name"].(string)
-		_, pid := r["pid"].(float64)
-		_, tid := r["tid"].(float64)
-		ph, _ := r["ph"].(string)
-		_, ts := r["ts"].(float64)
-		dur, hasDur := r["dur"].(float64)
-		ok := name && pid && tid
-		switch ph {
-		case "M":
-			_, args := r["args"].(map[string]any)
-			ok = ok && args
-		case "X":
-			ok = ok && ts && hasDur && dur >= 0
-		case "i":
-			ok = ok && ts && (r["s"] == "t" || r["s"] == "p" || r["s"] == "g")
-		default:
-			ok = false
-		}
-		if !ok {
-			t.Errorf("bad trace event %v", r)
-		}
+		t.Fatal(err)
 	}
 	return recs
 }

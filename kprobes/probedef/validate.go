@@ -89,7 +89,8 @@ func (d *Def) Error(col int, err error) *SyntaxError {
 // ResolveParams binds parameter names to argument positions, given the
 // probed function's parameter names in order (from BTF or a prototype):
 // a bare name, at any depth, becomes $argN, and $arg* becomes one x64
-// argument per parameter, named after it, as ftrace expands it.
+// argument per parameter, named after it, as ftrace expands it (marked
+// BTFType, for ResolveBTF to type).
 // Unknown names yield *UnresolvedError; d is unchanged on error.
 func (d *Def) ResolveParams(params []string) error {
 	index := make(map[string]uint64, len(params))
@@ -109,7 +110,7 @@ func (d *Def) ResolveParams(params []string) error {
 				if used[p] {
 					return fmt.Errorf("event %s: $arg* parameter %q clashes with an argument name: %w", d.Event, p, ErrSyntax)
 				}
-				args = append(args, Arg{Name: p, Fetch: &Fetch{Kind: FetchArg, N: uint64(i + 1)}, Type: DefaultType})
+				args = append(args, Arg{Name: p, Fetch: &Fetch{Kind: FetchArg, N: uint64(i + 1)}, Type: DefaultType, BTFType: true})
 			}
 			continue
 		}

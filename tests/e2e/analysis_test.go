@@ -10,6 +10,7 @@ import (
 
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
 	"github.com/hvprobe/hvprobe/session"
+	"github.com/hvprobe/hvprobe/tests/traceevent"
 )
 
 // TestFilterPassesExactCalls: an ftrace filter on hvwl_target_add's
@@ -189,7 +190,7 @@ func TestHistDistributions(t *testing.T) {
 // TestPerfettoTimeline: the workload's calls as a Perfetto (Chrome
 // trace-event) file: one slice per hvwl_target_ret call with its
 // argument, one instant per hvwl_target_add call, each on its vCPU's and
-// its task's track, and records that follow the format's rules.
+// its task's track, in a file the format's JSON Schema accepts.
 func TestPerfettoTimeline(t *testing.T) {
 	g := miniGuest(t)
 	defs := parseDefs(t, `r:an/pret hvwl_target_ret x=$arg1:s64`, `p:an/padd hvwl_target_add a=%di:s64`)
@@ -222,8 +223,12 @@ func TestPerfettoTimeline(t *testing.T) {
 		PID, TID    *int
 		Args        map[string]any
 	}
-	if err := json.Unmarshal([]byte(strings.Join(lines, "\n")), &recs); err != nil {
-		t.Fatalf("not a trace-event JSON array: %v", err)
+	file := []byte(strings.Join(lines, "\n"))
+	if err := traceevent.Validate(file); err != nil {
+		t.Fatalf("trace-event schema: %v", err)
+	}
+	if err := json.Unmarshal(file, &recs); err != nil {
+		t.Fatal(err)
 	}
 	spans, instants := map[int][]float64{}, map[int][]float64{}
 	tracks := map[string]bool{}
