@@ -17,11 +17,16 @@ type Context struct {
 
 	regs *vmm.Regs
 	k    Kernel
+	cpu  vmm.CPU
 }
 
 // Regs is the vCPU's register file for the handler to read and modify; see
 // Kprobe for when modifications take effect.
 func (c *Context) Regs() *vmm.Regs { return c.regs }
+
+// Sregs reads the vCPU's special registers: CR3 holds the page tables of
+// the task that hit the probe, which user-space fetches walk.
+func (c *Context) Sregs() (vmm.Sregs, error) { return c.cpu.Sregs() }
 
 // ReadVirt reads guest kernel memory.
 func (c *Context) ReadVirt(va uint64, p []byte) error { return c.k.ReadVirt(va, p) }

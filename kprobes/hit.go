@@ -100,7 +100,7 @@ func (m *Manager) onBreakpoint(cpu vmm.CPU, rip uint64) bool {
 		m.reenter(cpu, st, s, members, regs)
 		return true
 	}
-	ctx := &Context{CPU: cpu.ID(), Addr: rip, Symbol: s.sym, Offset: s.off, Time: now, regs: &regs, k: m.k}
+	ctx := &Context{CPU: cpu.ID(), Addr: rip, Symbol: s.sym, Offset: s.off, Time: now, regs: &regs, k: m.k, cpu: cpu}
 	for _, mb := range members {
 		mb.c.hits.Add(1)
 	}

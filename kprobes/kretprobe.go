@@ -347,7 +347,7 @@ func (m *Manager) onReturn(cpu vmm.CPU, now time.Time) bool {
 		}
 		c.rp.c.exits.Add(1)
 		if c.rp.Handler != nil {
-			ctx := &Context{CPU: cpu.ID(), Addr: c.rp.addr, Symbol: c.rp.sym, Time: now, regs: &regs, k: m.k}
+			ctx := &Context{CPU: cpu.ID(), Addr: c.rp.addr, Symbol: c.rp.sym, Time: now, regs: &regs, k: m.k, cpu: cpu}
 			c.rp.Handler(&RetContext{Context: ctx, ReturnAddress: real, EntryTime: c.in.entry,
 				Duration: now.Sub(c.in.entry), Data: c.in.data})
 		}

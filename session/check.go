@@ -159,6 +159,14 @@ func (ik *ImageKernel) CheckDefs(defs []*probedef.Def) ([]Checked, error) {
 			bad = append(bad, d.Error(col, err))
 			continue
 		}
+		if d.Kind == probedef.Watch {
+			if err := ik.checkWatch(d); err != nil {
+				bad = append(bad, d.Error(d.SymbolCol(), err))
+				continue
+			}
+			out = append(out, Checked{Probe: d.String()})
+			continue
+		}
 		p, err := defProbe(d)
 		if err != nil {
 			bad = append(bad, d.Error(d.SymbolCol(), err))
@@ -264,4 +272,28 @@ func usesParams(f *probedef.Fetch) (needs, checks bool) {
 		needs = needs || len(f.Fields) > 0
 	}
 	return needs, checks
+}
+
+// checkWatch judges a w line against the image: writes only (reads need
+// debug registers), a kernel address outside the kernel's text, whose
+// writes the session already follows through the dirty log.
+func (ik *ImageKernel) checkWatch(d *probedef.Def) error {
+	if d.Access != probedef.AccessWrite {
+		return fmt.Errorf("%w: %s@ watches reads, which need debug-register watchpoints; hvprobe traps writes only (use w@)", ErrWatch, d.Access)
+	}
+	va := d.Addr
+	if d.Symbol != "" {
+		a, err := ik.Resolve(d.Symbol, 0)
+		if err != nil {
+			return err
+		}
+		va = a + d.Offset
+	}
+	if va>>63 == 0 {
+		return fmt.Errorf("%w: %#x is not a kernel address", ErrWatch, va)
+	}
+	if ik.InText(va) || ik.InText(va+uint64(d.Len)-1) {
+		return fmt.Errorf("%w: %#x is kernel text; hvprobe watches data (text writes are followed by the dirty log)", ErrWatch, va)
+	}
+	return nil
 }

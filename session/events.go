@@ -18,9 +18,10 @@ var ErrProbeDef = errors.New("probe definition")
 
 // DefProbes are the engine probes made from probe definitions.
 type DefProbes struct {
-	s      *Session
-	a      *Attached
-	probes []*Probe
+	s       *Session
+	a       *Attached
+	probes  []*Probe
+	watches []*Watch
 }
 
 // Stats is one line per probe: its event, hits and nmissed.
@@ -36,8 +37,14 @@ func (d *DefProbes) Stats() []string {
 			out = append(out, fmt.Sprintf("kretprobe %s: hits=%d nmissed=%d", p.Kretprobe.Symbol, p.Kretprobe.Hits(), p.Kretprobe.NMissed()))
 		}
 	}
+	for _, w := range d.watches {
+		out = append(out, fmt.Sprintf("watch %s/%s at %#x: hits=%d", w.Def.Group, w.Def.Event, w.VA, w.Hits()))
+	}
 	return out
 }
+
+// Watches are the watches made from w lines, in their order.
+func (d *DefProbes) Watches() []*Watch { return d.watches }
 
 // Probes are the engine probes made from the definitions, in their order.
 func (d *DefProbes) Probes() []*Probe { return d.probes }
@@ -48,11 +55,14 @@ func (d *DefProbes) Remove() error {
 	for _, p := range d.probes {
 		errs = append(errs, d.s.Disarm(d.a, p))
 	}
+	for _, w := range d.watches {
+		errs = append(errs, w.Remove())
+	}
 	return errors.Join(errs...)
 }
 
-// AddDefs arms probes for kprobe_events-style definitions (p:, r:, and the
-// j: extension). Each hit evaluates the definition's fetch args in the
+// AddDefs arms probes for kprobe_events-style definitions (p:, r:, the
+// j: extension, and w: watches in ftrace's wprobe syntax). Each hit evaluates the definition's fetch args in the
 // guest and is passed to emit, on the vCPU's thread. Symbols are checked
 // (with suggestions) and BTF parameter names bound before anything is
 // armed, and a bad line arms nothing. Each definition is then armed on
@@ -92,6 +102,15 @@ func (s *Session) AddDefs(a *Attached, defs []*probedef.Def, emit func(probedef.
 	out := &DefProbes{s: s, a: a}
 	var bad probedef.SyntaxErrors
 	for _, d := range defs {
+		if d.Kind == probedef.Watch {
+			w, err := s.addWatch(a, env, d, emit)
+			if err != nil {
+				bad = append(bad, d.Error(d.SymbolCol(), err))
+				continue
+			}
+			out.watches = append(out.watches, w)
+			continue
+		}
 		p, err := defProbe(d)
 		if err == nil {
 			env.handle(p, d, emit)
@@ -172,7 +191,11 @@ type eventEnv struct {
 
 func (e *eventEnv) event(def *probedef.Def, c *kprobes.Context, regs vmm.Regs, entry *vmm.Regs, fn string) probedef.Event {
 	comm, pid := e.current(c.CPU)
-	ctx := &probedef.Context{Regs: regs, Entry: entry, CS: 0x10, SS: 0x18, Mem: e.k, Syms: e, Task: commOf(comm)}
+	var mem probedef.Memory = e.k
+	if readsUser(def) {
+		mem = &taskMem{k: e.k, phys: e.s.VM.Mem(), c: c}
+	}
+	ctx := &probedef.Context{Regs: regs, Entry: entry, CS: 0x10, SS: 0x18, Mem: mem, Syms: e, Task: commOf(comm)}
 	vals, err := probedef.Evaluate(def, ctx)
 	if err != nil {
 		vals = []probedef.Value{{Name: "error", Type: probedef.Type{Base: probedef.String}, Str: err.Error()}}
@@ -187,6 +210,51 @@ func (e *eventEnv) event(def *probedef.Def, c *kprobes.Context, regs vmm.Regs, e
 		ev.Stack = e.stack(r, c.Offset == 0)
 	}
 	return ev
+}
+
+// readsUser reports whether def fetches user memory (ustring, +u...()).
+// Only such definitions read through the task's page tables: ftrace's
+// plain string and dereference fetches fault on a user address, and so do
+// hvprobe's, which read through the kernel's tables.
+func readsUser(def *probedef.Def) bool {
+	for _, a := range def.Args {
+		if a.Type.Base == probedef.UString {
+			return true
+		}
+		for f := a.Fetch; f != nil; f = f.Inner {
+			if f.User {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// taskMem is guest memory as the task that hit a probe sees it: user
+// addresses (bit 63 clear) through the page tables in the vCPU's CR3 at
+// the hit, read on first use, kernel addresses through the kernel's
+// (init_top_pgt, which maps no user space).
+type taskMem struct {
+	k    *RunningKernel
+	phys vmm.PhysMem
+	c    *kprobes.Context
+	user *introspect.VirtMem
+}
+
+const cr4LA57 = 1 << 12
+
+func (m *taskMem) ReadVirt(va uint64, p []byte) error {
+	if va>>63 != 0 {
+		return m.k.ReadVirt(va, p)
+	}
+	if m.user == nil {
+		sr, err := m.c.Sregs()
+		if err != nil {
+			return fmt.Errorf("reading CR3 for a user fetch: %w", err)
+		}
+		m.user = introspect.NewVirtMem(m.phys, sr.CR3, sr.CR4&cr4LA57 != 0)
+	}
+	return m.user.Read(va, p)
 }
 
 // stack unwinds the kernel stack at a hit (Def.Stack): on the host, from

@@ -59,6 +59,7 @@ type Session struct {
 	atAttach    []func(*Attached) error
 	attachedCh  chan struct{}
 	probes      probeSet
+	watches     watchSet
 	watchErr    error
 	// done ends the session's own goroutines (workers) at Close.
 	done      chan struct{}

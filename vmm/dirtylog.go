@@ -133,9 +133,12 @@ func (vm *VM) WatchWrites(start, end uint64) error {
 	case vm.ran:
 		return fmt.Errorf("%w: the vCPUs have run (re-laying out memslots under them would show them a hole)", ErrWatchRefused)
 	}
+	if err := vm.checkWatchVsTraps(start, end); err != nil {
+		return err
+	}
 	w := &writeWatch{start: start, end: end}
 	w.bitmap = make([]uint64, bitmapWords(w.pages()))
-	want := memslotLayout(vm.mem.Size(), w)
+	want := memslotLayoutTraps(vm.mem.Size(), w, vm.trapPagesLocked())
 	// KVM_GET_DIRTY_LOG is basic API with no capability of its own; what
 	// a host can lack is enough slots, or the flag (refused with EINVAL).
 	if n := vm.checkExtension(capNRMemslots); n < len(want) {
@@ -150,7 +153,7 @@ func (vm *VM) WatchWrites(start, end uint64) error {
 	// The first read of the log is empty; a KVM that fails it cannot log.
 	if err := getDirtyLog(vm.vmFD, slotWatched, w.bitmap); err != nil {
 		err = fmt.Errorf("%w: KVM_GET_DIRTY_LOG: %w", ErrNoDirtyLog, err)
-		if rerr := vm.setMemslots(memslotLayout(vm.mem.Size(), nil)); rerr != nil {
+		if rerr := vm.setMemslots(memslotLayoutTraps(vm.mem.Size(), nil, vm.trapPagesLocked())); rerr != nil {
 			return fmt.Errorf("%w; restoring the single memslot: %v", err, rerr)
 		}
 		return err

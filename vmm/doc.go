@@ -48,6 +48,13 @@
 // split off a dirty-logged range (kernel text) so that DirtyPages reports
 // the pages the guest wrote there. The layout is fixed once the vCPUs have
 // run. hvprobe's own writes to guest memory are never logged.
+// Write traps (writetrap.go) split trapped pages off into KVM_MEM_READONLY
+// slots (memslotLayoutTraps) before or while the vCPUs run, with every
+// vCPU paused for the change and the dirty-logged slot left in place; the
+// VMM completes the guest's stores there itself. Hardware breakpoints
+// (hwbreak.go) share a vCPU's debug registers with the guest's own. Which
+// of the two a host fires is the second host difference the package
+// reports, WatchCaps (watchcaps.go): PVM has no data watchpoints.
 //
 // Snapshots (snapshot.go) stop every vCPU on its own thread, save KVM's
 // and the devices' state and RAM to a file, and restore a VM from one with

@@ -99,6 +99,7 @@ type exitHandler struct {
 	symbolize func(uint64) string
 	stats     *ExitStats
 	doorbell  atomic.Pointer[int3Doorbell]
+	writes    watchState // write traps and hardware breakpoints (writetrap.go, hwbreak.go)
 }
 
 // handle processes one exit. A non-zero StopReason ends the vCPU's loop.
@@ -114,6 +115,12 @@ func (h *exitHandler) handle(c cpuOps, e *exitInfo) (StopReason, error) {
 		return 0, h.pio(e)
 	case exitMMIO:
 		h.stats.MMIO.Add(1)
+		if e.mmio.IsWrite != 0 {
+			// A store to a write-trapped page (writetrap.go).
+			if done, err := h.completeWrite(c, e.mmio); done || err != nil {
+				return 0, err
+			}
+		}
 		if e.mmio.IsWrite == 0 {
 			// Nothing is mapped there: reads float high.
 			for i := range e.mmio.Data {
@@ -175,6 +182,12 @@ func (h *exitHandler) debug(c cpuOps, d debugExit) error {
 		// length, so the guest sees rip after the int3, as on bare metal.
 		return h.injectException(c, 3)
 	case 1:
+		if hc, ok := c.(hwCPU); ok {
+			// Hardware breakpoints and their step-overs (hwbreak.go).
+			if done, err := h.hwDebug(hc, d); done || err != nil {
+				return err
+			}
+		}
 		if c.singleStepping() {
 			h.dispatch(c, DebugEvent{Kind: DebugSingleStep, RIP: d.PC})
 			return nil

@@ -76,6 +76,7 @@ type VCPU struct {
 	debug   uint32 // current KVM_GUESTDBG_* control word
 	swBP    bool
 	stepped bool
+	hw      hwBreakState // hardware breakpoints (hwbreak.go)
 }
 
 type request struct {
@@ -197,14 +198,17 @@ func (v *VCPU) applyDebug() error {
 	if v.stepped {
 		ctl |= guestDbgEnable | guestDbgSingleStep
 	}
-	if ctl == v.debug {
+	hwCtl, dr := v.hw.compose()
+	ctl |= hwCtl
+	if ctl == v.debug && dr == v.hw.applied {
 		return nil
 	}
-	d := guestDebug{Control: ctl}
+	d := guestDebug{Control: ctl, DebugReg: dr}
 	if err := ioctlPtr(v.fd, kvmSetGuestDebug, &d); err != nil {
 		return wrap("KVM_SET_GUEST_DEBUG", err)
 	}
 	v.debug = ctl
+	v.hw.applied = dr
 	return nil
 }
 

@@ -37,6 +37,9 @@
 #include <linux/sched/task.h>
 #include <linux/slab.h>
 #include <linux/string.h>
+#include <linux/mm.h>
+#include <linux/vmalloc.h>
+#include <asm/syscall.h>
 
 #define HVWL_TARGET noinline __used __attribute__((__noipa__))
 
@@ -146,6 +149,34 @@ HVWL_TARGET long hvwl_target_bits(struct hvwl_bits *b)
 {
 	HVWL_FRAME();
 	return b->lo + b->mid + b->flag + b->tag;
+}
+
+/*
+ * Data watches: write:N stores to hvwl_wvar.watched through
+ * hvwl_target_write only, and to its neighbour on the same page from the
+ * scenario itself, so a watch on the one sees none of the other's stores.
+ */
+struct hvwl_wvar {
+	long watched;
+	long next;
+};
+struct hvwl_wvar hvwl_wvar;
+
+HVWL_TARGET void hvwl_target_write(long v)
+{
+	HVWL_FRAME();
+	WRITE_ONCE(hvwl_wvar.watched, v);
+}
+
+/*
+ * sysent:NR replaces sys_call_table[NR] and puts it back the way a rootkit
+ * does: through a writable alias (vmap) of the table's read-only page, so
+ * only a watch on physical memory sees the stores.
+ */
+HVWL_TARGET void hvwl_target_sysent(unsigned long *slot, unsigned long v)
+{
+	HVWL_FRAME();
+	WRITE_ONCE(*slot, v);
 }
 
 /*
@@ -420,6 +451,51 @@ static void hvwl_bits_scenario(long n)
 	}
 }
 
+static void hvwl_write_scenario(long n)
+{
+	long i, old = READ_ONCE(hvwl_wvar.watched);
+
+	for (i = 0; i < n; i++) {
+		hvwl_target_write(7 * i + 1);
+		WRITE_ONCE(hvwl_wvar.next, i);
+	}
+	pr_info("write n=%ld old=%ld last=%ld next=%ld\n", n, old,
+		READ_ONCE(hvwl_wvar.watched), READ_ONCE(hvwl_wvar.next));
+}
+
+static long hvwl_fake_syscall(const struct pt_regs *regs)
+{
+	return -ENOSYS;
+}
+
+static void hvwl_sysent_scenario(long nr)
+{
+	unsigned long *entry = (unsigned long *)&sys_call_table[nr];
+	struct page *page = pfn_to_page(PHYS_PFN(__pa_symbol(entry)));
+	unsigned long orig = (unsigned long)sys_call_table[nr];
+	unsigned long fake = (unsigned long)hvwl_fake_syscall;
+	unsigned long *alias;
+	void *map;
+	bool seen;
+
+	if (nr < 0 || nr >= NR_syscalls) {
+		pr_info("sysent fail nr=%ld\n", nr);
+		return;
+	}
+	map = vmap(&page, 1, VM_MAP, PAGE_KERNEL);
+	if (!map) {
+		pr_info("sysent fail err=%d\n", -ENOMEM);
+		return;
+	}
+	alias = map + offset_in_page(entry);
+	hvwl_target_sysent(alias, fake);
+	seen = READ_ONCE(*entry) == fake;
+	hvwl_target_sysent(alias, orig);
+	vunmap(map);
+	pr_info("sysent nr=%ld orig=0x%lx fake=0x%lx seen=%d restored=%d\n", nr,
+		orig, fake, seen, READ_ONCE(*entry) == orig);
+}
+
 static void hvwl_tasks(void)
 {
 	pr_info("task pid=%d comm=%s\n", task_pid_nr(current), current->comm);
@@ -664,6 +740,10 @@ static void hvwl_run_one(char *cmd, bool may_serve)
 		hvwl_threads(a[0], a[1]);
 	else if (!strcmp(name, "fileread") && n == 1)
 		hvwl_fileread(a[0]);
+	else if (!strcmp(name, "write") && n == 1)
+		hvwl_write_scenario(a[0]);
+	else if (!strcmp(name, "sysent") && n == 1)
+		hvwl_sysent_scenario(a[0]);
 	else if (!strcmp(name, "bits") && n == 1)
 		hvwl_bits_scenario(a[0]);
 	else if (!strcmp(name, "tasks") && n == 0)

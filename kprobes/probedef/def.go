@@ -19,6 +19,9 @@ const (
 	Jprobe
 	// Delete is "-:[GRP/]EVENT": remove an event.
 	Delete
+	// Watch is "w": a watch on data access, in the syntax of ftrace's
+	// wprobe events (Documentation/trace/wprobetrace.rst).
+	Watch
 )
 
 func (k Kind) String() string {
@@ -31,6 +34,8 @@ func (k Kind) String() string {
 		return "j"
 	case Delete:
 		return "-"
+	case Watch:
+		return "w"
 	}
 	return "Kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -70,8 +75,13 @@ type Def struct {
 
 	Module string // from MOD:SYM; empty for vmlinux
 	Symbol string
-	Offset uint64 // SYM+offs
+	Offset uint64 // SYM+offs; a w line's SYM-offs is stored negated
 	Addr   uint64 // MEMADDR, when Symbol is empty
+
+	// Access and Len are a w line's: which accesses of the Len bytes at
+	// the location it reports.
+	Access WatchAccess
+	Len    int
 
 	Args []Arg
 
@@ -126,6 +136,9 @@ const (
 	FetchDeref                      // +|-[u]OFFS(Inner): memory at Inner+Off
 	FetchParam                      // a bare parameter name (BTF style): Str
 	FetchAllArgs                    // $arg*: every parameter, expanded by ResolveParams
+	FetchWatchAddr                  // $addr (w lines): the watched address
+	FetchWatchValue                 // $value (w lines): memory at $addr, after the access
+	FetchWatchOld                   // $old (w lines, hvprobe's): the bytes at $addr before a write
 )
 
 // Fetch is a fetch expression. Only the fields its Kind names are set.
@@ -158,7 +171,7 @@ type Field struct {
 // what string and array types need: ftrace replaces that last load by the
 // store of the string or the array.
 func (f *Fetch) memory() bool {
-	return f.Kind == FetchMem || f.Kind == FetchSymMem || f.Kind == FetchDeref
+	return f.Kind == FetchMem || f.Kind == FetchSymMem || f.Kind == FetchDeref || f.Kind == FetchWatchValue
 }
 
 // ops counts the fetch instructions ftrace would emit before the store.
@@ -209,6 +222,12 @@ func (f *Fetch) base() string {
 		return "$arg" + strconv.FormatUint(f.N, 10)
 	case FetchAllArgs:
 		return "$arg*"
+	case FetchWatchAddr:
+		return "$addr"
+	case FetchWatchValue:
+		return "$value"
+	case FetchWatchOld:
+		return "$old"
 	case FetchImm:
 		imm := shortest(f.Imm)
 		if int64(f.Imm) < 0 {
@@ -361,6 +380,9 @@ func (d *Def) String() string {
 		b.WriteString(strconv.Itoa(d.MaxActive))
 	}
 	b.WriteString(":" + d.Group + "/" + d.Event + " ")
+	if d.Kind == Watch {
+		b.WriteString(d.Access.String() + "@")
+	}
 	switch {
 	case d.Symbol == "":
 		fmt.Fprintf(&b, "%#x", d.Addr)
@@ -369,9 +391,14 @@ func (d *Def) String() string {
 			b.WriteString(d.Module + ":")
 		}
 		b.WriteString(d.Symbol)
-		if d.Offset != 0 {
+		if d.Kind == Watch && int64(d.Offset) < 0 {
+			fmt.Fprintf(&b, "-%#x", -d.Offset)
+		} else if d.Offset != 0 {
 			fmt.Fprintf(&b, "+%#x", d.Offset)
 		}
+	}
+	if d.Kind == Watch {
+		fmt.Fprintf(&b, ":%d", d.Len)
 	}
 	for _, a := range d.Args {
 		b.WriteByte(' ')
@@ -388,8 +415,11 @@ func (d *Def) String() string {
 		// Default types stay implicit, which keeps the expression within
 		// MaxArgStrLen whenever the parsed one was.
 		implicit := DefaultType
-		if a.Fetch.Kind == FetchComm || a.Fetch.Kind == FetchImmString {
+		switch a.Fetch.Kind {
+		case FetchComm, FetchImmString:
 			implicit = Type{Base: String}
+		case FetchWatchValue, FetchWatchOld:
+			implicit = watchType(d.Len)
 		}
 		if a.Type != implicit || (a.Fetch.btfTyped() && !a.BTFType) {
 			b.WriteString(":" + a.Type.String())

@@ -42,6 +42,10 @@ type Context struct {
 	Mem    Memory
 	Syms   Symbols
 	Task   Task
+	// WatchAddr and WatchOld are a w event's: the watched address and,
+	// for a write, the Len bytes there before it.
+	WatchAddr uint64
+	WatchOld  []byte
 }
 
 // Value is one evaluated argument.
@@ -242,7 +246,16 @@ func (e *evaluator) value(f *Fetch) (uint64, error) {
 		return e.funcArg(f.N)
 	case FetchImm:
 		return f.Imm, nil
-	case FetchMem, FetchSymMem, FetchDeref:
+	case FetchWatchAddr:
+		return e.c.WatchAddr, nil
+	case FetchWatchOld:
+		if e.c.WatchOld == nil {
+			return 0, errFault // a read watch: nothing was overwritten
+		}
+		var b [8]byte
+		copy(b[:], e.c.WatchOld)
+		return binary.LittleEndian.Uint64(b[:]), nil
+	case FetchMem, FetchSymMem, FetchDeref, FetchWatchValue:
 		addr, err := e.addr(f)
 		if err != nil {
 			return 0, err
@@ -271,6 +284,8 @@ func (e *evaluator) addr(f *Fetch) (uint64, error) {
 	case FetchDeref:
 		v, err := e.value(f.Inner)
 		return v + uint64(f.Off), err
+	case FetchWatchValue:
+		return e.c.WatchAddr, nil
 	}
 	return 0, fmt.Errorf("%s is not a memory fetch: %w", f, ErrSyntax)
 }

@@ -113,8 +113,10 @@ func parseLine(n int, text string) (*Def, *SyntaxError) {
 		d.Kind = Retprobe
 	case 'j':
 		d.Kind = Jprobe
+	case 'w':
+		return p.parseWatch(d, toks)
 	default:
-		return nil, p.fail(head.off, "unknown probe type %q: want p, r, j or -", head.s[:1])
+		return nil, p.fail(head.off, "unknown probe type %q: want p, r, j, w or -", head.s[:1])
 	}
 
 	rest, event, hasEvent := head.s[1:], "", false
@@ -147,18 +149,24 @@ func parseLine(n int, text string) (*Def, *SyntaxError) {
 		d.Event = defaultEvent(d)
 	}
 
-	args := toks[2:]
+	if err := p.parseArgs(d, toks[2:]); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (p *lineParser) parseArgs(d *Def, args []token) *SyntaxError {
 	if len(args) > MaxTraceArgs {
-		return nil, p.fail(args[MaxTraceArgs].off, "too many arguments (max %d)", MaxTraceArgs)
+		return p.fail(args[MaxTraceArgs].off, "too many arguments (max %d)", MaxTraceArgs)
 	}
 	for i, a := range args {
 		arg, err := p.parseArg(d, i, a)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		d.Args = append(d.Args, arg)
 	}
-	return d, nil
+	return nil
 }
 
 func (p *lineParser) parseMaxActive(d *Def, s string, off int) *SyntaxError {
@@ -404,6 +412,9 @@ func (p *lineParser) parseArg(d *Def, i int, tok token) (Arg, *SyntaxError) {
 	if typ, err = p.checkType(f, typ, typOff, hasType); err != nil {
 		return Arg{}, err
 	}
+	if !hasType && (f.Kind == FetchWatchValue || f.Kind == FetchWatchOld) {
+		typ = watchType(d.Len)
+	}
 	if n := storeOps(f, typ); n > fetchInsnMax-1 {
 		// ftrace runs out of fetch instructions adding the outermost
 		// dereference, and points inside it.
@@ -633,6 +644,9 @@ func (p *lineParser) parseVar(d *Def, s string, off int) (*Fetch, *SyntaxError) 
 	v := s[1:]
 	switch {
 	case v == "retval":
+		if d.Kind == Watch {
+			return nil, p.fail(off, "$retval is not available on a watch")
+		}
 		if d.Kind != Retprobe {
 			return nil, p.fail(off, "$retval is not available on probe: use a return probe")
 		}
@@ -650,6 +664,11 @@ func (p *lineParser) parseVar(d *Def, s string, off int) (*Fetch, *SyntaxError) 
 		return &Fetch{Kind: FetchStack, N: n}, nil
 	case v == "comm" || v == "COMM":
 		return &Fetch{Kind: FetchComm}, nil
+	case v == "addr" || v == "value" || v == "old":
+		if d.Kind != Watch {
+			return nil, p.fail(off, "$%s is only for watch (w) events", v)
+		}
+		return &Fetch{Kind: map[string]FetchKind{"addr": FetchWatchAddr, "value": FetchWatchValue, "old": FetchWatchOld}[v]}, nil
 	case strings.HasPrefix(v, "arg"):
 		n, ok := kstrtoul10(v[3:])
 		if !ok {

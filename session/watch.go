@@ -1,0 +1,202 @@
+package session
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hvprobe/hvprobe/introspect"
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/vmm"
+)
+
+// ErrWatch: a w line cannot be armed on this kernel or host.
+var ErrWatch = errors.New("watch")
+
+// Watch is one armed w line: the guest-physical pieces of its Len bytes,
+// each write-trapped (vmm.TrapWrites), and the event each store that
+// touches them becomes. The pages stay readable: a guest that reads them,
+// or its own text, sees nothing of the watch.
+type Watch struct {
+	Def   *probedef.Def
+	VA    uint64 // the watched address
+	s     *Session
+	env   *eventEnv
+	emit  func(probedef.Event)
+	parts []watchPart
+	hits  atomic.Uint64
+}
+
+// watchPart is a physically contiguous piece of the watched bytes, from
+// byte off of the watch.
+type watchPart struct {
+	gpa  uint64
+	n    int
+	off  int
+	trap vmm.TrapID
+}
+
+// Hits is how many stores touched the watched bytes.
+func (w *Watch) Hits() uint64 { return w.hits.Load() }
+
+// watchSet is the session's armed watches, which its one write hook
+// dispatches to.
+type watchSet struct {
+	armMu sync.Mutex // serializes arming and removal; held while vCPUs pause
+	hook  bool       // the VM's write hook is installed (armMu)
+	mu    sync.Mutex // guards list, which the hook reads on vCPU threads
+	list  []*Watch
+}
+
+// addWatch arms a w line. Writes are trapped page by page in guest
+// memory (the pages become read-only to the guest and the VMM completes
+// each store); reads need debug registers, which hvprobe does not use
+// yet, so r@ and rw@ are refused with the reason.
+func (s *Session) addWatch(a *Attached, env *eventEnv, d *probedef.Def, emit func(probedef.Event)) (*Watch, error) {
+	if d.Access != probedef.AccessWrite {
+		return nil, fmt.Errorf("%w: %s@ watches reads, which need debug-register watchpoints; hvprobe traps writes only (use w@)", ErrWatch, d.Access)
+	}
+	va := d.Addr
+	if d.Symbol != "" {
+		sym, err := a.Kernel.Resolve(d.Symbol, 0)
+		if err != nil {
+			return nil, err
+		}
+		va = sym + d.Offset
+	}
+	if va>>63 == 0 {
+		return nil, fmt.Errorf("%w: %#x is not a kernel address", ErrWatch, va)
+	}
+	w := &Watch{Def: d, VA: va, s: s, env: env, emit: emit}
+	for off := 0; off < d.Len; {
+		t, err := a.Kernel.Mem.Translate(va + uint64(off))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %#x: %v", ErrWatch, va+uint64(off), err)
+		}
+		n := min(d.Len-off, int(uint64(introspect.Size4K)-t.PA%uint64(introspect.Size4K)))
+		w.parts = append(w.parts, watchPart{gpa: t.PA, n: n, off: off})
+		off += n
+	}
+	// Trapping pauses every vCPU, which may be waiting in HandleWrite
+	// for watches.mu: arm under armMu only.
+	s.watches.armMu.Lock()
+	defer s.watches.armMu.Unlock()
+	for i := range w.parts {
+		id, err := s.VM.TrapWrites(w.parts[i].gpa, uint64(w.parts[i].n))
+		if err != nil {
+			w.untrap(i)
+			return nil, fmt.Errorf("%w: trapping writes to %#x: %v", ErrWatch, va+uint64(w.parts[i].off), err)
+		}
+		w.parts[i].trap = id
+	}
+	s.watches.mu.Lock()
+	s.watches.list = append(s.watches.list, w)
+	s.watches.mu.Unlock()
+	if !s.watches.hook {
+		s.VM.SetWriteHook(writeHook{s})
+		s.watches.hook = true
+	}
+	return w, nil
+}
+
+// untrap removes the traps of parts [0, n).
+func (w *Watch) untrap(n int) error {
+	var errs []error
+	for _, p := range w.parts[:n] {
+		errs = append(errs, w.s.VM.UntrapWrites(p.trap))
+	}
+	return errors.Join(errs...)
+}
+
+// Remove disarms the watch; the pages become plain RAM again, holding
+// exactly what the guest wrote.
+func (w *Watch) Remove() error {
+	s := w.s
+	s.watches.armMu.Lock()
+	defer s.watches.armMu.Unlock()
+	s.watches.mu.Lock()
+	found := false
+	for i, x := range s.watches.list {
+		if x == w {
+			s.watches.list = append(s.watches.list[:i], s.watches.list[i+1:]...)
+			found = true
+			break
+		}
+	}
+	s.watches.mu.Unlock()
+	if !found {
+		return nil
+	}
+	return w.untrap(len(w.parts))
+}
+
+type writeHook struct{ s *Session }
+
+// HandleWrite turns a completed store into an event for every watch whose
+// bytes it touched.
+func (h writeHook) HandleWrite(cpu vmm.CPU, ev vmm.WriteEvent) {
+	now := time.Now()
+	h.s.watches.mu.Lock()
+	var hit []*Watch
+	for _, w := range h.s.watches.list {
+		if w.touched(ev) {
+			hit = append(hit, w)
+		}
+	}
+	h.s.watches.mu.Unlock()
+	for _, w := range hit {
+		w.hits.Add(1)
+		w.emit(w.event(cpu, ev, now))
+	}
+}
+
+func (w *Watch) touched(ev vmm.WriteEvent) bool {
+	for _, p := range w.parts {
+		if ev.GPA < p.gpa+uint64(p.n) && p.gpa < ev.GPA+uint64(ev.Size) {
+			return true
+		}
+	}
+	return false
+}
+
+// old is the watched bytes as they were before the store: memory now,
+// with the bytes the store overwrote put back.
+func (w *Watch) old(ev vmm.WriteEvent) []byte {
+	b := make([]byte, w.Def.Len)
+	if err := w.env.k.ReadVirt(w.VA, b); err != nil {
+		return nil
+	}
+	for _, p := range w.parts {
+		for i := range p.n {
+			if g := p.gpa + uint64(i); g >= ev.GPA && g < ev.GPA+uint64(ev.Size) {
+				b[p.off+i] = ev.Old[g-ev.GPA]
+			}
+		}
+	}
+	return b
+}
+
+// event is ftrace's wprobe event: where the writer is (rip after the
+// store, as a debug trap reports it), the task, and the fetch args.
+func (w *Watch) event(cpu vmm.CPU, ev vmm.WriteEvent, now time.Time) probedef.Event {
+	e := w.env
+	comm, pid := e.current(ev.CPU)
+	regs, err := cpu.Regs()
+	out := probedef.Event{Def: w.Def, Comm: comm, PID: pid, CPU: ev.CPU,
+		Time: w.s.sinceLocked(now), Where: e.k.Syms.FormatAddr(ev.RIP)}
+	if err != nil {
+		out.Values = []probedef.Value{{Name: "error", Type: probedef.Type{Base: probedef.String}, Str: err.Error()}}
+		return out
+	}
+	out.IRQsOff = regs.RFLAGS&vmm.FlagIF == 0
+	ctx := &probedef.Context{Regs: regs, CS: 0x10, SS: 0x18, Mem: e.k, Syms: e, Task: commOf(comm),
+		WatchAddr: w.VA, WatchOld: w.old(ev)}
+	vals, err := probedef.Evaluate(w.Def, ctx)
+	if err != nil {
+		vals = []probedef.Value{{Name: "error", Type: probedef.Type{Base: probedef.String}, Str: err.Error()}}
+	}
+	out.Values = vals
+	return out
+}
