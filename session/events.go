@@ -22,6 +22,7 @@ type DefProbes struct {
 	a       *Attached
 	probes  []*Probe
 	watches []*Watch
+	stealth []*Stealth
 }
 
 // Stats is one line per probe: its event, hits and nmissed.
@@ -40,8 +41,14 @@ func (d *DefProbes) Stats() []string {
 	for _, w := range d.watches {
 		out = append(out, fmt.Sprintf("watch %s/%s at %#x: hits=%d", w.Def.Group, w.Def.Event, w.VA, w.Hits()))
 	}
+	for _, p := range d.stealth {
+		out = append(out, fmt.Sprintf("stealth kprobe %s+%#x (DR%d): hits=%d", p.Def.Symbol, p.Def.Offset, p.slot, p.Hits()))
+	}
 	return out
 }
+
+// Stealth are the stealth probes made from p lines with Def.Stealth.
+func (d *DefProbes) Stealth() []*Stealth { return d.stealth }
 
 // Watches are the watches made from w lines, in their order.
 func (d *DefProbes) Watches() []*Watch { return d.watches }
@@ -57,6 +64,9 @@ func (d *DefProbes) Remove() error {
 	}
 	for _, w := range d.watches {
 		errs = append(errs, w.Remove())
+	}
+	for _, p := range d.stealth {
+		errs = append(errs, p.Remove())
 	}
 	return errors.Join(errs...)
 }
@@ -102,6 +112,15 @@ func (s *Session) AddDefs(a *Attached, defs []*probedef.Def, emit func(probedef.
 	out := &DefProbes{s: s, a: a}
 	var bad probedef.SyntaxErrors
 	for _, d := range defs {
+		if d.Stealth {
+			p, err := s.addStealth(a, env, d, emit)
+			if err != nil {
+				bad = append(bad, d.Error(d.SymbolCol(), reason(err)))
+				continue
+			}
+			out.stealth = append(out.stealth, p)
+			continue
+		}
 		if d.Kind == probedef.Watch {
 			w, err := s.addWatch(a, env, d, emit)
 			if err != nil {

@@ -60,6 +60,7 @@ type Session struct {
 	attachedCh  chan struct{}
 	probes      probeSet
 	watches     watchSet
+	stealth     stealthSet
 	watchErr    error
 	// done ends the session's own goroutines (workers) at Close.
 	done      chan struct{}

@@ -3,6 +3,7 @@ package session
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,8 @@ type Watch struct {
 	emit  func(probedef.Event)
 	parts []watchPart
 	hits  atomic.Uint64
+	// armed and removed change under watchSet.armMu.
+	armed, removed bool
 }
 
 // watchPart is a physically contiguous piece of the watched bytes, from
@@ -79,18 +82,54 @@ func (s *Session) addWatch(a *Attached, env *eventEnv, d *probedef.Def, emit fun
 		w.parts = append(w.parts, watchPart{gpa: t.PA, n: n, off: off})
 		off += n
 	}
+	if err := s.onOtherThread(w.arm, w.Def.String()); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// onOtherThread runs arm, which pauses every vCPU. Called on a vCPU's own
+// thread (at attach, in an AtAttach callback) it cannot wait there, so it
+// arms from a session goroutine as soon as that vCPU runs on, and a
+// failure then is a NoticeFailed for what.
+func (s *Session) onOtherThread(arm func() error, what string) error {
+	err := arm()
+	if !errors.Is(err, vmm.ErrOwnThread) {
+		return err
+	}
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		if err := arm(); err != nil {
+			s.notify(Notice{Kind: NoticeFailed, Probe: what, Err: err})
+		}
+	}()
+	return nil
+}
+
+// arm traps the watch's pieces and lists it for the hook; a removed watch
+// stays removed.
+func (w *Watch) arm() error {
+	s := w.s
 	// Trapping pauses every vCPU, which may be waiting in HandleWrite
 	// for watches.mu: arm under armMu only.
 	s.watches.armMu.Lock()
 	defer s.watches.armMu.Unlock()
+	if w.removed {
+		return nil
+	}
 	for i := range w.parts {
 		id, err := s.VM.TrapWrites(w.parts[i].gpa, uint64(w.parts[i].n))
 		if err != nil {
 			w.untrap(i)
-			return nil, fmt.Errorf("%w: trapping writes to %#x: %v", ErrWatch, va+uint64(w.parts[i].off), err)
+			if errors.Is(err, vmm.ErrOwnThread) {
+				return err
+			}
+			return fmt.Errorf("%w: trapping writes to %#x: %v", ErrWatch, w.VA+uint64(w.parts[i].off), err)
 		}
 		w.parts[i].trap = id
 	}
+	w.armed = true
 	s.watches.mu.Lock()
 	s.watches.list = append(s.watches.list, w)
 	s.watches.mu.Unlock()
@@ -98,7 +137,7 @@ func (s *Session) addWatch(a *Attached, env *eventEnv, d *probedef.Def, emit fun
 		s.VM.SetWriteHook(writeHook{s})
 		s.watches.hook = true
 	}
-	return w, nil
+	return nil
 }
 
 // untrap removes the traps of parts [0, n).
@@ -116,19 +155,14 @@ func (w *Watch) Remove() error {
 	s := w.s
 	s.watches.armMu.Lock()
 	defer s.watches.armMu.Unlock()
-	s.watches.mu.Lock()
-	found := false
-	for i, x := range s.watches.list {
-		if x == w {
-			s.watches.list = append(s.watches.list[:i], s.watches.list[i+1:]...)
-			found = true
-			break
-		}
-	}
-	s.watches.mu.Unlock()
-	if !found {
+	w.removed = true
+	if !w.armed {
 		return nil
 	}
+	w.armed = false
+	s.watches.mu.Lock()
+	s.watches.list = slices.DeleteFunc(s.watches.list, func(x *Watch) bool { return x == w })
+	s.watches.mu.Unlock()
 	return w.untrap(len(w.parts))
 }
 
@@ -181,22 +215,8 @@ func (w *Watch) old(ev vmm.WriteEvent) []byte {
 // event is ftrace's wprobe event: where the writer is (rip after the
 // store, as a debug trap reports it), the task, and the fetch args.
 func (w *Watch) event(cpu vmm.CPU, ev vmm.WriteEvent, now time.Time) probedef.Event {
-	e := w.env
-	comm, pid := e.current(ev.CPU)
 	regs, err := cpu.Regs()
-	out := probedef.Event{Def: w.Def, Comm: comm, PID: pid, CPU: ev.CPU,
-		Time: w.s.sinceLocked(now), Where: e.k.Syms.FormatAddr(ev.RIP)}
-	if err != nil {
-		out.Values = []probedef.Value{{Name: "error", Type: probedef.Type{Base: probedef.String}, Str: err.Error()}}
-		return out
-	}
-	out.IRQsOff = regs.RFLAGS&vmm.FlagIF == 0
-	ctx := &probedef.Context{Regs: regs, CS: 0x10, SS: 0x18, Mem: e.k, Syms: e, Task: commOf(comm),
-		WatchAddr: w.VA, WatchOld: w.old(ev)}
-	vals, err := probedef.Evaluate(w.Def, ctx)
-	if err != nil {
-		vals = []probedef.Value{{Name: "error", Type: probedef.Type{Base: probedef.String}, Str: err.Error()}}
-	}
-	out.Values = vals
-	return out
+	return w.env.eventAt(w.Def, ev.CPU, regs, err, now, ev.RIP, func(c *probedef.Context) {
+		c.WatchAddr, c.WatchOld = w.VA, w.old(ev)
+	})
 }

@@ -30,6 +30,27 @@ func TestDoFromOwnThread(t *testing.T) {
 	}
 }
 
+// TestPauseAllFromOwnThread: what pauses every vCPU (a write trap, a
+// snapshot) refuses to run on a vCPU's own thread, which would wait for
+// itself, rather than deadlock.
+func TestPauseAllFromOwnThread(t *testing.T) {
+	vm := newTinyVM(t, tinyMem)
+	done := make(chan error, 1)
+	go func() {
+		done <- vm.Do(0, func(CPU) error {
+			return vm.withAllStopped(func(int, *VCPU) error { return nil }, func() error { return nil })
+		})
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrOwnThread) {
+			t.Fatalf("pausing all from a vCPU's thread = %v, want ErrOwnThread", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("pausing all from a vCPU's own thread deadlocked")
+	}
+}
+
 // spinLoop is a real-mode loop counting in E: 1: incb E; jmp 1b.
 var spinLoop = []byte{0xfe, 0x06, 0x00, 0x60, 0xeb, 0xfa}
 

@@ -223,6 +223,12 @@ func runSteps(steps []func() error) error {
 // whole() on the caller's goroutine, and lets them go. From a vCPU thread
 // it fails (ErrOwnThread).
 func (vm *VM) withAllStopped(perCPU func(i int, v *VCPU) error, whole func() error) error {
+	// A vCPU's own thread would wait for itself to park.
+	for _, v := range vm.vcpus {
+		if v.onThread() {
+			return fmt.Errorf("vCPU %d: pausing every vCPU: %w", v.id, ErrOwnThread)
+		}
+	}
 	n := len(vm.vcpus)
 	parked := make(chan struct{}, n)
 	start := make(chan struct{})

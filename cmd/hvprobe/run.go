@@ -60,6 +60,7 @@ func cmdRun(args []string) error {
 	perfettoOut := fs.String("perfetto", "", "for --probe/--probes: also write the events to FILE as a Perfetto (Chrome trace-event JSON) timeline: kretprobes as slices, kprobes as instants, a track per vCPU and per guest task")
 	interval := fs.Duration("interval", 0, "with --hist: also print the hist tables every interval (they always print at exit)")
 	stacktrace := fs.Bool("stacktrace", false, "for --probe/--probes: each event carries the guest kernel stack of its hit (ftrace's stacktrace option)")
+	stealth := fs.Bool("stealth", false, "arm --probe/--probes p: lines in the vCPUs' debug registers (at most 4), so the guest reading its text sees no int3; refused where KVM does not deliver hardware breakpoints")
 	keepGoing := fs.Bool("keep-going", false, "when a probe cannot be armed once the guest runs, report it and carry on (default: report it and stop the guest, exit status 6)")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
@@ -146,6 +147,9 @@ func cmdRun(args []string) error {
 	bad = append(bad, badAnalysis...)
 	for _, d := range defs {
 		d.Stack = d.Stack || *stacktrace
+	}
+	if *stealth {
+		bad = append(bad, stealthDefs(defs, len(kps)+len(jps)+len(rps))...)
 	}
 	emit, err := eventPrinter(*format, events)
 	if err != nil {
@@ -535,4 +539,38 @@ func outputTo(path string) (io.Writer, func() error, error) {
 		return nil, nil, err
 	}
 	return f, f.Close, nil
+}
+
+// stealthDefs marks the p: lines for debug registers and refuses what
+// --stealth cannot keep out of guest memory, or more probes than the four
+// registers hold, or a host whose KVM does not fire them.
+func stealthDefs(defs []*probedef.Def, flagProbes int) []string {
+	var bad []string
+	if flagProbes > 0 {
+		bad = append(bad, "hvprobe: --stealth: give the probes as p: lines (--probe, --probes); --kprobe, --jprobe and --kretprobe write int3s")
+	}
+	n := 0
+	for _, d := range defs {
+		switch d.Kind {
+		case probedef.Probe:
+			d.Stealth = true
+			n++
+		case probedef.Watch:
+		default:
+			bad = append(bad, fmt.Sprintf("hvprobe: --stealth: %s: only p: lines (and w: watches) leave guest memory as it is", d.Text))
+		}
+	}
+	if n > session.MaxStealth {
+		bad = append(bad, fmt.Sprintf("hvprobe: --stealth: %d p: lines, but the debug registers hold %d", n, session.MaxStealth))
+	}
+	if n > 0 {
+		caps, err := vmm.DetectWatchCaps("/dev/kvm")
+		switch {
+		case err != nil:
+			bad = append(bad, fmt.Sprintf("hvprobe: --stealth: %v", err))
+		case !caps.HWExecute:
+			bad = append(bad, "hvprobe: --stealth: this host's KVM does not deliver hardware breakpoint exits (docs/QUIRKS.md #18, #37)")
+		}
+	}
+	return bad
 }

@@ -496,6 +496,12 @@ static void hvwl_sysent_scenario(long nr)
 		orig, fake, seen, READ_ONCE(*entry) == orig);
 }
 
+/* The first bytes of hvwl_target_add as the guest itself reads them. */
+static void hvwl_textsum(void)
+{
+	pr_info("text sym=hvwl_target_add bytes=%*phN\n", 8, (const u8 *)hvwl_target_add);
+}
+
 static void hvwl_tasks(void)
 {
 	pr_info("task pid=%d comm=%s\n", task_pid_nr(current), current->comm);
@@ -740,6 +746,8 @@ static void hvwl_run_one(char *cmd, bool may_serve)
 		hvwl_threads(a[0], a[1]);
 	else if (!strcmp(name, "fileread") && n == 1)
 		hvwl_fileread(a[0]);
+	else if (!strcmp(name, "text") && n == 0)
+		hvwl_textsum();
 	else if (!strcmp(name, "write") && n == 1)
 		hvwl_write_scenario(a[0]);
 	else if (!strcmp(name, "sysent") && n == 1)

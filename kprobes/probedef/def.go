@@ -89,6 +89,9 @@ type Def struct {
 	// (Event.Stack), as ftrace's stacktrace trigger does; it is set by
 	// the tool, not written in the line.
 	Stack bool
+	// Stealth asks for a p line to be armed in a debug register, which
+	// leaves guest memory untouched; set by the tool, like Stack.
+	Stealth bool
 
 	// Line and Text locate the definition in its source for error
 	// reports (Validate); they are not part of the definition itself.

@@ -4,6 +4,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
 )
 
 // TestWatchWrites: a w line on the workload's variable reports exactly
@@ -93,4 +95,73 @@ func TestWatchSyscallTable(t *testing.T) {
 		}
 	}
 	t.Logf("sys_call_table[%d]: %#x -> %#x -> %#x, written at %s", nr, orig, fake, orig, evs[0].Where)
+}
+
+// TestStealthProbes: p lines armed in debug registers (Def.Stealth) count
+// exactly the workload's calls with the arguments it passed, and the
+// guest reading the probed function's first bytes sees its own code; an
+// int3 probe on the same function, for contrast, shows the guest an int3
+// (so the guest's read is real). After removal no hit is counted.
+func TestStealthProbes(t *testing.T) {
+	g := miniGuest(t)
+	text := func() string { return report(t, g.run(t, "text"), "text")["bytes"] }
+	orig := text()
+	defs := parseDefs(t, `p:st/add hvwl_target_add a=%di:s64 b=%si:s64`, `p:st/ret hvwl_target_ret+1 x=%di:s64`)
+	for _, d := range defs {
+		d.Stealth = true
+	}
+	var log eventLog
+	dp, err := g.s.AddDefs(g.a, defs, log.add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := g.run(t, "text,calls:5,ret:3")
+	seen := report(t, out, "text")["bytes"]
+	c, r := report(t, out, "calls"), report(t, out, "ret")
+	stats := dp.Stats()
+	if err := dp.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	adds, rets := 0, 0
+	for _, ev := range log.all() {
+		switch ev.Def.Event {
+		case "add":
+			if a, b := ev.Values[0].S64, ev.Values[1].S64; b != 1000+a || a != int64(adds) {
+				t.Errorf("add event %d: a=%d b=%d", adds, a, b)
+			}
+			adds++
+		case "ret":
+			if x := ev.Values[0].S64; x != int64(rets) {
+				t.Errorf("ret event %d: x=%d", rets, x)
+			}
+			if !strings.HasPrefix(ev.Where, "hvwl_target_ret+0x1/") {
+				t.Errorf("ret event at %s", ev.Where)
+			}
+			rets++
+		}
+	}
+	t.Logf("%v; guest reads %s (unprobed %s)", stats, seen, orig)
+	if int64(adds) != num(t, c, "n") || int64(rets) != num(t, r, "n") {
+		t.Fatalf("%d add and %d ret events; the workload made %s and %s calls", adds, rets, c["n"], r["n"])
+	}
+	if seen != orig {
+		t.Errorf("with stealth probes the guest reads %s at hvwl_target_add, not its code %s", seen, orig)
+	}
+	g.run(t, "calls:2")
+	if n := len(log.all()); n != adds+rets {
+		t.Errorf("%d events after removal", n-adds-rets)
+	}
+	// The same read under an int3 probe shows the int3.
+	plain := parseDefs(t, `p:st/plain hvwl_target_add`)
+	dp, err = g.s.AddDefs(g.a, plain, func(probedef.Event) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	under := text()
+	if err := dp.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(under, "cc") {
+		t.Errorf("under an int3 probe the guest reads %s", under)
+	}
 }
