@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes"
+	"github.com/hvprobe/hvprobe/kprobes/probedef"
 )
 
 // BenchCase is one probe configuration measured by Bench.
@@ -144,6 +145,41 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 		}
 		cases = append(cases, kprobe(fmt.Sprintf("kprobe on %s: +%#x (%s)", c.what, v.Offset, exec), mix, p))
 	}
+	// Probe lines: a stealth probe where debug registers fire, and a write
+	// watch (write:N makes a watched store and one to its neighbour on the
+	// same page per call: both exit).
+	defCase := func(name, scenario, line string, stealth bool) (probeCase, error) {
+		d, err := probedef.Parse(line)
+		if err != nil {
+			return probeCase{}, err
+		}
+		d.Stealth = stealth
+		var dp *DefProbes
+		return probeCase{name, scenario, func() (err error) {
+			dp, err = s.AddDefs(a, []*probedef.Def{d}, func(probedef.Event) {})
+			return err
+		}, func() error { return dp.Remove() }}, nil
+	}
+	caps, err := s.VM.WatchCaps()
+	if err != nil {
+		return res, err
+	}
+	var lines []probeCase
+	if caps.HWExecute {
+		c, err := defCase("stealth kprobe at entry (debug register)", calls, "p:bench/stealth hvwl_target_add", true)
+		if err != nil {
+			return res, err
+		}
+		lines = append(lines, c)
+	}
+	if caps.ReadonlyMem {
+		c, err := defCase("write watch (page trap): 1 watched + 1 neighbour store", fmt.Sprintf("write:%d", n), "w:bench/watch w@hvwl_wvar:8", false)
+		if err != nil {
+			return res, err
+		}
+		lines = append(lines, c)
+	}
+	cases = append(cases, lines...)
 	base := map[string]struct {
 		t     time.Duration
 		exits uint64

@@ -274,13 +274,11 @@ func usesParams(f *probedef.Fetch) (needs, checks bool) {
 	return needs, checks
 }
 
-// checkWatch judges a w line against the image: writes only (reads need
-// debug registers), a kernel address outside the kernel's text, whose
-// writes the session already follows through the dirty log.
+// checkWatch judges a w line against the image: an access x86 can watch
+// (watchAccess), a kernel address outside the kernel's text, whose writes
+// the session already follows through the dirty log. Whether the host
+// fires data watchpoints (rw@) is the tool's to check (vmm.WatchCaps).
 func (ik *ImageKernel) checkWatch(d *probedef.Def) error {
-	if d.Access != probedef.AccessWrite {
-		return fmt.Errorf("%w: %s@ watches reads, which need debug-register watchpoints; hvprobe traps writes only (use w@)", ErrWatch, d.Access)
-	}
 	va := d.Addr
 	if d.Symbol != "" {
 		a, err := ik.Resolve(d.Symbol, 0)
@@ -288,6 +286,9 @@ func (ik *ImageKernel) checkWatch(d *probedef.Def) error {
 			return err
 		}
 		va = a + d.Offset
+	}
+	if err := watchAccess(d, va); err != nil {
+		return err
 	}
 	if va>>63 == 0 {
 		return fmt.Errorf("%w: %#x is not a kernel address", ErrWatch, va)

@@ -42,7 +42,7 @@ func (d *DefProbes) Stats() []string {
 		out = append(out, fmt.Sprintf("watch %s/%s at %#x: hits=%d", w.Def.Group, w.Def.Event, w.VA, w.Hits()))
 	}
 	for _, p := range d.stealth {
-		out = append(out, fmt.Sprintf("stealth kprobe %s+%#x (DR%d): hits=%d", p.Def.Symbol, p.Def.Offset, p.slot, p.Hits()))
+		out = append(out, fmt.Sprintf("stealth kprobe %s+%#x (DR%d): hits=%d", p.Def.Symbol, p.Def.Offset, p.dr.slot, p.Hits()))
 	}
 	return out
 }

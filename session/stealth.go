@@ -26,24 +26,108 @@ const MaxStealth = 4
 type Stealth struct {
 	Def  *probedef.Def
 	VA   uint64
-	slot int
-	s    *Session
+	dr   drSlot
 	env  *eventEnv
 	emit func(probedef.Event)
 	hits atomic.Uint64
-	// armed and removed change under stealthSet.armMu.
-	armed, removed bool
 }
 
 // Hits is how many times a vCPU reached the probed instruction.
 func (p *Stealth) Hits() uint64 { return p.hits.Load() }
 
-// stealthSet is the session's debug-register slots in use.
+// stealthSet is the session's debug-register slots in use, by stealth
+// probes and by read/write watches.
 type stealthSet struct {
 	armMu sync.Mutex // serializes arming and removal; held while vCPUs pause
 	hook  bool       // the VM's hardware-breakpoint hook is installed (armMu)
 	mu    sync.Mutex // guards slots, which the hook reads on vCPU threads
-	slots [MaxStealth]*Stealth
+	slots [MaxStealth]drUser
+}
+
+// drUser is what holds a debug-register slot: it turns the slot's hits
+// into events.
+type drUser interface {
+	fire(cpu vmm.CPU, ev vmm.HWBreakEvent, now time.Time)
+}
+
+// drSlot is one debug-register slot on every vCPU, for a user.
+type drSlot struct {
+	s    *Session
+	slot int
+	bp   vmm.HWBreakpoint
+	// armed and removed change under stealthSet.armMu.
+	armed, removed bool
+}
+
+// take finds a free slot for u.
+func (d *drSlot) take(u drUser) error {
+	d.slot = -1
+	d.s.stealth.mu.Lock()
+	defer d.s.stealth.mu.Unlock()
+	for i, q := range d.s.stealth.slots {
+		if q == nil {
+			d.slot = i
+			d.s.stealth.slots[i] = u
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: all %d debug registers are taken", ErrStealth, MaxStealth)
+}
+
+func (d *drSlot) free(u drUser) {
+	d.s.stealth.mu.Lock()
+	if d.s.stealth.slots[d.slot] == u {
+		d.s.stealth.slots[d.slot] = nil
+	}
+	d.s.stealth.mu.Unlock()
+}
+
+// arm sets the slot on every vCPU, or on none.
+func (d *drSlot) arm(u drUser) error {
+	s := d.s
+	s.stealth.armMu.Lock()
+	defer s.stealth.armMu.Unlock()
+	if d.removed {
+		return nil
+	}
+	if !s.stealth.hook {
+		s.VM.SetHWBreakHook(hwHook{s})
+		s.stealth.hook = true
+	}
+	for cpu := range s.VM.NumCPUs() {
+		if err := s.VM.SetHWBreakpoint(cpu, d.slot, d.bp); err != nil {
+			d.clear(cpu)
+			if !errors.Is(err, vmm.ErrOwnThread) {
+				d.free(u)
+			}
+			return err
+		}
+	}
+	d.armed = true
+	return nil
+}
+
+// clear frees the slot on vCPUs [0, n).
+func (d *drSlot) clear(n int) error {
+	var errs []error
+	for cpu := range n {
+		errs = append(errs, d.s.VM.ClearHWBreakpoint(cpu, d.slot))
+	}
+	return errors.Join(errs...)
+}
+
+// remove disarms the slot everywhere and frees it.
+func (d *drSlot) remove(u drUser) error {
+	d.s.stealth.armMu.Lock()
+	defer d.s.stealth.armMu.Unlock()
+	d.removed = true
+	var err error
+	if d.armed {
+		d.armed = false
+		err = d.clear(d.s.VM.NumCPUs())
+	}
+	d.free(u)
+	return err
 }
 
 // addStealth arms a p line in a free debug-register slot. The location
@@ -64,101 +148,45 @@ func (s *Session) addStealth(a *Attached, env *eventEnv, d *probedef.Def, emit f
 	if _, err := kprobes.Check(a.Kernel, va, d.String()); err != nil && !errors.Is(err, kprobes.ErrNotYetPatched) {
 		return nil, err
 	}
-	p := &Stealth{Def: d, VA: va, s: s, env: env, emit: emit, slot: -1}
-	s.stealth.mu.Lock()
-	for i, q := range s.stealth.slots {
-		if q == nil {
-			p.slot = i
-			s.stealth.slots[i] = p
-			break
-		}
+	p := &Stealth{Def: d, VA: va, env: env, emit: emit,
+		dr: drSlot{s: s, bp: vmm.HWBreakpoint{Kind: vmm.HWExecute, Addr: va, Len: 1}}}
+	if err := p.dr.take(p); err != nil {
+		return nil, err
 	}
-	s.stealth.mu.Unlock()
-	if p.slot < 0 {
-		return nil, fmt.Errorf("%w: all %d debug registers are taken", ErrStealth, MaxStealth)
-	}
-	if err := s.onOtherThread(p.arm, d.String()); err != nil {
-		p.free()
+	if err := s.onOtherThread(func() error { return p.dr.arm(p) }, d.String()); err != nil {
+		p.dr.free(p)
 		return nil, err
 	}
 	return p, nil
 }
 
-func (p *Stealth) free() {
-	p.s.stealth.mu.Lock()
-	if p.s.stealth.slots[p.slot] == p {
-		p.s.stealth.slots[p.slot] = nil
-	}
-	p.s.stealth.mu.Unlock()
-}
-
-// arm sets the slot on every vCPU, or on none.
-func (p *Stealth) arm() error {
-	s := p.s
-	s.stealth.armMu.Lock()
-	defer s.stealth.armMu.Unlock()
-	if p.removed {
-		return nil
-	}
-	if !s.stealth.hook {
-		s.VM.SetHWBreakHook(hwHook{s})
-		s.stealth.hook = true
-	}
-	bp := vmm.HWBreakpoint{Kind: vmm.HWExecute, Addr: p.VA, Len: 1}
-	for cpu := range s.VM.NumCPUs() {
-		if err := s.VM.SetHWBreakpoint(cpu, p.slot, bp); err != nil {
-			p.clear(cpu)
-			if !errors.Is(err, vmm.ErrOwnThread) {
-				p.free()
-			}
-			return err
-		}
-	}
-	p.armed = true
-	return nil
-}
-
-// clear frees the slot on vCPUs [0, n).
-func (p *Stealth) clear(n int) error {
-	var errs []error
-	for cpu := range n {
-		errs = append(errs, p.s.VM.ClearHWBreakpoint(cpu, p.slot))
-	}
-	return errors.Join(errs...)
-}
-
 // Remove disarms the probe and frees its debug register.
-func (p *Stealth) Remove() error {
-	s := p.s
-	s.stealth.armMu.Lock()
-	defer s.stealth.armMu.Unlock()
-	p.removed = true
-	var err error
-	if p.armed {
-		p.armed = false
-		err = p.clear(s.VM.NumCPUs())
-	}
-	p.free()
-	return err
-}
+func (p *Stealth) Remove() error { return p.dr.remove(p) }
 
-type hwHook struct{ s *Session }
-
-// HandleHWBreak turns a stealth probe's hit into its event.
-func (h hwHook) HandleHWBreak(cpu vmm.CPU, ev vmm.HWBreakEvent) {
-	now := time.Now()
-	h.s.stealth.mu.Lock()
-	var p *Stealth
-	if ev.Slot >= 0 && ev.Slot < MaxStealth {
-		p = h.s.stealth.slots[ev.Slot]
-	}
-	h.s.stealth.mu.Unlock()
-	if p == nil || ev.Kind != vmm.HWExecute || ev.RIP != p.VA {
+func (p *Stealth) fire(cpu vmm.CPU, ev vmm.HWBreakEvent, now time.Time) {
+	if ev.Kind != vmm.HWExecute || ev.RIP != p.VA {
 		return
 	}
 	p.hits.Add(1)
 	regs, err := cpu.Regs()
 	p.emit(p.env.eventAt(p.Def, ev.CPU, regs, err, now, p.VA, nil))
+}
+
+type hwHook struct{ s *Session }
+
+// HandleHWBreak gives a slot's hit to the stealth probe or watch that
+// holds the slot.
+func (h hwHook) HandleHWBreak(cpu vmm.CPU, ev vmm.HWBreakEvent) {
+	now := time.Now()
+	h.s.stealth.mu.Lock()
+	var u drUser
+	if ev.Slot >= 0 && ev.Slot < MaxStealth {
+		u = h.s.stealth.slots[ev.Slot]
+	}
+	h.s.stealth.mu.Unlock()
+	if u != nil {
+		u.fire(cpu, ev, now)
+	}
 }
 
 // eventAt is the event of a hit of def on vCPU cpuID with registers regs

@@ -16,9 +16,10 @@ import (
 // ErrWatch: a w line cannot be armed on this kernel or host.
 var ErrWatch = errors.New("watch")
 
-// Watch is one armed w line: the guest-physical pieces of its Len bytes,
-// each write-trapped (vmm.TrapWrites), and the event each store that
-// touches them becomes. The pages stay readable: a guest that reads them,
+// Watch is one armed w line. A write watch (w@) traps the guest-physical
+// pieces of its Len bytes (vmm.TrapWrites) and reports each store that
+// touches them with the bytes it overwrote; a read/write watch (rw@) is a
+// debug-register watchpoint, where the host's KVM fires them. The pages stay readable: a guest that reads them,
 // or its own text, sees nothing of the watch.
 type Watch struct {
 	Def   *probedef.Def
@@ -26,7 +27,8 @@ type Watch struct {
 	s     *Session
 	env   *eventEnv
 	emit  func(probedef.Event)
-	parts []watchPart
+	parts []watchPart // write traps, for w@
+	dr    *drSlot     // the debug register, for rw@
 	hits  atomic.Uint64
 	// armed and removed change under watchSet.armMu.
 	armed, removed bool
@@ -53,14 +55,10 @@ type watchSet struct {
 	list  []*Watch
 }
 
-// addWatch arms a w line. Writes are trapped page by page in guest
-// memory (the pages become read-only to the guest and the VMM completes
-// each store); reads need debug registers, which hvprobe does not use
-// yet, so r@ and rw@ are refused with the reason.
+// addWatch arms a w line: writes trapped page by page in guest memory
+// (the pages become read-only to the guest and the VMM completes each
+// store), reads and writes in a debug register.
 func (s *Session) addWatch(a *Attached, env *eventEnv, d *probedef.Def, emit func(probedef.Event)) (*Watch, error) {
-	if d.Access != probedef.AccessWrite {
-		return nil, fmt.Errorf("%w: %s@ watches reads, which need debug-register watchpoints; hvprobe traps writes only (use w@)", ErrWatch, d.Access)
-	}
 	va := d.Addr
 	if d.Symbol != "" {
 		sym, err := a.Kernel.Resolve(d.Symbol, 0)
@@ -73,6 +71,12 @@ func (s *Session) addWatch(a *Attached, env *eventEnv, d *probedef.Def, emit fun
 		return nil, fmt.Errorf("%w: %#x is not a kernel address", ErrWatch, va)
 	}
 	w := &Watch{Def: d, VA: va, s: s, env: env, emit: emit}
+	if err := watchAccess(d, va); err != nil {
+		return nil, err
+	}
+	if d.Access == probedef.AccessRW {
+		return w, s.addDRWatch(w)
+	}
 	for off := 0; off < d.Len; {
 		t, err := a.Kernel.Mem.Translate(va + uint64(off))
 		if err != nil {
@@ -140,6 +144,52 @@ func (w *Watch) arm() error {
 	return nil
 }
 
+// watchAccess refuses what x86 cannot watch: reads alone (DR7 has no
+// read-only breakpoint; ftrace refuses r@ on x86 too) and a read/write
+// watch off its length's alignment (the CPU ignores the low bits).
+func watchAccess(d *probedef.Def, va uint64) error {
+	switch {
+	case d.Access == probedef.AccessRead:
+		return fmt.Errorf("%w: x86 debug registers watch writes, or reads and writes, not reads alone: use rw@ or w@", ErrWatch)
+	case d.Access == probedef.AccessRW && va%uint64(d.Len) != 0:
+		return fmt.Errorf("%w: rw@ %#x is a debug-register watch, which must be aligned to its length %d", ErrWatch, va, d.Len)
+	}
+	return nil
+}
+
+// addDRWatch arms a read/write watch in a debug-register slot of every
+// vCPU, where this host's KVM fires data watchpoints.
+func (s *Session) addDRWatch(w *Watch) error {
+	caps, err := s.VM.WatchCaps()
+	if err != nil {
+		return err
+	}
+	if !caps.HWData {
+		return fmt.Errorf("%w: rw@ needs data watchpoints in the debug registers, which this host's KVM does not fire (docs/QUIRKS.md #38); w@ watches writes in memory", ErrWatch)
+	}
+	kind := vmm.HWReadWrite
+	w.dr = &drSlot{s: s, bp: vmm.HWBreakpoint{Kind: kind, Addr: w.VA, Len: w.Def.Len}}
+	if err := w.dr.take(w); err != nil {
+		return err
+	}
+	if err := s.onOtherThread(func() error { return w.dr.arm(w) }, w.Def.String()); err != nil {
+		w.dr.free(w)
+		return err
+	}
+	return nil
+}
+
+// fire is a read/write watch's hit: rip is after the access, and nothing
+// tells what a write overwrote ($old faults).
+func (w *Watch) fire(cpu vmm.CPU, ev vmm.HWBreakEvent, now time.Time) {
+	if ev.Kind != vmm.HWReadWrite {
+		return
+	}
+	w.hits.Add(1)
+	regs, err := cpu.Regs()
+	w.emit(w.env.eventAt(w.Def, ev.CPU, regs, err, now, ev.RIP, func(c *probedef.Context) { c.WatchAddr = w.VA }))
+}
+
 // untrap removes the traps of parts [0, n).
 func (w *Watch) untrap(n int) error {
 	var errs []error
@@ -152,6 +202,9 @@ func (w *Watch) untrap(n int) error {
 // Remove disarms the watch; the pages become plain RAM again, holding
 // exactly what the guest wrote.
 func (w *Watch) Remove() error {
+	if w.dr != nil {
+		return w.dr.remove(w)
+	}
 	s := w.s
 	s.watches.armMu.Lock()
 	defer s.watches.armMu.Unlock()

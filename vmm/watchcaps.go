@@ -161,3 +161,6 @@ func ProbeHWBreakpoints(devKVM string) (exec, data bool, err error) {
 	}
 	return exec, data, nil
 }
+
+// WatchCaps is DetectWatchCaps for this VM's KVM device.
+func (vm *VM) WatchCaps() (WatchCaps, error) { return DetectWatchCaps(vm.cfg.DevKVM) }

@@ -151,6 +151,7 @@ func cmdRun(args []string) error {
 	if *stealth {
 		bad = append(bad, stealthDefs(defs, len(kps)+len(jps)+len(rps))...)
 	}
+	bad = append(bad, dataWatchHost(defs)...)
 	emit, err := eventPrinter(*format, events)
 	if err != nil {
 		return err
@@ -571,6 +572,33 @@ func stealthDefs(defs []*probedef.Def, flagProbes int) []string {
 		case !caps.HWExecute:
 			bad = append(bad, "hvprobe: --stealth: this host's KVM does not deliver hardware breakpoint exits (docs/QUIRKS.md #18, #37)")
 		}
+	}
+	return bad
+}
+
+// dataWatchHost refuses rw@ watches before boot where this host's KVM
+// does not fire debug-register data watchpoints.
+func dataWatchHost(defs []*probedef.Def) []string {
+	var rw []*probedef.Def
+	for _, d := range defs {
+		if d.Kind == probedef.Watch && d.Access == probedef.AccessRW {
+			rw = append(rw, d)
+		}
+	}
+	if len(rw) == 0 {
+		return nil
+	}
+	caps, err := vmm.DetectWatchCaps("/dev/kvm")
+	if err == nil && caps.HWData {
+		return nil
+	}
+	why := "this host's KVM does not fire data watchpoints (docs/QUIRKS.md #38); w@ watches writes in memory"
+	if err != nil {
+		why = err.Error()
+	}
+	var bad []string
+	for _, d := range rw {
+		bad = append(bad, fmt.Sprintf("hvprobe: %s: rw@ needs debug-register watchpoints: %s", d.Text, why))
 	}
 	return bad
 }
