@@ -281,5 +281,17 @@ func (c *Control) stats() ([]string, error) {
 	}
 	out = append(out, fmt.Sprintf("hits=%d exits-per-hit=%v emulated=%d boosted=%d stepped=%d returns=%d",
 		st.Hits, st.ExitsPerHit, st.Emulated, st.Boosted, st.Stepped, st.Returns))
-	return out, nil
+	// Watches and stealth probes are not the engine's: their own counts.
+	c.mu.Lock()
+	var more []string
+	for _, p := range c.probes {
+		for _, l := range p.dp.Stats() {
+			if strings.HasPrefix(l, "watch ") || strings.HasPrefix(l, "stealth ") {
+				more = append(more, l)
+			}
+		}
+	}
+	c.mu.Unlock()
+	sort.Strings(more)
+	return append(out, more...), nil
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -163,5 +164,39 @@ func TestStealthProbes(t *testing.T) {
 	}
 	if !strings.HasPrefix(under, "cc") {
 		t.Errorf("under an int3 probe the guest reads %s", under)
+	}
+}
+
+// TestControlWatch: a w line added over the control socket while the
+// guest runs reports the workload's stores, shows in stats, and stops
+// when removed.
+func TestControlWatch(t *testing.T) {
+	g := miniGuest(t)
+	var log eventLog
+	c, err := g.s.ListenControl("", log.add, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cc := serveAndDial(t, c)
+	if l, st, err := cc.ask("add w:live/var w@hvwl_wvar:8"); st != "ok" {
+		t.Fatalf("add: %q %s %v", l, st, err)
+	}
+	out := g.run(t, "write:3")
+	w := report(t, out, "write")
+	stats, st, err := cc.ask("stats")
+	if st != "ok" {
+		t.Fatalf("stats: %q %s %v", stats, st, err)
+	}
+	if l, st, err := cc.ask("remove var"); st != "ok" {
+		t.Fatalf("remove: %q %s %v", l, st, err)
+	}
+	g.run(t, "write:2")
+	evs := log.all()
+	if len(evs) != 3 || int64(evs[2].Values[2].U64) != num(t, w, "last") {
+		t.Fatalf("%d events (want the workload's 3 stores, last %s): %v", len(evs), w["last"], evs)
+	}
+	if !slices.ContainsFunc(stats, func(l string) bool { return strings.HasPrefix(l, "watch live/var") && strings.HasSuffix(l, "hits=3") }) {
+		t.Errorf("stats %q do not count the watch's 3 hits", stats)
 	}
 }
