@@ -279,13 +279,9 @@ func usesParams(f *probedef.Fetch) (needs, checks bool) {
 // the session already follows through the dirty log. Whether the host
 // fires data watchpoints (rw@) is the tool's to check (vmm.WatchCaps).
 func (ik *ImageKernel) checkWatch(d *probedef.Def) error {
-	va := d.Addr
-	if d.Symbol != "" {
-		a, err := ik.Resolve(d.Symbol, 0)
-		if err != nil {
-			return err
-		}
-		va = a + d.Offset
+	va, err := defAddr(ik.Resolve, d)
+	if err != nil {
+		return err
 	}
 	if err := watchAccess(d, va); err != nil {
 		return err
@@ -297,4 +293,14 @@ func (ik *ImageKernel) checkWatch(d *probedef.Def) error {
 		return fmt.Errorf("%w: %#x is kernel text; hvprobe watches data (text writes are followed by the dirty log)", ErrWatch, va)
 	}
 	return nil
+}
+
+// defAddr is where a p or w line points: SYM+OFFS resolved (a w line's
+// -OFFS is stored negated, so the sum wraps as it should), or MEMADDR.
+func defAddr(resolve func(string, uint64) (uint64, error), d *probedef.Def) (uint64, error) {
+	if d.Symbol == "" {
+		return d.Addr, nil
+	}
+	a, err := resolve(d.Symbol, 0)
+	return a + d.Offset, err
 }

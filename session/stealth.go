@@ -137,13 +137,9 @@ func (s *Session) addStealth(a *Attached, env *eventEnv, d *probedef.Def, emit f
 	if d.Kind != probedef.Probe {
 		return nil, fmt.Errorf("%w: only p lines can be stealth probes (a %s line rewrites what the guest can read)", ErrStealth, d.Kind)
 	}
-	va := d.Addr
-	if d.Symbol != "" {
-		sym, err := a.Kernel.Resolve(d.Symbol, 0)
-		if err != nil {
-			return nil, err
-		}
-		va = sym + d.Offset
+	va, err := defAddr(a.Kernel.Resolve, d)
+	if err != nil {
+		return nil, err
 	}
 	if _, err := kprobes.Check(a.Kernel, va, d.String()); err != nil && !errors.Is(err, kprobes.ErrNotYetPatched) {
 		return nil, err

@@ -59,13 +59,9 @@ type watchSet struct {
 // (the pages become read-only to the guest and the VMM completes each
 // store), reads and writes in a debug register.
 func (s *Session) addWatch(a *Attached, env *eventEnv, d *probedef.Def, emit func(probedef.Event)) (*Watch, error) {
-	va := d.Addr
-	if d.Symbol != "" {
-		sym, err := a.Kernel.Resolve(d.Symbol, 0)
-		if err != nil {
-			return nil, err
-		}
-		va = sym + d.Offset
+	va, err := defAddr(a.Kernel.Resolve, d)
+	if err != nil {
+		return nil, err
 	}
 	if va>>63 == 0 {
 		return nil, fmt.Errorf("%w: %#x is not a kernel address", ErrWatch, va)

@@ -280,10 +280,7 @@ func (p *lineParser) parseLocation(d *Def, tok token) *SyntaxError {
 		}
 		loc, symOff = loc[i+1:], symOff+i+1
 	}
-	sym, offStr := loc, ""
-	if i := strings.IndexAny(loc, "+-"); i >= 0 {
-		sym, offStr = loc[:i], loc[i:]
-	}
+	sym, offStr := splitSymOff(loc)
 	if !goodSymbol(sym) {
 		return p.fail(symOff, "invalid symbol %q", sym)
 	}
@@ -696,10 +693,7 @@ func (p *lineParser) parseMemFetch(s string, off int) (*Fetch, *SyntaxError) {
 	if len(s) > 1 && s[1] == '+' {
 		return nil, p.fail(off, "file offsets (@+OFFS) are for uprobes, not kprobes")
 	}
-	sym, offStr := s[1:], ""
-	if i := strings.IndexAny(sym, "+-"); i >= 0 {
-		sym, offStr = sym[:i], sym[i:]
-	}
+	sym, offStr := splitSymOff(s[1:])
 	if !goodSymbol(sym) {
 		return nil, p.fail(off+1, "invalid symbol %q", sym)
 	}
@@ -898,4 +892,12 @@ func digitVal(c byte) uint64 {
 		return uint64(c-'A') + 10
 	}
 	return 99
+}
+
+// splitSymOff splits SYM[+|-OFFS] at the sign.
+func splitSymOff(loc string) (sym, off string) {
+	if i := strings.IndexAny(loc, "+-"); i >= 0 {
+		return loc[:i], loc[i:]
+	}
+	return loc, ""
 }

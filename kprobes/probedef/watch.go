@@ -131,10 +131,7 @@ func (p *lineParser) parseWatchSpec(d *Def, tok token) *SyntaxError {
 		d.Addr = v
 		return nil
 	}
-	sym, offStr := loc, ""
-	if i := strings.IndexAny(loc, "+-"); i >= 0 {
-		sym, offStr = loc[:i], loc[i:]
-	}
+	sym, offStr := splitSymOff(loc)
 	if !goodSymbol(sym) {
 		return p.fail(locOff, "invalid symbol %q", sym)
 	}
