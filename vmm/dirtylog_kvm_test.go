@@ -372,16 +372,9 @@ func TestWatchWritesLongMode(t *testing.T) {
 	vm := newTinyVM(t, tinyMem)
 	ram := vm.mem.b
 	le := binary.LittleEndian
-	for i, d := range []uint64{0, 0, 0x00af9b000000ffff, 0x00cf93000000ffff} {
-		le.PutUint64(ram[gdtAddr+8*i:], d)
-	}
 	// Identity map of the first 1 GiB (2 MiB pages), and highVA+i*4K ->
 	// watch+i*4K through 4 KiB pages, as PML4[511]/PDPT[510] map Linux's text.
-	le.PutUint64(ram[pml4Addr:], pdptAddr|3)
-	le.PutUint64(ram[pdptAddr:], pdAddr|3)
-	for j := range uint64(512) {
-		le.PutUint64(ram[pdAddr+8*j:], j<<21|0x83)
-	}
+	setupLongMode(t, vm)
 	le.PutUint64(ram[pml4Addr+8*511:], pdptHigh|3)
 	le.PutUint64(ram[pdptHigh+8*510:], pdHigh|3)
 	le.PutUint64(ram[pdHigh:], ptHigh|3)
@@ -417,14 +410,6 @@ func TestWatchWritesLongMode(t *testing.T) {
 	copy(ram[tinyCode:], code)
 
 	v := vm.vcpus[0]
-	s, err := v.Sregs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bootSregs(&s)
-	if err := v.SetSregs(s); err != nil {
-		t.Fatal(err)
-	}
 	if err := vm.WatchWrites(watch, watch+8*pageSize); err != nil {
 		t.Fatalf("WatchWrites: %v", err)
 	}

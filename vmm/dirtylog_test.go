@@ -86,24 +86,31 @@ func TestMemslotLayout(t *testing.T) {
 			if !slices.Equal(got, c.want) {
 				t.Fatalf("memslotLayout = %+v, want %+v", got, c.want)
 			}
-			// Whatever the range: the slots tile RAM exactly, with
-			// distinct ids, and only the watched one logs.
-			var next uint64
-			ids := map[uint32]bool{}
-			for _, s := range got {
-				if s.gpa != next || s.size == 0 || ids[s.id] {
-					t.Errorf("slot %+v: gap, overlap, empty or duplicate id", s)
-				}
-				ids[s.id] = true
-				next = s.gpa + s.size
-				if logs := s.flags&memLogDirtyPages != 0; logs != (s.id == slotWatched) {
-					t.Errorf("slot %+v: dirty logging on the wrong slot", s)
-				}
-			}
-			if next != size {
-				t.Errorf("slots end at %#x, RAM at %#x", next, size)
-			}
+			checkTiling(t, got, size, func(memslot) {})
 		})
+	}
+}
+
+// checkTiling checks what holds for every layout: the slots tile RAM
+// exactly, with distinct ids, and only the watched one logs; each slot
+// is also given to more.
+func checkTiling(t *testing.T, got []memslot, size uint64, more func(memslot)) {
+	t.Helper()
+	var next uint64
+	ids := map[uint32]bool{}
+	for _, s := range got {
+		if s.gpa != next || s.size == 0 || ids[s.id] {
+			t.Errorf("slot %+v: gap, overlap, empty or duplicate id", s)
+		}
+		ids[s.id] = true
+		next = s.gpa + s.size
+		if logs := s.flags&memLogDirtyPages != 0; logs != (s.id == slotWatched) {
+			t.Errorf("slot %+v: dirty logging on the wrong slot", s)
+		}
+		more(s)
+	}
+	if next != size {
+		t.Errorf("slots end at %#x, RAM at %#x", next, size)
 	}
 }
 

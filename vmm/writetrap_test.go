@@ -74,25 +74,12 @@ func TestMemslotLayoutTraps(t *testing.T) {
 			if !slices.Equal(got, c.want) {
 				t.Fatalf("memslotLayoutTraps =\n%+v, want\n%+v", got, c.want)
 			}
-			var next uint64
-			ids := map[uint32]bool{}
-			for _, s := range got {
-				if s.gpa != next || s.size == 0 || ids[s.id] {
-					t.Errorf("slot %+v: gap, overlap, empty or duplicate id", s)
-				}
-				ids[s.id] = true
-				next = s.gpa + s.size
-				if logs := s.flags&memLogDirtyPages != 0; logs != (s.id == slotWatched) {
-					t.Errorf("slot %+v: dirty logging on the wrong slot", s)
-				}
+			checkTiling(t, got, size, func(s memslot) {
 				ro := slices.ContainsFunc(c.ro, func(r pageRange) bool { return r.start == s.gpa && r.end == s.gpa+s.size })
 				if ro != (s.flags&memReadonly != 0) {
 					t.Errorf("slot %+v: read-only flag wrong", s)
 				}
-			}
-			if next != size {
-				t.Errorf("slots end at %#x, RAM at %#x", next, size)
-			}
+			})
 		})
 	}
 }
