@@ -18,6 +18,13 @@
 // pointers). Analysis holds ftrace filters and hist triggers by event
 // name, for the command line and the control socket alike.
 //
+// w lines (AddDefs) are watches: w@ traps stores to the watched bytes in
+// guest-physical memory (vmm.TrapWrites), rw@ is a debug-register
+// watchpoint where the host fires them; p lines with Def.Stealth are
+// hardware execute breakpoints. Neither changes guest memory; both take
+// debug-register slots or memslot changes, which pause every vCPU and so
+// are made off the vCPU thread when asked for on one (at attach).
+//
 // Lifetime: Close stops the guest, closes the control sockets it opened
 // (joining their connections) and its own goroutines (the write-watch
 // poller), then closes the VM, which waits for any call still in flight;
