@@ -1,0 +1,280 @@
+package fastpath
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"golang.org/x/arch/x86/x86asm"
+)
+
+// JmpLen is the size of the jmp rel32 that replaces the probed instruction.
+const JmpLen = 5
+
+// ErrRefused wraps every reason Stub or Entry refuses a probe.
+var ErrRefused = errors.New("fastpath: probe refused")
+
+// StubParams describe one exit-less probe.
+type StubParams struct {
+	Layout Layout
+	Probe  uint32 // probe id: the record's id and the lost counter's index
+	// Per-CPU offsets (the %gs displacement Linux's this_cpu_read uses):
+	// cpu_number (u32) and current_task (u64). Each must be a sign-extended
+	// 32-bit value, as both zero-based offsets and kernel addresses are.
+	CPUNumberOff uint64
+	CurrentOff   uint64
+	// StubAddr is the guest-virtual address the stub will run at;
+	// ProbeAddr the probed instruction's, whose bytes are Displaced.
+	StubAddr  uint64
+	ProbeAddr uint64
+	Displaced []byte
+	// CountOnly: the stub only increments the probe's hit counter
+	// (Layout.CountVA): no record, no ring, nothing lost.
+	CountOnly bool
+}
+
+func refused(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, a...))
+}
+
+// simm32 converts a per-CPU offset to the disp32 the CPU sign-extends.
+func simm32(v uint64, what string) (int32, error) {
+	if int64(v) != int64(int32(v)) {
+		return 0, refused("%s %#x is not a sign-extended 32-bit displacement", what, v)
+	}
+	return int32(v), nil
+}
+
+// CheckDisplaced decodes the probed instruction and refuses what cannot
+// run unchanged at another address, or does not leave room for the jmp:
+// anything with a %rip-relative operand or a relative target, control
+// transfers, and instructions that trap or change privilege by design.
+func CheckDisplaced(code []byte) (x86asm.Inst, error) {
+	inst, err := x86asm.Decode(code, 64)
+	switch {
+	case err != nil || inst.Op == 0:
+		return inst, refused("undecodable instruction bytes % x", code)
+	case inst.Len != len(code):
+		return inst, refused("% x is %d bytes of instruction and %d more", code, inst.Len, len(code)-inst.Len)
+	case inst.Len < JmpLen:
+		return inst, refused("%s is %d bytes, shorter than the %d-byte jmp", text(inst), inst.Len, JmpLen)
+	case inst.PCRel != 0:
+		return inst, refused("%s is %%rip-relative", text(inst))
+	}
+	// It must decode the same followed by the stub's jmp back.
+	if again, err := x86asm.Decode(append(bytes.Clone(code), 0xe9, 0, 0, 0, 0), 64); err != nil ||
+		again.Op != inst.Op || again.Len != inst.Len || again.Args != inst.Args {
+		return inst, refused("% x decodes differently when followed by other bytes", code)
+	}
+	for _, a := range inst.Args {
+		switch a := a.(type) {
+		case x86asm.Rel:
+			return inst, refused("%s has a relative target", text(inst))
+		case x86asm.Mem:
+			if a.Base == x86asm.RIP {
+				return inst, refused("%s is %%rip-relative", text(inst))
+			}
+		case x86asm.Reg:
+			if a == x86asm.RIP || a == x86asm.SS || a == x86asm.CS {
+				return inst, refused("%s uses %v", text(inst), a)
+			}
+		}
+	}
+	switch inst.Op {
+	case x86asm.CALL, x86asm.JMP, x86asm.RET, x86asm.LCALL, x86asm.LJMP, x86asm.LRET,
+		x86asm.IRET, x86asm.IRETD, x86asm.IRETQ,
+		x86asm.INT, x86asm.INTO, x86asm.ICEBP, x86asm.UD0, x86asm.UD1, x86asm.UD2,
+		x86asm.SYSCALL, x86asm.SYSRET, x86asm.SYSENTER, x86asm.SYSEXIT,
+		x86asm.HLT, x86asm.MWAIT, x86asm.RSM, x86asm.XBEGIN, x86asm.XABORT, x86asm.XEND,
+		x86asm.LOOP, x86asm.LOOPE, x86asm.LOOPNE, x86asm.JRCXZ, x86asm.JECXZ, x86asm.JCXZ,
+		x86asm.POPF, x86asm.POPFD, x86asm.POPFQ, x86asm.CLI, x86asm.STI, x86asm.LSS:
+		return inst, refused("%s is a control transfer, traps, or changes the interrupt flag", text(inst))
+	}
+	return inst, nil
+}
+
+func text(inst x86asm.Inst) string { return x86asm.GNUSyntax(inst, 0, nil) }
+
+// Stub generates the exit-less probe stub (see the package doc for what it
+// does). The code is position dependent: it runs at p.StubAddr only.
+func Stub(p StubParams) ([]byte, error) {
+	code, _, err := stub(p)
+	return code, err
+}
+
+// Stub register use, after everything is saved:
+//
+//	rax  cpu, then scratch
+//	rbx  the ring header
+//	rcx  head, then the rep count
+//	rdx  scratch, then head
+//	rsi  the frame (rep movsq source)
+//	rdi  the record
+const (
+	labelLost     = "lost"
+	labelLostBusy = "lost_busy"
+	labelOut      = "out"
+)
+
+// saved is the push order; the frame in a record is its reverse.
+var saved = []x86asm.Reg{
+	x86asm.RAX, x86asm.RCX, x86asm.RDX, x86asm.RBX, x86asm.RBP, x86asm.RSI, x86asm.RDI,
+	x86asm.R8, x86asm.R9, x86asm.R10, x86asm.R11, x86asm.R12, x86asm.R13, x86asm.R14, x86asm.R15,
+}
+
+func stub(p StubParams) ([]byte, []int, error) {
+	l := p.Layout
+	if err := l.Check(); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	if p.Probe >= uint32(l.Probes) {
+		return nil, nil, refused("probe id %d: the layout has %d lost counters", p.Probe, l.Probes)
+	}
+	cpuOff, err := simm32(p.CPUNumberOff, "cpu_number offset")
+	if err != nil {
+		return nil, nil, err
+	}
+	curOff, err := simm32(p.CurrentOff, "current_task offset")
+	if err != nil {
+		return nil, nil, err
+	}
+	inst, err := CheckDisplaced(p.Displaced)
+	if err != nil {
+		return nil, nil, err
+	}
+	const gs = 0x65
+	var (
+		rax, rbx, rcx, rdx, rdi, rsp = x86asm.RAX, x86asm.RBX, x86asm.RCX, x86asm.RDX, x86asm.RDI, x86asm.RSP
+		e                            = newEmitter()
+	)
+	if p.CountOnly {
+		// lock inc sets the flags: they are saved around it.
+		e.pushfq()
+		e.push(rax)
+		e.movabs(rax, l.CountVA(p.Probe))
+		e.lockInc(m(rax, 0))
+		e.pop(rax)
+		e.popfq()
+		return finishStub(e, p, inst)
+	}
+	e.pushfq()
+	e.cli()
+	for _, x := range saved {
+		e.push(x)
+	}
+	// The ring: rbx = base + cpu*stride, if cpu < CPUs.
+	e.load([]byte{gs}, false, rax, abs(cpuOff)) // mov %gs:cpu_number, %eax (zero-extends)
+	e.aluImm(false, 7, r(rax), int32(l.CPUs))   // cmp $CPUs, %eax
+	e.jcc(ccAE, labelLost)
+	e.imul(rbx, rax, int32(l.RingStride()))
+	e.movabs(rdx, l.VA)
+	e.add(rdx, rbx)
+	// Reentrance guard: interrupts are off, so only an NMI (or #MC) can
+	// nest here, and it finishes before we go on; a plain check-then-set
+	// suffices.
+	e.aluImm(true, 7, m(rbx, BusyOff), 0) // cmpq $0, busy
+	e.jcc(ccNE, labelLost)
+	e.storeImm(true, m(rbx, BusyOff), 1)
+	// Full if head - tail >= Records.
+	e.load(nil, true, rcx, m(rbx, HeadOff))
+	e.mov(rcx, rdx)
+	e.subMem(m(rbx, TailOff), rdx)
+	e.aluImm(true, 7, r(rdx), int32(l.Records))
+	e.jcc(ccAE, labelLostBusy)
+	// The record: rdi = rbx + HeaderSize + (head & (Records-1)) * RecordSize.
+	e.mov(rcx, rdi)
+	e.aluImm(true, 4, r(rdi), int32(l.Records-1)) // and
+	e.imul(rdi, rdi, RecordSize)
+	e.lea(rdi, mi(rbx, rdi, HeaderSize))
+	e.storeImm(false, m(rdi, RecProbeOff), int32(p.Probe))
+	e.store(false, rax, m(rdi, RecCPUOff))
+	e.rdtsc()
+	e.shl(rdx, 32)
+	e.or(rdx, rax)
+	e.store(true, rax, m(rdi, RecTSCOff))
+	e.load([]byte{gs}, true, rax, abs(curOff))
+	e.store(true, rax, m(rdi, RecCurrentOff))
+	e.lea(rax, m(rsp, frameBytes))
+	e.store(true, rax, m(rdi, RecRSPOff))
+	// The frame: rep movsq from the stack (one instruction for sixteen
+	// loads and stores; DF is the guest's until popfq, so cld first).
+	e.mov(rcx, rdx)
+	e.lea(rdi, m(rdi, RecFrameOff))
+	e.mov(rsp, x86asm.RSI)
+	e.movImm32(rcx, FrameQwords)
+	e.cld()
+	e.repMovsq()
+	// Publish: the record's stores, rep movsq's included, are ordered
+	// before head's (x86 TSO; stores across a string operation are not
+	// reordered: Intel SDM vol. 3, "Fast-String Operation and Out-of-Order
+	// Stores").
+	e.inc(rdx)
+	e.store(true, rdx, m(rbx, HeadOff))
+	e.storeImm(true, m(rbx, BusyOff), 0)
+	e.jmp(labelOut)
+	e.bind(labelLostBusy)
+	e.storeImm(true, m(rbx, BusyOff), 0)
+	e.bind(labelLost)
+	e.movabs(rax, l.LostVA(p.Probe))
+	e.lockInc(m(rax, 0))
+	e.bind(labelOut)
+	for i := len(saved) - 1; i >= 0; i-- {
+		e.pop(saved[i])
+	}
+	e.popfq()
+	return finishStub(e, p, inst)
+}
+
+// finishStub appends the displaced instruction and the jmp back.
+func finishStub(e *emitter, p StubParams, inst x86asm.Inst) ([]byte, []int, error) {
+	// A nop's effect is nothing: it is not copied (ftrace's 5-byte fentry
+	// nop is the common site).
+	if inst.Op != x86asm.NOP {
+		e.raw(p.Displaced)
+	}
+	if err := e.jmpAbs(p.StubAddr, p.ProbeAddr+uint64(inst.Len)); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	code, err := e.finish()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := selfCheck(code, e.insns); err != nil {
+		return nil, nil, err
+	}
+	return code, e.insns, nil
+}
+
+// selfCheck decodes the stub back: every instruction must decode at the
+// boundary it was emitted at with the length emitted.
+func selfCheck(code []byte, starts []int) error {
+	for i, at := range starts {
+		end := len(code)
+		if i+1 < len(starts) {
+			end = starts[i+1]
+		}
+		inst, err := x86asm.Decode(code[at:], 64)
+		if err != nil || inst.Len != end-at {
+			return fmt.Errorf("fastpath: generated instruction % x at +%#x does not decode back (%v, length %d)", code[at:end], at, err, inst.Len)
+		}
+	}
+	return nil
+}
+
+// Entry is the bytes that replace the probed instruction at probeAddr
+// (length bytes long): jmp rel32 to the stub, then int3 over the rest of
+// the instruction's bytes, which nothing executes.
+func Entry(probeAddr, stubAddr uint64, length int) ([]byte, error) {
+	if length < JmpLen || length > 15 {
+		return nil, refused("a %d-byte instruction cannot hold the %d-byte jmp", length, JmpLen)
+	}
+	rel, ok := rel32(probeAddr+JmpLen, stubAddr)
+	if !ok {
+		return nil, refused("stub at %#x is out of jmp rel32 reach of %#x", stubAddr, probeAddr)
+	}
+	e := newEmitter()
+	e.b = append(e.b, 0xe9)
+	e.imm32(rel)
+	e.b = append(e.b, bytes.Repeat([]byte{0xcc}, length-JmpLen)...)
+	return e.b, nil
+}
