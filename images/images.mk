@@ -35,3 +35,15 @@ images-stock:
 # The workload under QEMU TCG: a KVM-free check of the images themselves.
 images-smoke: images
 	images/mini/qemu-smoke.sh
+
+# The user-space workload and its initramfs for the stock kernel
+# (images/user, images/README.md "User-space workload"): /init makes system
+# calls, so it runs only where guest user space can (not PVM).
+USER_DIR       := .cache/images/user
+USER_INITRAMFS := $(USER_DIR)/initramfs.cpio
+
+.PHONY: images-user
+images-user: $(USER_INITRAMFS)
+
+$(USER_INITRAMFS): images/user/hvuser.c images/user/build.sh
+	images/user/build.sh $(USER_DIR)

@@ -362,6 +362,9 @@ func (vm *VM) load(img *kimage.Image) error {
 		if err := writeMPTable(vm.mem.b, vm.cfg.CPUs); err != nil {
 			return err
 		}
+		if err := writeACPI(vm.mem.b, vm.cfg.CPUs); err != nil {
+			return err
+		}
 	}
 	bsp := vm.vcpus[0]
 	return bsp.Do(func(CPU) error {

@@ -13,4 +13,6 @@ echo "with-kvm: /dev/kvm is not usable here; running in the nested KVM (images/n
 # QEMU TCG's SVM never intercepts int3: say so rather than have hvprobe
 # probe it (docs/QUIRKS.md #17, #24). run.sh passes HVPROBE_* through.
 export HVPROBE_INT3=reflected
+# Nor does it fire debug registers (#18): no scratch guest to find out.
+export HVPROBE_HWBP=none
 exec "$HERE/run.sh" --timeout "${HVPROBE_NESTED_TIMEOUT:-4800}" -- "$@"

@@ -111,6 +111,13 @@ const (
 	// initStackProbe's events carry the kernel stack, unwound with the
 	// image's ORC tables.
 	initStackProbe = "p:initstack do_one_initcall"
+	// sysStateWatch sees the kernel's three boot-time stores to
+	// system_state: SCHEDULING in rest_init, FREEING_INITMEM and RUNNING
+	// in kernel_init (init/main.c).
+	sysStateWatch = "w:sysstate w@system_state:4"
+	// stealthProbe, in a debug register where the host fires them, hits
+	// once per initcall: do_one_initcall calls initcall_blacklisted first.
+	stealthProbe = "p:stealthbl initcall_blacklisted"
 )
 
 // Sample sizes of the random probe set.
@@ -127,9 +134,51 @@ func stockProbes(t *testing.T, k *kguest.Kernel) []*probedef.Def {
 	}
 	t.Logf("random probe sample: HVPROBE_SEED=%d", seed)
 	sample := randomSample(t, k, rand.New(rand.NewPCG(uint64(seed), 0)), sampleBody, sampleEntry, sampleRet)
-	defs := parseDefs(t, initcallsProbe, initTextProbe, initStackProbe)
+	defs := parseDefs(t, initcallsProbe, initTextProbe, initStackProbe, sysStateWatch)
 	defs[2].Stack = true
+	caps, err := vmm.DetectWatchCaps("/dev/kvm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if caps.HWExecute {
+		st := parseDefs(t, stealthProbe)[0]
+		st.Stealth = true
+		defs = append(defs, st)
+	} else {
+		t.Logf("no stealth probe in this boot: the host's KVM fires no hardware breakpoints (%+v)", caps)
+	}
+	// A debug register and an int3 on one instruction would meet in the
+	// step over it.
+	sample = slices.DeleteFunc(sample, func(d *probedef.Def) bool { return d.Symbol == "initcall_blacklisted" && d.Offset == 0 })
 	return append(defs, sample...)
+}
+
+// checkStealthAndWatch: the stealth probe hit once per initcall, and the
+// watch saw exactly the kernel's stores to system_state, in order, from
+// rest_init and kernel_init.
+func checkStealthAndWatch(t *testing.T, events []probedef.Event, stealth bool) {
+	t.Helper()
+	initcalls, stealthHits := 0, 0
+	var states []string
+	for _, ev := range events {
+		switch ev.Def.Event {
+		case "initcalls":
+			initcalls++
+		case "stealthbl":
+			stealthHits++
+		case "sysstate":
+			fn, _, _ := strings.Cut(ev.Where, "+")
+			states = append(states, fmt.Sprintf("%d->%d@%s", ev.Values[1].U64, ev.Values[2].U64, fn))
+		}
+	}
+	want := []string{"0->1@rest_init", "1->2@kernel_init", "2->3@kernel_init"}
+	if !slices.Equal(states, want) {
+		t.Errorf("system_state stores seen %v, want %v", states, want)
+	}
+	if stealth && stealthHits != initcalls {
+		t.Errorf("stealth probe on initcall_blacklisted: %d hits for %d initcalls", stealthHits, initcalls)
+	}
+	t.Logf("system_state stores %v; stealth probe %d hits for %d initcalls", states, stealthHits, initcalls)
 }
 
 // randomBoundary picks an instruction boundary of f by decoding it from
@@ -213,7 +262,8 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 	var addErr error
 	s.AtAttach(func(a *session.Attached) error {
 		dp, addErr = s.AddDefs(a, defs, func(ev probedef.Event) {
-			if ev.Def.Event == "initcalls" || ev.Def.Event == "inittext" || ev.Def.Event == "initstack" {
+			switch ev.Def.Event {
+			case "initcalls", "inittext", "initstack", "sysstate", "stealthbl":
 				mu.Lock()
 				events = append(events, ev)
 				mu.Unlock()
@@ -235,24 +285,7 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 		}
 		cancel() // a guest that ended will print nothing more
 	}()
-	var silent atomic.Bool
-	go func() {
-		last, since := 0, time.Now()
-		for {
-			select {
-			case <-ended:
-				return
-			case <-time.After(5 * time.Second):
-			}
-			if n := len(s.Lines()); n != last {
-				last, since = n, time.Now()
-			} else if time.Since(since) > stallAfter() {
-				silent.Store(true)
-				cancel()
-				return
-			}
-		}
-	}()
+	silent := cancelWhenSilent(s, ended, cancel)
 	l, err := s.WaitLineSeen(ctx, "Run /init as init process")
 	s.VM.Stop()
 	select {
@@ -282,6 +315,7 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 	checkStockConsole(t, s.Lines(), l)
 	checkInitcallPairs(t, s.Lines(), l, events)
 	checkInitcallStacks(t, events)
+	checkStealthAndWatch(t, events, slices.ContainsFunc(defs, func(d *probedef.Def) bool { return d.Stealth }))
 	deferred, armed, retired := 0, 0, 0
 	for _, n := range notices {
 		switch n.Kind {
@@ -316,6 +350,31 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 	}
 	checkStockTextRestored(t, k, a, probed)
 	return false
+}
+
+// cancelWhenSilent calls cancel once s's console has printed nothing for
+// stallAfter() (docs/QUIRKS.md #23) and reports through the result
+// whether it did; it stops watching when ended is closed.
+func cancelWhenSilent(s *session.Session, ended <-chan struct{}, cancel func()) *atomic.Bool {
+	var silent atomic.Bool
+	go func() {
+		last, since := 0, time.Now()
+		for {
+			select {
+			case <-ended:
+				return
+			case <-time.After(5 * time.Second):
+			}
+			if n := len(s.Lines()); n != last {
+				last, since = n, time.Now()
+			} else if time.Since(since) > stallAfter() {
+				silent.Store(true)
+				cancel()
+				return
+			}
+		}
+	}()
+	return &silent
 }
 
 // checkInitcallStacks: every do_one_initcall hit is pid 1's (the
