@@ -34,9 +34,10 @@ unit:
 	$(GO) test $$($(GO) list ./... | grep -v /tests/e2e)
 
 # The stock-kernel test runs apart, each attempt in a fresh KVM machine
-# with a hard time limit (tests/e2e/stock.sh, docs/QUIRKS.md #23).
+# with a hard time limit (tests/e2e/stock.sh, docs/QUIRKS.md #23); the
+# user-space test runs in e2e-user.
 e2e: images images-stock images-user static
-	cd tests/e2e && HVPROBE_E2E_LOGDIR=$(CURDIR)/$(OUT) ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 40m -test.skip TestStockKernelBootProbe
+	cd tests/e2e && HVPROBE_E2E_LOGDIR=$(CURDIR)/$(OUT) ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 40m -test.skip 'TestStockKernelBootProbe|TestUserSpaceSyscalls'
 	tests/e2e/stock.sh $(CURDIR)/$(OUT)
 
 # User space in the guest (tests/e2e/userspace_test.go): always in the
