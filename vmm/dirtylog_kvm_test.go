@@ -115,19 +115,32 @@ func runTo(t testing.TB, v *VCPU, rip uint64) {
 	}
 }
 
+// rawRun is one KVM_RUN on v's thread and its decoded exit; an EINTR
+// (a Do's kick) clears immediate_exit and is returned for the caller to
+// run again.
+func rawRun(v *VCPU) (exitInfo, error) {
+	if _, err := ioctl(v.fd, kvmRun, 0); err != nil {
+		if errors.Is(err, unix.EINTR) {
+			v.setImmediateExit(false)
+			return exitInfo{}, err
+		}
+		return exitInfo{}, fmt.Errorf("KVM_RUN: %w", err)
+	}
+	return v.decode(v.run.run()), nil
+}
+
 func runToOnThread(v *VCPU, rip uint64) error {
 	if err := v.SetRegs(Regs{RIP: rip, RSP: 0x800, RFLAGS: 0x2}); err != nil {
 		return err
 	}
 	for range 1000 {
-		if _, err := ioctl(v.fd, kvmRun, 0); err != nil {
-			if errors.Is(err, unix.EINTR) {
-				v.setImmediateExit(false) // a Do's kick
-				continue
-			}
-			return fmt.Errorf("KVM_RUN: %v", err)
+		e, err := rawRun(v)
+		if errors.Is(err, unix.EINTR) {
+			continue // a Do's kick
 		}
-		e := v.decode(v.run.run())
+		if err != nil {
+			return err
+		}
 		switch {
 		case e.reason == exitIO && e.io.Port == tinyPort:
 			// Complete the out now: an emulating KVM finishes it on the

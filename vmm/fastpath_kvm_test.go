@@ -112,14 +112,13 @@ func fpRun(t testing.TB, v *VCPU, regs Regs) (Regs, int, time.Duration) {
 		}
 		start := time.Now()
 		for range 10_000_000 {
-			if _, err := ioctl(v.fd, kvmRun, 0); err != nil {
-				if errors.Is(err, unix.EINTR) {
-					v.setImmediateExit(false)
-					continue
-				}
-				return fmt.Errorf("KVM_RUN: %v", err)
+			e, err := rawRun(v)
+			if errors.Is(err, unix.EINTR) {
+				continue // a Do's kick
 			}
-			e := v.decode(v.run.run())
+			if err != nil {
+				return err
+			}
 			switch {
 			case e.reason == exitIO && e.io.Port == fpBenchIO:
 				exits++

@@ -32,14 +32,13 @@ func runHandled(t testing.TB, vm *VM, rip uint64) {
 
 func runHandledOnThread(vm *VM, v *VCPU) error {
 	for range 100000 {
-		if _, err := ioctl(v.fd, kvmRun, 0); err != nil {
-			if errors.Is(err, unix.EINTR) {
-				v.setImmediateExit(false)
-				continue
-			}
-			return fmt.Errorf("KVM_RUN: %v", err)
+		e, err := rawRun(v)
+		if errors.Is(err, unix.EINTR) {
+			continue // a Do's kick
 		}
-		e := v.decode(v.run.run())
+		if err != nil {
+			return err
+		}
 		if e.reason == exitIO && e.io.Port == tinyPort {
 			return v.completePending()
 		}
