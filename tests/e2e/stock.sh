@@ -14,7 +14,7 @@ cd "$HERE"
 attempts=3 limit=14m
 if [ -c /dev/kvm ] && { exec 3<>/dev/kvm; } 2>/dev/null; then
 	exec 3>&-
-	attempts=1 limit=45m
+	attempts=1 limit=55m
 fi
 for ((attempt = 1; attempt <= attempts; attempt++)); do
 	echo "stock.sh: attempt $attempt of $attempts"

@@ -28,12 +28,12 @@ import (
 )
 
 // stockBootTimeout: Debian's kernel reaches /init in about a minute on
-// hardware or nested KVM (55–101 s measured), but needs 15+ minutes where
+// hardware or nested KVM (55–101 s measured), but needs 15–32 minutes where
 // kernel mode is emulated (docs/QUIRKS.md); HVPROBE_STOCK_TIMEOUT overrides.
 func stockBootTimeout() time.Duration {
 	def := 12 * time.Minute
 	if emulatingHost() {
-		def = 35 * time.Minute
+		def = 45 * time.Minute
 	}
 	return envDuration("HVPROBE_STOCK_TIMEOUT", def)
 }
