@@ -5,7 +5,8 @@ import (
 	"fmt"
 )
 
-// Mem is guest-physical memory (vmm.PhysMem satisfies it).
+// Mem is guest-physical memory: vmm.PhysMem's methods, restated because
+// vmm's own KVM test of the stubs imports this package.
 type Mem interface {
 	ReadPhys(gpa uint64, p []byte) error
 	WritePhys(gpa uint64, p []byte) error
