@@ -49,18 +49,7 @@ func TestHWExecBreakpointTinyGuest(t *testing.T) {
 			t.Errorf("event %d = %+v", i, ev)
 		}
 	}
-	var r Regs
-	var got debugRegs
-	if err := v.Do(func(CPU) error {
-		var err error
-		if r, err = v.Regs(); err != nil {
-			return err
-		}
-		got, err = v.guestDRs()
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	r, got := regsAndGuestDRs(t, v)
 	if r.RCX&0xffff != 0 {
 		t.Errorf("loop counter %#x: an iteration was skipped or repeated", r.RCX)
 	}
@@ -108,18 +97,7 @@ func TestHWGuestBreakpointKeepsWorking(t *testing.T) {
 	if len(rec.evs) != 1 || rec.evs[0].RIP != tinyCode || rec.evs[0].Slot != 0 {
 		t.Errorf("hvprobe's events %+v, want one at %#x", rec.evs, tinyCode)
 	}
-	var r Regs
-	var got debugRegs
-	if err := v.Do(func(CPU) error {
-		var err error
-		if r, err = v.Regs(); err != nil {
-			return err
-		}
-		got, err = v.guestDRs()
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	r, got := regsAndGuestDRs(t, v)
 	frameIP := uint64(vm.mem.b[0x800-6]) | uint64(vm.mem.b[0x800-5])<<8
 	if r.RIP != 0x503 && r.RIP != 0x502 || frameIP != tinyCode+9 {
 		t.Errorf("the guest's #DB handler did not run for its DR1: rip %#x, frame ip %#x", r.RIP, frameIP)
@@ -156,4 +134,22 @@ func TestHWExecBreakpointLongMode(t *testing.T) {
 			t.Errorf("event %+v", ev)
 		}
 	}
+}
+
+// regsAndGuestDRs reads v's registers and the guest's own debug registers.
+func regsAndGuestDRs(t *testing.T, v *VCPU) (Regs, debugRegs) {
+	t.Helper()
+	var r Regs
+	var got debugRegs
+	if err := v.Do(func(CPU) error {
+		var err error
+		if r, err = v.Regs(); err != nil {
+			return err
+		}
+		got, err = v.guestDRs()
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return r, got
 }
