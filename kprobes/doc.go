@@ -14,7 +14,11 @@
 //     %rip-relative displacement re-based, and for boostable instructions a
 //     jmp back), plus slot 0, the kretprobe trampoline (an int3);
 //   - per-vCPU hit state (the seeds' current_kprobe/kprobe_status);
-//   - kretprobe instances, keyed by the stack slot of the return address.
+//   - kretprobe instances, keyed by the stack slot of the return address;
+//   - once EnableFast has run, the exit-less probes (fast.go): per-vCPU
+//     rings carved from the slot area, a stub per probe in a run of slots,
+//     and the jmp rel32 over each probed instruction (RegisterFast patches
+//     it with every vCPU paused, DrainFast reads the records back).
 //
 // It is the VM's vmm.DebugHook.
 //

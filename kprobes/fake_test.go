@@ -193,9 +193,10 @@ func (k *fakeKernel) StoreVirt(va uint64, size int, v uint64) error {
 }
 
 type fakeVM struct {
-	mem  *fakeMem
-	hook vmm.DebugHook
-	n    int
+	mem    *fakeMem
+	hook   vmm.DebugHook
+	n      int
+	pauses int // WithAllPaused calls (fast_test.go)
 }
 
 func (v *fakeVM) Mem() vmm.PhysMem             { return v.mem }

@@ -127,6 +127,7 @@ type Manager struct {
 	st      globalCounters
 	errMu   sync.Mutex
 	lastErr error
+	fast    *fastState // exit-less probes, once EnableFast has run
 }
 
 // NewManager prepares the engine over slots and installs it as vm's debug
@@ -257,6 +258,9 @@ func (m *Manager) add(mb *member, addr uint64) error {
 
 // arm checks addr, prepares its slot and writes the int3. Callers hold mu.
 func (m *Manager) arm(addr uint64, name string) (*site, error) {
+	if f := m.fastInside(addr); f != nil {
+		return nil, probeErr(name, ErrBadProbe, "%#x is inside the jmp of the exit-less probe at %#x", addr, f.addr)
+	}
 	in, sym, off, err := check(m.k, m.readText, addr, name)
 	if err != nil {
 		return nil, err
@@ -299,7 +303,8 @@ func (m *Manager) arm(addr uint64, name string) (*site, error) {
 }
 
 // readText reads kernel text as the guest kernel wrote it: the bytes of
-// hvprobe's own armed int3s are replaced by the originals. Callers hold mu.
+// hvprobe's own armed int3s and exit-less jmps are replaced by the
+// originals. Callers hold mu.
 func (m *Manager) readText(va uint64, n int) ([]byte, error) {
 	b, err := readKernelText(m.k, va, n)
 	if err != nil {
@@ -310,6 +315,7 @@ func (m *Manager) readText(va uint64, n int) ([]byte, error) {
 			b[a-va] = s.orig
 		}
 	}
+	m.fastOriginal(va, b)
 	return b, nil
 }
 
@@ -398,6 +404,17 @@ func (m *Manager) UnregisterAll() error {
 		}
 		if err := m.removeLocked(mb); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if m.fast != nil {
+		var list []*FastProbe
+		for _, s := range m.fast.sites {
+			if !s.pending {
+				list = append(list, s.p)
+			}
+		}
+		for _, p := range list { // each unlocks mu to pause the vCPUs
+			errs = append(errs, m.unregisterFastLocked(p))
 		}
 	}
 	return errors.Join(errs...)

@@ -39,7 +39,7 @@ func (m *Manager) Recheck(pages []uint64) []TextChange {
 			out = append(out, c)
 		}
 	}
-	return out
+	return append(out, m.recheckFast(written)...)
 }
 
 // sitesOn lists the sites with a byte on a written page, in address order.

@@ -33,6 +33,16 @@ func (a *slotAlloc) alloc() (uint64, bool) {
 	return a.next - 1, true
 }
 
+// allocRun hands out n contiguous never-used slots, for stubs and rings
+// that are never released (what runs there may be entered at any time).
+func (a *slotAlloc) allocRun(n uint64) (uint64, bool) {
+	if n == 0 || a.n-a.next < n {
+		return 0, false
+	}
+	a.next += n
+	return a.next - n, true
+}
+
 func (a *slotAlloc) release(i uint64) { a.free = append(a.free, i) }
 
 func (a *slotAlloc) va(i uint64) uint64  { return a.area.VA + i*slotSize }

@@ -20,6 +20,9 @@ func (m *Manager) Quiescent() error {
 	if n := len(m.members); n > 0 {
 		return fmt.Errorf("%w: %d probes registered; unregister them first", ErrBusy, n)
 	}
+	if m.fast != nil && len(m.fast.sites) > 0 {
+		return fmt.Errorf("%w: %d exit-less probes registered; unregister them first", ErrBusy, len(m.fast.sites))
+	}
 	for i, st := range m.cpus {
 		if st.status != statusIdle {
 			return fmt.Errorf("%w: vCPU %d is single-stepping a probed instruction", ErrBusy, i)

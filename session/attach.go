@@ -122,6 +122,9 @@ type vmAdapter struct {
 
 func (a vmAdapter) Mem() vmm.PhysMem { return a.vm.Mem() }
 func (a vmAdapter) NumCPUs() int     { return a.vm.NumCPUs() }
+
+// WithAllPaused makes the adapter a kprobes.Pauser (exit-less probes).
+func (a vmAdapter) WithAllPaused(f func() error) error { return a.vm.WithAllPaused(f) }
 func (a vmAdapter) SetDebugHook(h vmm.DebugHook) {
 	a.mux.engine.Store(&engineBox{h})
 }

@@ -148,15 +148,18 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 	// Probe lines: a stealth probe where debug registers fire, and a write
 	// watch (write:N makes a watched store and one to its neighbour on the
 	// same page per call: both exit).
-	defCase := func(name, scenario, line string, stealth bool) (probeCase, error) {
+	defCase := func(name, scenario, line string, set func(*probedef.Def)) (probeCase, error) {
 		d, err := probedef.Parse(line)
 		if err != nil {
 			return probeCase{}, err
 		}
-		d.Stealth = stealth
+		set(d)
 		var dp *DefProbes
 		return probeCase{name, scenario, func() (err error) {
 			dp, err = s.AddDefs(a, []*probedef.Def{d}, func(probedef.Event) {})
+			if err == nil && d.Fast && len(dp.FastProbes()) == 0 {
+				err = fmt.Errorf("%s took the int3 path", line)
+			}
 			return err
 		}, func() error { return dp.Remove() }}, nil
 	}
@@ -166,19 +169,35 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 	}
 	var lines []probeCase
 	if caps.HWExecute {
-		c, err := defCase("stealth kprobe at entry (debug register)", calls, "p:bench/stealth hvwl_target_add", true)
+		c, err := defCase("stealth kprobe at entry (debug register)", calls, "p:bench/stealth hvwl_target_add",
+			func(d *probedef.Def) { d.Stealth = true })
 		if err != nil {
 			return res, err
 		}
 		lines = append(lines, c)
 	}
 	if caps.ReadonlyMem {
-		c, err := defCase("write watch (page trap): 1 watched + 1 neighbour store", fmt.Sprintf("write:%d", n), "w:bench/watch w@hvwl_wvar:8", false)
+		c, err := defCase("write watch (page trap): 1 watched + 1 neighbour store", fmt.Sprintf("write:%d", n), "w:bench/watch w@hvwl_wvar:8",
+			func(*probedef.Def) {})
 		if err != nil {
 			return res, err
 		}
 		lines = append(lines, c)
 	}
+	// The same p line on the 5-byte nop at hvwl_target_fentry+4 (ftrace's
+	// fentry site on a distro kernel), as an int3 and exit-less.
+	const nopLine = "p:bench/nop hvwl_target_fentry+4 a=%di b=%si"
+	fentry := fmt.Sprintf("fentry:%d", n)
+	c, err := defCase("kprobe on the 5-byte fentry nop (int3)", fentry, nopLine, func(*probedef.Def) {})
+	if err != nil {
+		return res, err
+	}
+	lines = append(lines, c)
+	if c, err = defCase("exit-less kprobe on the 5-byte fentry nop (jmp, recording stub)", fentry, nopLine,
+		func(d *probedef.Def) { d.Fast = true }); err != nil {
+		return res, err
+	}
+	lines = append(lines, c)
 	cases = append(cases, lines...)
 	base := map[string]struct {
 		t     time.Duration

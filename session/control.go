@@ -281,12 +281,13 @@ func (c *Control) stats() ([]string, error) {
 	}
 	out = append(out, fmt.Sprintf("hits=%d exits-per-hit=%v emulated=%d boosted=%d stepped=%d returns=%d",
 		st.Hits, st.ExitsPerHit, st.Emulated, st.Boosted, st.Stepped, st.Returns))
-	// Watches and stealth probes are not the engine's: their own counts.
+	// Watches, stealth and exit-less probes are not in the engine's int3
+	// stats: their own counts.
 	c.mu.Lock()
 	var more []string
 	for _, p := range c.probes {
 		for _, l := range p.dp.Stats() {
-			if strings.HasPrefix(l, "watch ") || strings.HasPrefix(l, "stealth ") {
+			if strings.HasPrefix(l, "watch ") || strings.HasPrefix(l, "stealth ") || strings.HasPrefix(l, "exit-less ") {
 				more = append(more, l)
 			}
 		}

@@ -25,9 +25,16 @@
 // debug-register slots or memslot changes, which pause every vCPU and so
 // are made off the vCPU thread when asked for on one (at attach).
 //
+// p lines with Def.Fast are exit-less where they can be (fast.go,
+// kprobes.FastProbe): a jmp to a recording stub, patched with every vCPU
+// paused (off the vCPU thread too); the rings are drained every 10 ms and
+// at Flush, Remove and Close, and each record becomes the event the int3
+// path would give. A NoticePath says which path a line took, a
+// NoticeLost when a ring was full.
+//
 // Lifetime: Close stops the guest, closes the control sockets it opened
 // (joining their connections) and its own goroutines (the write-watch
-// poller), then closes the VM, which waits for any call still in flight;
+// poller, the ring drainer, whose last drain runs then), then closes the VM, which waits for any call still in flight;
 // afterwards guest-memory and vCPU calls fail with vmm.ErrClosed.
 //
 // Layering: session → kprobes → introspect / guest → vmm.

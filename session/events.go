@@ -34,6 +34,8 @@ func (d *DefProbes) Stats() []string {
 			out = append(out, fmt.Sprintf("kprobe %s+%#x: hits=%d nmissed=%d", p.Kprobe.Symbol, p.Kprobe.Offset, p.Kprobe.Hits(), p.Kprobe.NMissed()))
 		case p.Jprobe != nil:
 			out = append(out, fmt.Sprintf("jprobe %s: hits=%d nmissed=%d", p.Jprobe.Symbol, p.Jprobe.Hits(), p.Jprobe.NMissed()))
+		case p.Fast != nil:
+			out = append(out, fmt.Sprintf("exit-less kprobe %s+%#x: hits=%d lost=%d", p.Fast.Symbol, p.Fast.Offset, p.Fast.Hits(), p.Fast.Lost()))
 		default:
 			out = append(out, fmt.Sprintf("kretprobe %s: hits=%d nmissed=%d", p.Kretprobe.Symbol, p.Kretprobe.Hits(), p.Kretprobe.NMissed()))
 		}
@@ -68,6 +70,7 @@ func (d *DefProbes) Remove() error {
 	for _, p := range d.stealth {
 		errs = append(errs, p.Remove())
 	}
+	d.Flush() // what the exit-less probes recorded before they went
 	return errors.Join(errs...)
 }
 
@@ -130,8 +133,11 @@ func (s *Session) AddDefs(a *Attached, defs []*probedef.Def, emit func(probedef.
 			out.watches = append(out.watches, w)
 			continue
 		}
-		p, err := defProbe(d)
-		if err == nil {
+		var p *Probe
+		var err error
+		if d.Fast && d.Kind == probedef.Probe {
+			p, err = s.addFast(a, env, d, emit)
+		} else if p, err = defProbe(d); err == nil {
 			env.handle(p, d, emit)
 			err = s.Arm(a, p)
 		}

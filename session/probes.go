@@ -21,6 +21,10 @@ type Probe struct {
 	Kprobe    *kprobes.Kprobe
 	Jprobe    *kprobes.Jprobe
 	Kretprobe *kprobes.Kretprobe
+	// Fast is an exit-less probe (session/fast.go); int3 is the Kprobe it
+	// becomes where the instruction cannot take the jmp.
+	Fast *kprobes.FastProbe
+	int3 *kprobes.Kprobe
 }
 
 func (p *Probe) register(m *kprobes.Manager) error {
@@ -31,6 +35,8 @@ func (p *Probe) register(m *kprobes.Manager) error {
 		return m.RegisterJprobe(p.Jprobe)
 	case p.Kretprobe != nil:
 		return m.RegisterKretprobe(p.Kretprobe)
+	case p.Fast != nil:
+		return m.RegisterFast(p.Fast)
 	}
 	return fmt.Errorf("probe %s: %w", p.Name, kprobes.ErrBadProbe)
 }
@@ -41,6 +47,8 @@ func (p *Probe) unregister(m *kprobes.Manager) error {
 		return m.Unregister(p.Kprobe)
 	case p.Jprobe != nil:
 		return m.UnregisterJprobe(p.Jprobe)
+	case p.Fast != nil:
+		return m.UnregisterFast(p.Fast)
 	}
 	return m.UnregisterKretprobe(p.Kretprobe)
 }
@@ -48,7 +56,7 @@ func (p *Probe) unregister(m *kprobes.Manager) error {
 // owns reports whether one of the registered values is p's.
 func (p *Probe) owns(owners []any) bool {
 	for _, o := range owners {
-		if o == any(p.Kprobe) || o == any(p.Jprobe) || o == any(p.Kretprobe) {
+		if o == any(p.Kprobe) || o == any(p.Jprobe) || o == any(p.Kretprobe) || o == any(p.Fast) {
 			return true
 		}
 	}
@@ -64,6 +72,8 @@ func (p *Probe) addr() uint64 {
 		return p.Kprobe.Addr
 	case p.Jprobe != nil:
 		return p.Jprobe.Addr
+	case p.Fast != nil:
+		return p.Fast.Addr
 	}
 	return p.Kretprobe.Addr
 }
@@ -87,10 +97,15 @@ const (
 	// NoticeConsoleDropped: guest console output is being lost (told
 	// once, when it first happens; Probe is "console").
 	NoticeConsoleDropped
+	// NoticePath: which path a probe asked to be exit-less took.
+	NoticePath
+	// NoticeLost: an exit-less probe's ring was full and hits were
+	// counted instead of recorded (ftrace's lost events).
+	NoticeLost
 )
 
 func (k NoticeKind) String() string {
-	return [...]string{"deferred", "armed", "failed", "retired", "re-armed", "losing output"}[k]
+	return [...]string{"deferred", "armed", "failed", "retired", "re-armed", "losing output", "path", "lost events"}[k]
 }
 
 // Notice is a change in a probe's state that its user must hear of: no
@@ -129,7 +144,18 @@ type probeSet struct {
 // be patched by the kernel at boot (a NoticeDeferred, then NoticeArmed or
 // NoticeFailed once the kernel is done). Any other error is returned.
 func (s *Session) Arm(a *Attached, p *Probe) error {
-	err := p.register(a.Manager)
+	if p.Fast != nil && s.VM.OnVCPUThread() {
+		// Patching the jmp pauses every vCPU: not from one of them.
+		s.workers.Add(1)
+		go func() {
+			defer s.workers.Done()
+			if err := s.Arm(a, p); err != nil {
+				s.notify(Notice{Kind: NoticeFailed, Probe: p.Name, Err: err})
+			}
+		}()
+		return nil
+	}
+	err := s.register(a, p)
 	if errors.Is(err, kprobes.ErrNotYetPatched) {
 		if err := s.hookBootPatched(a); err != nil {
 			return err
@@ -158,6 +184,14 @@ func (s *Session) Arm(a *Attached, p *Probe) error {
 	s.probes.armed = append(s.probes.armed, p)
 	s.probes.mu.Unlock()
 	return nil
+}
+
+// register registers p, an exit-less probe through registerFast.
+func (s *Session) register(a *Attached, p *Probe) error {
+	if p.Fast != nil {
+		return s.registerFast(a.Manager, p)
+	}
+	return p.register(a.Manager)
 }
 
 // Disarm unregisters p, or forgets it if it is still deferred.
@@ -195,15 +229,29 @@ func (s *Session) armDeferred(a *Attached) {
 	s.probes.deferred = nil
 	s.probes.mu.Unlock()
 	for _, p := range list {
-		if err := p.register(a.Manager); err != nil {
-			s.notify(Notice{Kind: NoticeFailed, Probe: p.Name, Err: err})
+		if p.Fast != nil {
+			// Patching the jmp pauses every vCPU: from a session goroutine.
+			s.workers.Add(1)
+			go func() {
+				defer s.workers.Done()
+				s.armPatched(a, p)
+			}()
 			continue
 		}
-		s.probes.mu.Lock()
-		s.probes.armed = append(s.probes.armed, p)
-		s.probes.mu.Unlock()
-		s.notify(Notice{Kind: NoticeArmed, Probe: p.Name, Why: "the kernel has patched its text"})
+		s.armPatched(a, p)
 	}
+}
+
+// armPatched arms a probe that waited for boot-time patching.
+func (s *Session) armPatched(a *Attached, p *Probe) {
+	if err := s.register(a, p); err != nil {
+		s.notify(Notice{Kind: NoticeFailed, Probe: p.Name, Err: err})
+		return
+	}
+	s.probes.mu.Lock()
+	s.probes.armed = append(s.probes.armed, p)
+	s.probes.mu.Unlock()
+	s.notify(Notice{Kind: NoticeArmed, Probe: p.Name, Why: "the kernel has patched its text"})
 }
 
 // retireInit removes the probes in .init.text: the kernel is about to

@@ -34,6 +34,9 @@ type Options struct {
 	// makes on its own (deferred, armed later, failed, retired). It runs
 	// on a vCPU thread and must not block.
 	Notify func(Notice)
+	// FastRecords is the size of each vCPU's ring for exit-less probes
+	// (a power of two; DefaultFastRecords when 0).
+	FastRecords int
 	// Image, when set, is the kernel already opened from Kernel and
 	// SystemMap (to check probes before boot without opening it twice).
 	Image *guest.Kernel
@@ -61,6 +64,7 @@ type Session struct {
 	probes      probeSet
 	watches     watchSet
 	stealth     stealthSet
+	fast        fastSet
 	watchErr    error
 	// done ends the session's own goroutines (workers) at Close.
 	done      chan struct{}

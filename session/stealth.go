@@ -190,6 +190,11 @@ func (h hwHook) HandleHWBreak(cpu vmm.CPU, ev vmm.HWBreakEvent) {
 // extra adds to the evaluation context (a watch's address and old bytes).
 func (e *eventEnv) eventAt(def *probedef.Def, cpuID int, regs vmm.Regs, regsErr error, now time.Time, where uint64, extra func(*probedef.Context)) probedef.Event {
 	comm, pid := e.current(cpuID)
+	return e.eventFor(def, cpuID, comm, pid, regs, regsErr, now, where, extra)
+}
+
+// eventFor is eventAt with the task (comm, pid) already known.
+func (e *eventEnv) eventFor(def *probedef.Def, cpuID int, comm string, pid int, regs vmm.Regs, regsErr error, now time.Time, where uint64, extra func(*probedef.Context)) probedef.Event {
 	ev := probedef.Event{Def: def, Comm: comm, PID: pid, CPU: cpuID,
 		Time: e.s.sinceLocked(now), Where: e.k.Syms.FormatAddr(where)}
 	if regsErr != nil {

@@ -61,6 +61,7 @@ var (
 	kvmGetXCRs         = ioc(iocRead, 0xa6, 392)
 	kvmSetXCRs         = ioc(iocWrite, 0xa7, 392)
 	kvmKVMClockCtrl    = ioc(iocNone, 0xad, 0)
+	kvmGetTSCKHz       = ioc(iocNone, 0xa3, 0)
 	kvmGetXSave2       = ioc(iocRead, 0xcf, 4096)
 )
 

@@ -15,6 +15,8 @@ const (
 	// MSR_IA32_TSC_DEADLINE: KVM arms the LAPIC timer from it against the
 	// current TSC, so it is written after every other MSR (as Firecracker does).
 	msrTSCDeadline = 0x6e0
+	// MSR_IA32_TSC: the guest's view of the TSC (host TSC plus KVM's offset).
+	msrIA32TSC = 0x10
 )
 
 // irqChip mirrors struct kvm_irqchip; chip IDs 0 and 1 are the PICs, 2 the IOAPIC.

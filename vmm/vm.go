@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -443,8 +444,41 @@ func (vm *VM) Do(cpu int, f func(CPU) error) error {
 	return vm.vcpus[cpu].Do(f)
 }
 
+// GuestTSC reads vCPU cpu's time-stamp counter as the guest sees it, with
+// the host time of the read and the guest's TSC rate, so guest rdtsc
+// values can be placed on the host's clock.
+func (vm *VM) GuestTSC(cpu int) (tsc uint64, at time.Time, khz uint64, err error) {
+	err = vm.Do(cpu, func(c CPU) error {
+		v, ok := c.(*VCPU)
+		if !ok {
+			return fmt.Errorf("reading the TSC: vCPU %d is not a KVM vCPU", cpu)
+		}
+		r, err := ioctl(v.fd, kvmGetTSCKHz, 0)
+		if err != nil {
+			return wrap("KVM_GET_TSC_KHZ", err)
+		}
+		khz = uint64(r)
+		tsc, err = c.MSR(msrIA32TSC)
+		at = time.Now()
+		return err
+	})
+	return tsc, at, khz, err
+}
+
 // Mem is guest RAM.
 func (vm *VM) Mem() PhysMem { return vm.mem }
+
+// OnVCPUThread reports whether the caller runs on one of the vCPUs'
+// threads (a debug or exit hook), where requests to vCPUs fail with
+// ErrOwnThread.
+func (vm *VM) OnVCPUThread() bool {
+	for _, v := range vm.vcpus {
+		if v.onThread() {
+			return true
+		}
+	}
+	return false
+}
 
 // Memory is guest RAM with its size and raw bytes.
 func (vm *VM) Memory() *Memory { return vm.mem }

@@ -303,10 +303,18 @@ func (vm *VM) relayout(set *trapSet) error {
 		vm.handler.writes.set.Store(set)
 		return nil
 	}
+	return vm.WithAllPaused(apply)
+}
+
+// WithAllPaused runs f with no vCPU in guest mode: every vCPU is paused on
+// its own thread for it (at once when none runs), so f may rewrite guest
+// code that a vCPU must never see half-written. From a vCPU thread it
+// fails (ErrOwnThread).
+func (vm *VM) WithAllPaused(f func() error) error {
 	if !vm.ran || vm.allExited() {
-		return apply()
+		return f()
 	}
-	return vm.withAllStopped(func(int, *VCPU) error { return nil }, apply)
+	return vm.withAllStopped(func(int, *VCPU) error { return nil }, f)
 }
 
 func (vm *VM) allExited() bool {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/kprobes"
+	"github.com/hvprobe/hvprobe/kprobes/fastpath"
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
 	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/vmm"
@@ -61,6 +62,8 @@ func cmdRun(args []string) error {
 	interval := fs.Duration("interval", 0, "with --hist: also print the hist tables every interval (they always print at exit)")
 	stacktrace := fs.Bool("stacktrace", false, "for --probe/--probes: each event carries the guest kernel stack of its hit (ftrace's stacktrace option)")
 	stealth := fs.Bool("stealth", false, "arm --probe/--probes p: lines in the vCPUs' debug registers (at most 4), so the guest reading its text sees no int3; refused where KVM does not deliver hardware breakpoints")
+	fast := fs.Bool("fast", false, "arm --probe/--probes p: lines exit-less where they can be: a jmp to a stub that records the registers into a per-vCPU ring in guest memory, with no VM exit per hit (a 5-byte or longer instruction that runs anywhere, fetch args from registers); the others, and each one's reason, take the int3 path")
+	fastRecords := fs.Int("fast-records", session.DefaultFastRecords, "with --fast: records per vCPU ring (a power of two); hits that find it full are counted as lost events")
 	keepGoing := fs.Bool("keep-going", false, "when a probe cannot be armed once the guest runs, report it and carry on (default: report it and stop the guest, exit status 6)")
 	fs.Parse(args)
 	if fs.NArg() > 0 {
@@ -151,6 +154,9 @@ func cmdRun(args []string) error {
 	if *stealth {
 		bad = append(bad, stealthDefs(defs, len(kps)+len(jps)+len(rps))...)
 	}
+	if *fast {
+		bad = append(bad, fastDefs(defs, *stealth, *fastRecords)...)
+	}
 	bad = append(bad, dataWatchHost(defs)...)
 	emit, err := eventPrinter(*format, events)
 	if err != nil {
@@ -202,7 +208,8 @@ func cmdRun(args []string) error {
 			s.VM.Stop()
 		}
 	}
-	opts := session.Options{Kernel: *kernel, SystemMap: *sysmap, Image: k, Host: host, Console: console, Notify: notify}
+	opts := session.Options{Kernel: *kernel, SystemMap: *sysmap, Image: k, Host: host, Console: console, Notify: notify,
+		FastRecords: *fastRecords}
 	if *restore != "" {
 		t0 := time.Now()
 		s, err = session.Restore(opts, *restore)
@@ -343,6 +350,7 @@ func cmdRun(args []string) error {
 	if a, err := s.Attached(); err == nil && hasProbes {
 		probes.stats(events)
 		if dp := defProbes.Load(); dp != nil {
+			dp.Flush() // the exit-less probes' last records
 			for _, l := range dp.Stats() {
 				events.printf("hvprobe: %s", l)
 			}
@@ -571,6 +579,24 @@ func stealthDefs(defs []*probedef.Def, flagProbes int) []string {
 			bad = append(bad, fmt.Sprintf("hvprobe: --stealth: %v", err))
 		case !caps.HWExecute:
 			bad = append(bad, "hvprobe: --stealth: this host's KVM does not deliver hardware breakpoint exits (docs/QUIRKS.md #18, #37)")
+		}
+	}
+	return bad
+}
+
+// fastDefs marks the p: lines for the exit-less path, refusing what
+// cannot be checked before boot: --stealth beside it, a bad ring size.
+func fastDefs(defs []*probedef.Def, stealth bool, records int) []string {
+	var bad []string
+	if stealth {
+		bad = append(bad, "hvprobe: --fast and --stealth: a p: line is either a jmp in guest text or a debug register, not both")
+	}
+	if records <= 0 || records > fastpath.MaxRecords || records&(records-1) != 0 {
+		bad = append(bad, fmt.Sprintf("hvprobe: --fast-records %d: want a power of two from 1 to %d", records, fastpath.MaxRecords))
+	}
+	for _, d := range defs {
+		if d.Kind == probedef.Probe {
+			d.Fast = true
 		}
 	}
 	return bad

@@ -88,6 +88,19 @@ HVWL_TARGET long hvwl_target_add(long a, long b)
 	return a + b;
 }
 
+/*
+ * Opens with the 5-byte nop that ftrace leaves at every function entry of
+ * a distro kernel (nopl 0x0(%rax,%rax,1), after the frame here; this
+ * kernel has no ftrace): the site an exit-less probe replaces with one
+ * jmp rel32.
+ */
+HVWL_TARGET long hvwl_target_fentry(long a, long b)
+{
+	asm volatile(".byte 0x0f, 0x1f, 0x44, 0x00, 0x00" ::: "memory");
+	HVWL_FRAME();
+	return a + b;
+}
+
 HVWL_TARGET long hvwl_target_args8(long a1, long a2, long a3, long a4,
 				   long a5, long a6, long a7, long a8)
 {
@@ -221,6 +234,16 @@ static void hvwl_calls(long n)
 		n, sum, n - 1, 1000 + n - 1);
 }
 
+static void hvwl_fentry(long n)
+{
+	long i, sum = 0;
+
+	for (i = 0; i < n; i++)
+		sum += hvwl_target_fentry(i, 1000 + i);
+	pr_info("fentry n=%ld sum=%ld last_a=%ld last_b=%ld\n",
+		n, sum, n - 1, 1000 + n - 1);
+}
+
 static void hvwl_args8(long n)
 {
 	long i, ret = 0;
@@ -331,6 +354,7 @@ static void hvwl_exit_scenario(void)
 struct hvwl_thread {
 	long k;
 	long n;
+	bool fentry;	/* call hvwl_target_fentry instead of hvwl_target_add */
 	long calls;
 	atomic_t *left;
 	struct completion *all_done;
@@ -341,8 +365,12 @@ static int hvwl_thread_fn(void *data)
 	struct hvwl_thread *th = data;
 	long i;
 
-	for (i = 0; i < th->n; i++)
-		hvwl_target_add(th->k, i);
+	for (i = 0; i < th->n; i++) {
+		if (th->fentry)
+			hvwl_target_fentry(th->k, i);
+		else
+			hvwl_target_add(th->k, i);
+	}
 	th->calls = i;
 	pr_info("thread name=%s pid=%d calls=%ld\n",
 		current->comm, task_pid_nr(current), th->calls);
@@ -362,7 +390,7 @@ static unsigned int hvwl_nth_online_cpu(long k)
 	return cpumask_first(cpu_online_mask);
 }
 
-static void hvwl_threads(long k, long n)
+static void hvwl_threads(long k, long n, bool fentry)
 {
 	DECLARE_COMPLETION_ONSTACK(all_done);
 	struct hvwl_thread *ths;
@@ -377,7 +405,7 @@ static void hvwl_threads(long k, long n)
 	}
 	atomic_set(&left, k);
 	for (i = 0; i < k; i++) {
-		ths[i] = (struct hvwl_thread){ .k = i, .n = n, .left = &left,
+		ths[i] = (struct hvwl_thread){ .k = i, .n = n, .fentry = fentry, .left = &left,
 					       .all_done = &all_done };
 		t = kthread_create(hvwl_thread_fn, &ths[i], "hvwl/%ld", i);
 		if (IS_ERR(t)) {
@@ -743,7 +771,11 @@ static void hvwl_run_one(char *cmd, bool may_serve)
 	else if (!strcmp(name, "exit") && n == 0)
 		hvwl_exit_scenario();
 	else if (!strcmp(name, "threads") && n == 2 && a[0] <= HVWL_THREADS_MAX)
-		hvwl_threads(a[0], a[1]);
+		hvwl_threads(a[0], a[1], false);
+	else if (!strcmp(name, "fthreads") && n == 2 && a[0] <= HVWL_THREADS_MAX)
+		hvwl_threads(a[0], a[1], true);
+	else if (!strcmp(name, "fentry") && n == 1)
+		hvwl_fentry(a[0]);
 	else if (!strcmp(name, "fileread") && n == 1)
 		hvwl_fileread(a[0]);
 	else if (!strcmp(name, "text") && n == 0)

@@ -1,10 +1,10 @@
-// Package fastpath is the groundwork for exit-less probes (issue 14): code
+// Package fastpath is the code of exit-less probes (issue 14): the stub
 // that hvprobe writes into its reserved region of guest memory so a probe
 // hit records into a per-vCPU ring buffer in guest RAM without a VM exit,
 // and the host-side decoder that drains those rings from hvprobe's own
-// mapping of guest RAM. Nothing here touches a VM: the engine
-// (kprobes.Manager, session) places the code and rings and patches the
-// probed instruction.
+// mapping of guest RAM. Nothing here touches a VM: kprobes.Manager
+// (RegisterFast, DrainFast) places the stubs and rings and patches the
+// probed instruction, and the session turns records into events.
 //
 // # Entry
 //
@@ -71,7 +71,7 @@
 // blocks the guest either: a full ring or a busy word costs one lost
 // count, never a wait.
 //
-// # Preconditions on the caller (not yet wired into the engine)
+// # Preconditions on the caller (kprobes.Manager keeps them)
 //
 //   - The 5-byte jmp is written with every vCPU paused (a vCPU may not
 //     execute a half-written instruction), and restored the same way.

@@ -92,6 +92,10 @@ type Def struct {
 	// Stealth asks for a p line to be armed in a debug register, which
 	// leaves guest memory untouched; set by the tool, like Stack.
 	Stealth bool
+	// Fast asks for a p line to be armed exit-less where its instruction
+	// and fetch args allow it (kprobes.FastProbe), else with an int3;
+	// set by the tool, like Stack.
+	Fast bool
 
 	// Line and Text locate the definition in its source for error
 	// reports (Validate); they are not part of the definition itself.
@@ -126,22 +130,22 @@ func (f *Fetch) btfTyped() bool {
 type FetchKind int
 
 const (
-	FetchReg       FetchKind = iota // %REG: Reg
-	FetchStack                      // $stackN: N
-	FetchStackPtr                   // $stack
-	FetchRetval                     // $retval
-	FetchComm                       // $comm
-	FetchArg                        // $argN: N (1-based)
-	FetchImm                        // \IMM: Imm
-	FetchImmString                  // \"STR": Str
-	FetchMem                        // @ADDR: memory at Imm
-	FetchSymMem                     // @SYM[+|-offs]: memory at Sym+Off
-	FetchDeref                      // +|-[u]OFFS(Inner): memory at Inner+Off
-	FetchParam                      // a bare parameter name (BTF style): Str
-	FetchAllArgs                    // $arg*: every parameter, expanded by ResolveParams
-	FetchWatchAddr                  // $addr (w lines): the watched address
-	FetchWatchValue                 // $value (w lines): memory at $addr, after the access
-	FetchWatchOld                   // $old (w lines, hvprobe's): the bytes at $addr before a write
+	FetchReg        FetchKind = iota // %REG: Reg
+	FetchStack                       // $stackN: N
+	FetchStackPtr                    // $stack
+	FetchRetval                      // $retval
+	FetchComm                        // $comm
+	FetchArg                         // $argN: N (1-based)
+	FetchImm                         // \IMM: Imm
+	FetchImmString                   // \"STR": Str
+	FetchMem                         // @ADDR: memory at Imm
+	FetchSymMem                      // @SYM[+|-offs]: memory at Sym+Off
+	FetchDeref                       // +|-[u]OFFS(Inner): memory at Inner+Off
+	FetchParam                       // a bare parameter name (BTF style): Str
+	FetchAllArgs                     // $arg*: every parameter, expanded by ResolveParams
+	FetchWatchAddr                   // $addr (w lines): the watched address
+	FetchWatchValue                  // $value (w lines): memory at $addr, after the access
+	FetchWatchOld                    // $old (w lines, hvprobe's): the bytes at $addr before a write
 )
 
 // Fetch is a fetch expression. Only the fields its Kind names are set.

@@ -11,8 +11,8 @@ type WatchAccess int
 
 const (
 	AccessRW    WatchAccess = iota // rw: reads and writes (ftrace's default)
-	AccessWrite               // w
-	AccessRead                // r
+	AccessWrite                    // w
+	AccessRead                     // r
 )
 
 func (a WatchAccess) String() string {

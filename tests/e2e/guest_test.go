@@ -212,14 +212,18 @@ func coldBootMiniWith(cpus int, wl, name string, before func(*session.Session)) 
 }
 
 // restoreMini restores a serving mini guest from a snapshot; name tells
-// its console log apart.
-func restoreMini(path string, cpus int, name string) (*guest, error) {
+// its console log apart, and each of opts may change the session's options.
+func restoreMini(path string, cpus int, name string, opts ...func(*session.Options)) (*guest, error) {
 	kernel, sysmap, _ := miniPaths()
 	console, err := consoleLog(fmt.Sprintf("hvprobe-e2e-console-%dcpu-%s.log", cpus, name))
 	if err != nil {
 		return nil, err
 	}
-	s, err := session.Restore(session.Options{Kernel: kernel, SystemMap: sysmap, Console: console}, path)
+	o := session.Options{Kernel: kernel, SystemMap: sysmap, Console: console}
+	for _, f := range opts {
+		f(&o)
+	}
+	s, err := session.Restore(o, path)
 	if err != nil {
 		return nil, err
 	}

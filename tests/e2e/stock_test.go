@@ -118,6 +118,10 @@ const (
 	// stealthProbe, in a debug register where the host fires them, hits
 	// once per initcall: do_one_initcall calls initcall_blacklisted first.
 	stealthProbe = "p:stealthbl initcall_blacklisted"
+	// fastProbe is exit-less: do_one_initcall's mov $0x8,%ecx (5 bytes,
+	// after the fentry site the kretprobe's int3 holds) becomes a jmp to
+	// a recording stub; %di is still the initcall.
+	fastProbe = "p:fastinit do_one_initcall+7 fn=%di:symbol"
 )
 
 // Sample sizes of the random probe set.
@@ -134,8 +138,9 @@ func stockProbes(t *testing.T, k *kguest.Kernel) []*probedef.Def {
 	}
 	t.Logf("random probe sample: HVPROBE_SEED=%d", seed)
 	sample := randomSample(t, k, rand.New(rand.NewPCG(uint64(seed), 0)), sampleBody, sampleEntry, sampleRet)
-	defs := parseDefs(t, initcallsProbe, initTextProbe, initStackProbe, sysStateWatch)
+	defs := parseDefs(t, initcallsProbe, initTextProbe, initStackProbe, sysStateWatch, fastProbe)
 	defs[2].Stack = true
+	defs[4].Fast = true
 	caps, err := vmm.DetectWatchCaps("/dev/kvm")
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +154,11 @@ func stockProbes(t *testing.T, k *kguest.Kernel) []*probedef.Def {
 	}
 	// A debug register and an int3 on one instruction would meet in the
 	// step over it.
-	sample = slices.DeleteFunc(sample, func(d *probedef.Def) bool { return d.Symbol == "initcall_blacklisted" && d.Offset == 0 })
+	// An int3 where the exit-less probe's jmp goes would send it to the
+	// int3 path.
+	sample = slices.DeleteFunc(sample, func(d *probedef.Def) bool {
+		return d.Symbol == "initcall_blacklisted" && d.Offset == 0 || d.Symbol == "do_one_initcall" && d.Offset == 7
+	})
 	return append(defs, sample...)
 }
 
@@ -179,6 +188,31 @@ func checkStealthAndWatch(t *testing.T, events []probedef.Event, stealth bool) {
 		t.Errorf("stealth probe on initcall_blacklisted: %d hits for %d initcalls", stealthHits, initcalls)
 	}
 	t.Logf("system_state stores %v; stealth probe %d hits for %d initcalls", states, stealthHits, initcalls)
+}
+
+// checkFastInitcalls: the exit-less probe took its path and saw every
+// initcall the kretprobe saw, the same functions in the same order.
+func checkFastInitcalls(t *testing.T, events []probedef.Event, dp *session.DefProbes) {
+	t.Helper()
+	if len(dp.FastProbes()) != 1 {
+		t.Errorf("%d exit-less probes in the stock boot, want 1 (%s)", len(dp.FastProbes()), fastProbe)
+		return
+	}
+	var rets, fast []uint64
+	for _, ev := range events {
+		switch ev.Def.Event {
+		case "initcalls":
+			rets = append(rets, ev.Values[0].U64)
+		case "fastinit":
+			fast = append(fast, ev.Values[0].U64)
+		}
+	}
+	p := dp.FastProbes()[0]
+	if !slices.Equal(fast, rets) || p.Lost() != 0 {
+		n := min(len(fast), len(rets), 3)
+		t.Errorf("exit-less probe: %d initcalls (%#x...), %d lost; the kretprobe saw %d (%#x...)", len(fast), fast[:n], p.Lost(), len(rets), rets[:n])
+	}
+	t.Logf("exit-less probe %s: %d initcalls, the kretprobe's %d, in the same order; %d lost", fastProbe, len(fast), len(rets), p.Lost())
 }
 
 // randomBoundary picks an instruction boundary of f by decoding it from
@@ -263,7 +297,7 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 	s.AtAttach(func(a *session.Attached) error {
 		dp, addErr = s.AddDefs(a, defs, func(ev probedef.Event) {
 			switch ev.Def.Event {
-			case "initcalls", "inittext", "initstack", "sysstate", "stealthbl":
+			case "initcalls", "inittext", "initstack", "sysstate", "stealthbl", "fastinit":
 				mu.Lock()
 				events = append(events, ev)
 				mu.Unlock()
@@ -310,12 +344,14 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 	if err != nil {
 		t.Fatal(err)
 	}
+	dp.Flush() // the exit-less probe's last records, before mu: its events take it
 	mu.Lock()
 	defer mu.Unlock()
 	checkStockConsole(t, s.Lines(), l)
 	checkInitcallPairs(t, s.Lines(), l, events)
 	checkInitcallStacks(t, events)
 	checkStealthAndWatch(t, events, slices.ContainsFunc(defs, func(d *probedef.Def) bool { return d.Stealth }))
+	checkFastInitcalls(t, events, dp)
 	deferred, armed, retired := 0, 0, 0
 	for _, n := range notices {
 		switch n.Kind {

@@ -1,0 +1,456 @@
+package kprobes
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hvprobe/hvprobe/kprobes/fastpath"
+)
+
+// ErrNotFast: a probe cannot take the exit-less path (kprobes/fastpath);
+// the reason says why, and the int3 path is the caller's fallback.
+var ErrNotFast = errors.New("not exit-less")
+
+// FastProbe is an exit-less probe (issue 14): the probed instruction is
+// replaced by a jmp rel32 to a stub in the slot area that records the
+// registers into the hitting vCPU's ring in guest memory, with no VM exit,
+// then runs the instruction and jumps back. Records reach the host when it
+// drains the rings (Manager.DrainFast). Give Symbol (plus Offset) or Addr.
+// There are no handlers: what a hit yields is a fastpath.Record, decoded
+// from data the guest can write.
+type FastProbe struct {
+	Symbol string
+	Offset uint64
+	Addr   uint64 // resolved address; set by RegisterFast
+
+	id   uint32
+	site *fastSite
+	hits atomic.Uint64 // records drained
+	lost atomic.Uint64 // the guest's lost counter, as last read
+}
+
+// Hits is how many records of the probe were drained.
+func (p *FastProbe) Hits() uint64 { return p.hits.Load() }
+
+// Lost is how many hits found their ring full (or busy) and were counted
+// instead of recorded, as of the last drain: ftrace's lost events.
+func (p *FastProbe) Lost() uint64 { return p.lost.Load() }
+
+// Insn is the displaced instruction (set once registered).
+func (p *FastProbe) Insn() string {
+	if p.site == nil {
+		return ""
+	}
+	return p.site.in.String()
+}
+
+// fastSite is one patched instruction.
+type fastSite struct {
+	p      *FastProbe
+	addr   uint64
+	gpas   []physRange // where the instruction's bytes are, page by page
+	in     *insn
+	entry  []byte // the jmp and its int3 padding, as written
+	stubVA uint64
+	// pending: being patched or unpatched (under Manager.mu; the bytes
+	// may be either).
+	pending bool
+}
+
+type physRange struct {
+	gpa uint64
+	n   int
+}
+
+// FastConfig turns exit-less probes on (Manager.EnableFast).
+type FastConfig struct {
+	// Records per vCPU ring: a power of two. A hit that finds its ring
+	// full is counted as lost.
+	Records int
+	// Probes bounds how many exit-less probes the Manager ever registers:
+	// ids are never reused, because a task preempted in a stub may still
+	// finish its record after the probe is gone.
+	Probes int
+	// CPUNumberOff and CurrentOff are the %gs offsets of the kernel's
+	// per-CPU cpu_number and current_task.
+	CPUNumberOff, CurrentOff uint64
+	// DirectMap is the kernel address the guest writes gpa at (its direct
+	// map): the stubs store their records there.
+	DirectMap func(gpa uint64) (uint64, error)
+}
+
+// Pauser is a VM that can run f with every vCPU out of guest mode, so no
+// vCPU executes a half-written instruction.
+type Pauser interface {
+	WithAllPaused(f func() error) error
+}
+
+// fastState is the exit-less part of a Manager.
+type fastState struct {
+	cfg    FastConfig
+	layout fastpath.Layout
+	// drainMu serializes drains: the drainer holds the host's tails.
+	drainMu sync.Mutex
+	drainer *fastpath.Drainer
+	// Under Manager.mu:
+	sites  map[uint64]*fastSite // by VA
+	byID   []*FastProbe         // by id; entries stay after unregistering
+	nextID uint32
+	// Guest data the drains found wrong (a hostile or buggy guest).
+	overrun, invalid atomic.Uint64
+}
+
+// EnableFast places the rings of cfg at the start of the free slot area
+// and makes RegisterFast available. The rings, like every stub, are never
+// reused while the guest lives.
+func (m *Manager) EnableFast(cfg FastConfig) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fast != nil {
+		return fmt.Errorf("enabling exit-less probes: already enabled")
+	}
+	if _, ok := m.vm.(Pauser); !ok {
+		return fmt.Errorf("enabling exit-less probes: %w: the VM cannot pause its vCPUs", ErrNotFast)
+	}
+	l := fastpath.Layout{CPUs: m.vm.NumCPUs(), Records: cfg.Records, Probes: cfg.Probes}
+	if err := l.Check(); err != nil {
+		return fmt.Errorf("enabling exit-less probes: %w", err)
+	}
+	first, ok := m.slots.allocRun((l.Size() + slotSize - 1) / slotSize)
+	if !ok {
+		return fmt.Errorf("enabling exit-less probes: %w: %d bytes of rings do not fit the slot area", ErrNoSlots, l.Size())
+	}
+	l.GPA = m.slots.gpa(first)
+	va, err := cfg.DirectMap(l.GPA)
+	if err == nil {
+		var gpa uint64
+		if gpa, err = m.k.Translate(va); err == nil && gpa != l.GPA {
+			err = fmt.Errorf("%#x maps gpa %#x, not %#x", va, gpa, l.GPA)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("enabling exit-less probes: the rings' kernel address: %w", err)
+	}
+	l.VA = va
+	d, err := fastpath.NewDrainer(m.mem, l)
+	if err != nil {
+		return fmt.Errorf("enabling exit-less probes: %w", err)
+	}
+	m.fast = &fastState{cfg: cfg, layout: l, drainer: d, sites: map[uint64]*fastSite{}}
+	return nil
+}
+
+// FastLayout is where the rings are, once EnableFast has run.
+func (m *Manager) FastLayout() (fastpath.Layout, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.fast == nil {
+		return fastpath.Layout{}, false
+	}
+	return m.fast.layout, true
+}
+
+func notFast(name, format string, a ...any) error {
+	return probeErr(name, ErrNotFast, format, a...)
+}
+
+// RegisterFast checks p's instruction and patches it with the jmp to a new
+// stub, every vCPU paused. It refuses (ErrNotFast, or the int3 path's own
+// errors such as ErrNotBoundary or ErrNotYetPatched) what the exit-less
+// path cannot take: an instruction shorter than the jmp, one that cannot
+// run elsewhere unchanged (fastpath.CheckDisplaced), one with an
+// exception-table entry, an address that already has an int3 probe. On
+// error nothing has changed.
+func (m *Manager) RegisterFast(p *FastProbe) error {
+	addr, name, err := m.resolve(p.Symbol, p.Offset, p.Addr)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f := m.fast
+	switch {
+	case m.closed:
+		return fmt.Errorf("registering %s: %w", name, ErrClosed)
+	case f == nil:
+		return notFast(name, "exit-less probes are not enabled")
+	case p.site != nil:
+		return probeErr(name, ErrAlreadyRegistered, "this exit-less probe is already registered")
+	case m.byVA[addr] != nil:
+		return notFast(name, "an int3 probe is armed at %#x", addr)
+	case f.sites[addr] != nil:
+		return notFast(name, "another exit-less probe patches %#x", addr)
+	case f.nextID >= uint32(f.layout.Probes):
+		return notFast(name, "all %d exit-less probe ids are used", f.layout.Probes)
+	}
+	in, _, _, err := check(m.k, m.readText, addr, name)
+	if err != nil {
+		return err
+	}
+	if m.k.HasFixup(addr) {
+		return notFast(name, "%s has an exception-table entry: a fault must be at its own address", in)
+	}
+	if _, err := fastpath.CheckDisplaced(in.raw); err != nil {
+		return notFast(name, "%v", err)
+	}
+	gpas, err := m.physRanges(addr, len(in.raw))
+	if err != nil {
+		return fmt.Errorf("registering %s: %w", name, err)
+	}
+	// f.nextID is taken below, under mu throughout.
+	params := fastpath.StubParams{Layout: f.layout, Probe: f.nextID, CPUNumberOff: f.cfg.CPUNumberOff,
+		CurrentOff: f.cfg.CurrentOff, StubAddr: m.slots.va(m.slots.next), ProbeAddr: addr, Displaced: in.raw}
+	// The stub's length does not depend on where it runs: generate once
+	// to size the run of slots, then at its real address.
+	code, err := fastpath.Stub(params)
+	if err != nil {
+		return notFast(name, "%v", err)
+	}
+	first, ok := m.slots.allocRun((uint64(len(code)) + slotSize - 1) / slotSize)
+	if !ok {
+		return probeErr(name, ErrNoSlots, "slot area (%d slots) exhausted", m.slots.n)
+	}
+	// From here on the slots stay used whatever happens: nothing jumps to
+	// them unless the entry is written, but a run is not given back.
+	params.StubAddr = m.slots.va(first)
+	if code, err = fastpath.Stub(params); err != nil {
+		return notFast(name, "%v", err)
+	}
+	entry, err := fastpath.Entry(addr, params.StubAddr, len(in.raw))
+	if err != nil {
+		return notFast(name, "%v", err)
+	}
+	if err := m.mem.WritePhys(m.slots.gpa(first), code); err != nil {
+		return fmt.Errorf("registering %s: writing the stub: %w", name, err)
+	}
+	s := &fastSite{p: p, addr: addr, gpas: gpas, in: in, entry: entry, stubVA: params.StubAddr, pending: true}
+	// The site is listed (so nothing else claims the address) but
+	// patched without mu: a vCPU taking an int3 hit needs mu to get
+	// there and park.
+	f.sites[addr] = s
+	p.Addr, p.site, p.id = addr, s, f.nextID
+	p.hits.Store(0)
+	p.lost.Store(0)
+	f.byID = append(f.byID, p) // the id is taken even if patching fails
+	f.nextID++
+	m.mu.Unlock()
+	err = m.vm.(Pauser).WithAllPaused(func() error { return m.patch(s, in.raw, entry) })
+	m.mu.Lock()
+	s.pending = false
+	if err != nil {
+		delete(f.sites, addr)
+		p.site = nil
+		f.byID[p.id] = nil
+		return fmt.Errorf("registering %s: %w", name, err)
+	}
+	return nil
+}
+
+// physRanges is where [va, va+n) is in guest RAM, page by page.
+func (m *Manager) physRanges(va uint64, n int) ([]physRange, error) {
+	var out []physRange
+	for n > 0 {
+		gpa, err := m.k.Translate(va)
+		if err != nil {
+			return nil, fmt.Errorf("translating %#x: %w", va, err)
+		}
+		k := min(n, int(pageSize-va%pageSize))
+		out = append(out, physRange{gpa, k})
+		va, n = va+uint64(k), n-k
+	}
+	return out, nil
+}
+
+func (s *fastSite) read(m *Manager) ([]byte, error) {
+	var b []byte
+	for _, r := range s.gpas {
+		part := make([]byte, r.n)
+		if err := m.mem.ReadPhys(r.gpa, part); err != nil {
+			return nil, fmt.Errorf("reading gpa %#x: %w", r.gpa, err)
+		}
+		b = append(b, part...)
+	}
+	return b, nil
+}
+
+// patch replaces want with to at s, if the guest still holds want there.
+// Callers pause every vCPU.
+func (m *Manager) patch(s *fastSite, want, to []byte) error {
+	cur, err := s.read(m)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(cur, want) {
+		return &FastTextError{Addr: s.addr, Want: want, Found: cur}
+	}
+	for _, r := range s.gpas {
+		if err := m.mem.WritePhys(r.gpa, to[:r.n]); err != nil {
+			return fmt.Errorf("writing gpa %#x: %w", r.gpa, err)
+		}
+		to = to[r.n:]
+	}
+	return nil
+}
+
+// FastTextError: the bytes at an exit-less probe are not what hvprobe
+// expected (the guest rewrote them); they are left as found.
+type FastTextError struct {
+	Addr        uint64
+	Want, Found []byte
+}
+
+func (e *FastTextError) Error() string {
+	return fmt.Sprintf("exit-less probe at %#x: the guest's bytes are % x, not % x; left as the guest wrote them", e.Addr, e.Found, e.Want)
+}
+
+// Is matches ErrTextModified.
+func (e *FastTextError) Is(target error) bool { return target == ErrTextModified }
+
+// UnregisterFast puts the original instruction back, every vCPU paused.
+// Its stub stays (a task may be inside it); records it still writes are
+// drained and counted for p. A *FastTextError means p is unregistered but
+// the guest had rewritten the jmp, which was left as it was.
+func (m *Manager) UnregisterFast(p *FastProbe) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.unregisterFastLocked(p)
+}
+
+func (m *Manager) unregisterFastLocked(p *FastProbe) error {
+	if m.fast == nil || p.site == nil || m.fast.sites[p.site.addr] != p.site || p.site.pending {
+		return fmt.Errorf("unregistering exit-less probe at %#x: %w", p.Addr, ErrNotRegistered)
+	}
+	s := p.site
+	s.pending = true
+	m.mu.Unlock() // as in RegisterFast
+	err := m.vm.(Pauser).WithAllPaused(func() error { return m.patch(s, s.entry, s.in.raw) })
+	m.mu.Lock()
+	delete(m.fast.sites, s.addr)
+	p.site = nil
+	if err != nil {
+		return fmt.Errorf("unregistering exit-less probe %s: %w", inputName(p.Symbol, p.Offset, p.Addr), err)
+	}
+	return nil
+}
+
+// FastDrain is what one DrainFast found.
+type FastDrain struct {
+	Records int
+	// Overrun and Invalid are records the guest's ring data made
+	// unreadable or implausible (see fastpath.Drain): zero unless guest
+	// code wrote the rings.
+	Overrun uint64
+	Invalid int
+}
+
+// DrainFast reads every vCPU's ring, in ring order per vCPU, and gives
+// each record to f with its probe; the probes' Lost counts are updated.
+// It runs beside the guest (no exit, no pause). f must not call into the
+// Manager.
+func (m *Manager) DrainFast(f func(*FastProbe, fastpath.Record)) (FastDrain, error) {
+	m.mu.RLock()
+	st := m.fast
+	var byID []*FastProbe
+	if st != nil {
+		byID = slices.Clone(st.byID)
+	}
+	m.mu.RUnlock()
+	var out FastDrain
+	if st == nil {
+		return out, nil
+	}
+	st.drainMu.Lock()
+	defer st.drainMu.Unlock()
+	var errs []error
+	var recs []fastpath.Record
+	for cpu := range st.layout.CPUs {
+		res, err := st.drainer.Drain(cpu, recs[:0])
+		errs = append(errs, err)
+		out.Overrun += res.Overrun
+		out.Invalid += res.Invalid
+		for _, r := range res.Records {
+			if int(r.Probe) >= len(byID) || byID[r.Probe] == nil {
+				out.Invalid++ // an id no stub was ever given
+				continue
+			}
+			p := byID[r.Probe]
+			p.hits.Add(1)
+			out.Records++
+			f(p, r)
+		}
+		recs = res.Records
+	}
+	lost, err := st.drainer.Lost()
+	errs = append(errs, err)
+	for id, p := range byID {
+		if err == nil && p != nil {
+			p.lost.Store(lost[id])
+		}
+	}
+	st.overrun.Add(out.Overrun)
+	st.invalid.Add(uint64(out.Invalid))
+	return out, errors.Join(errs...)
+}
+
+// fastOriginal puts the original bytes of the exit-less sites into b, read
+// at va (readText's view of the text). Callers hold mu.
+func (m *Manager) fastOriginal(va uint64, b []byte) {
+	if m.fast == nil {
+		return
+	}
+	for _, s := range m.fast.sites {
+		for i, c := range s.in.raw {
+			if a := s.addr + uint64(i); a >= va && a-va < uint64(len(b)) {
+				b[a-va] = c
+			}
+		}
+	}
+}
+
+// fastInside is the exit-less site whose patched bytes hold va, if any.
+// Callers hold mu.
+func (m *Manager) fastInside(va uint64) *fastSite {
+	if m.fast == nil {
+		return nil
+	}
+	for _, s := range m.fast.sites {
+		if va >= s.addr && va-s.addr < uint64(len(s.entry)) {
+			return s
+		}
+	}
+	return nil
+}
+
+// recheckFast retires the exit-less sites on written pages whose jmp the
+// guest replaced. Callers hold mu.
+func (m *Manager) recheckFast(written map[uint64]bool) []TextChange {
+	if m.fast == nil {
+		return nil
+	}
+	var out []TextChange
+	for _, s := range m.fast.sites {
+		on := false
+		for _, r := range s.gpas {
+			on = on || written[r.gpa&^(pageSize-1)]
+		}
+		if !on || s.pending {
+			continue
+		}
+		cur, err := s.read(m)
+		if err != nil || bytes.Equal(cur, s.entry) {
+			continue
+		}
+		delete(m.fast.sites, s.addr)
+		s.p.site = nil
+		name := inputName(s.p.Symbol, s.p.Offset, s.p.Addr)
+		out = append(out, TextChange{Addr: s.addr, Probes: []string{name}, Owners: []any{s.p}, Old: s.in.String(),
+			New: fmt.Sprintf("% x", cur), Err: &FastTextError{Addr: s.addr, Want: s.entry, Found: cur}})
+	}
+	slices.SortFunc(out, func(a, b TextChange) int { return cmp.Compare(a.Addr, b.Addr) })
+	return out
+}

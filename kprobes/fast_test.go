@@ -1,0 +1,170 @@
+package kprobes
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"testing"
+
+	"github.com/hvprobe/hvprobe/kprobes/fastpath"
+)
+
+// WithAllPaused makes the fake VM a Pauser: its one vCPU runs only when
+// the test steps it, so f runs as if every vCPU were paused.
+func (v *fakeVM) WithAllPaused(f func() error) error {
+	v.pauses++
+	return f()
+}
+
+func enableFast(t *testing.T, e *env) fastpath.Layout {
+	t.Helper()
+	err := e.m.EnableFast(FastConfig{Records: 2, Probes: 4, CPUNumberOff: 0x10, CurrentOff: 0x20,
+		DirectMap: func(gpa uint64) (uint64, error) { return slotAVA + gpa - slotAGPA, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, ok := e.m.FastLayout()
+	if !ok {
+		t.Fatal("FastLayout: not enabled")
+	}
+	return l
+}
+
+func (e *env) textAt(va uint64, n int) []byte {
+	return bytes.Clone(e.mem.b[textGPA+va-textVA:][:n])
+}
+
+func TestFastRegister(t *testing.T) {
+	e := newEnv(t)
+	l := enableFast(t, e)
+	add := []byte{0x48, 0x05, 0x78, 0x56, 0x34, 0x12} // add $0x12345678,%rax
+	fn := e.fn("fastfn", append(append([]byte{0x55}, add...), 0x5d, 0xc3)...)
+	before := e.textAt(fn, 9)
+
+	p := &FastProbe{Symbol: "fastfn", Offset: 1}
+	if err := e.m.RegisterFast(p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Addr != fn+1 || p.Insn() == "" {
+		t.Fatalf("registered at %#x (%q), want %#x", p.Addr, p.Insn(), fn+1)
+	}
+	got := e.textAt(fn+1, 6)
+	if got[0] != 0xe9 || got[5] != opInt3 {
+		t.Fatalf("patched bytes % x: want jmp rel32 and one int3", got)
+	}
+	stub := fn + 1 + 5 + uint64(int32(binary.LittleEndian.Uint32(got[1:])))
+	if stub < slotAVA || stub >= slotAVA+slotASize {
+		t.Fatalf("jmp goes to %#x, outside the slot area", stub)
+	}
+	if e.vm.pauses != 1 {
+		t.Fatalf("%d pauses to patch, want 1", e.vm.pauses)
+	}
+	// The engine's own view of the text is the guest's.
+	if b, err := e.m.readText(fn, 9); err != nil || !bytes.Equal(b, before) {
+		t.Fatalf("readText = % x, %v; want % x", b, err, before)
+	}
+	if err := e.m.Quiescent(); !errors.Is(err, ErrBusy) {
+		t.Fatalf("Quiescent with an exit-less probe = %v, want ErrBusy", err)
+	}
+
+	// Conflicts are refused and change nothing.
+	for _, c := range []struct {
+		name string
+		reg  func() error
+		want error
+	}{
+		{"int3 at the same address", func() error { return e.m.Register(&Kprobe{Addr: fn + 1}) }, ErrBadProbe},
+		{"int3 inside the jmp", func() error { return e.m.Register(&Kprobe{Addr: fn + 3}) }, ErrBadProbe},
+		{"second exit-less probe", func() error { return e.m.RegisterFast(&FastProbe{Addr: fn + 1}) }, ErrNotFast},
+		{"same probe again", func() error { return e.m.RegisterFast(p) }, ErrAlreadyRegistered},
+		{"one-byte instruction", func() error { return e.m.RegisterFast(&FastProbe{Addr: fn}) }, ErrNotFast},
+		{"mid-instruction", func() error { return e.m.RegisterFast(&FastProbe{Addr: fn + 2}) }, ErrNotBoundary},
+	} {
+		if err := c.reg(); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, err, c.want)
+		}
+	}
+	if !bytes.Equal(e.textAt(fn+1, 6), got) {
+		t.Fatal("a refused registration changed the text")
+	}
+
+	// A record as the stub writes it reaches the probe.
+	rec := make([]byte, fastpath.RecordSize)
+	binary.LittleEndian.PutUint32(rec[fastpath.RecProbeOff:], 0)
+	binary.LittleEndian.PutUint64(rec[fastpath.RecFrameOff+8*14:], 0xabcd) // rax
+	ring := l.RingGPA(0)
+	copy(e.mem.b[ring+fastpath.HeaderSize:], rec)
+	binary.LittleEndian.PutUint64(e.mem.b[ring+fastpath.HeadOff:], 1)
+	binary.LittleEndian.PutUint64(e.mem.b[l.LostGPA(0):], 7)
+	var seen []uint64
+	d, err := e.m.DrainFast(func(q *FastProbe, r fastpath.Record) {
+		if q != p {
+			t.Errorf("record for %v, want %v", q, p)
+		}
+		seen = append(seen, r.Regs.RAX)
+	})
+	if err != nil || d.Records != 1 || len(seen) != 1 || seen[0] != 0xabcd || p.Hits() != 1 || p.Lost() != 7 {
+		t.Fatalf("drain %+v, %v: rax %x, hits %d lost %d", d, err, seen, p.Hits(), p.Lost())
+	}
+
+	if err := e.m.UnregisterFast(p); err != nil {
+		t.Fatal(err)
+	}
+	if after := e.textAt(fn, 9); !bytes.Equal(after, before) {
+		t.Fatalf("after removal % x, want % x", after, before)
+	}
+	if err := e.m.UnregisterFast(p); !errors.Is(err, ErrNotRegistered) {
+		t.Fatalf("second UnregisterFast = %v", err)
+	}
+	if err := e.m.Quiescent(); err != nil {
+		t.Fatal(err)
+	}
+	// The address takes an int3 probe again.
+	k := &Kprobe{Addr: fn + 1}
+	if err := e.m.Register(k); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Unregister(k); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A guest that rewrites the jmp retires the probe, and its bytes stay.
+func TestFastGuestRewrite(t *testing.T) {
+	e := newEnv(t)
+	enableFast(t, e)
+	fn := e.fn("fastfn2", 0x48, 0x05, 0x01, 0x00, 0x00, 0x00, 0xc3)
+	p := &FastProbe{Addr: fn}
+	if err := e.m.RegisterFast(p); err != nil {
+		t.Fatal(err)
+	}
+	guest := []byte{0x0f, 0x1f, 0x44, 0x00, 0x00, 0x90}
+	copy(e.mem.b[textGPA+fn-textVA:], guest)
+	ch := e.m.Recheck([]uint64{textGPA + fn - textVA})
+	if len(ch) != 1 || ch[0].Rearmed || !errors.Is(ch[0].Err, ErrTextModified) || ch[0].Owners[0] != p {
+		t.Fatalf("Recheck = %+v", ch)
+	}
+	if err := e.m.UnregisterFast(p); !errors.Is(err, ErrNotRegistered) {
+		t.Fatalf("UnregisterFast after retirement = %v", err)
+	}
+	if !bytes.Equal(e.textAt(fn, 6), guest) {
+		t.Fatal("the guest's bytes were not left alone")
+	}
+}
+
+// Without EnableFast, and for an instruction that cannot move, the
+// probe is refused with ErrNotFast: the caller falls back to int3.
+func TestFastRefused(t *testing.T) {
+	e := newEnv(t)
+	fn := e.fn("fastfn3", 0x48, 0x8b, 0x05, 0x00, 0x10, 0x00, 0x00, 0xc3) // mov 0x1000(%rip),%rax
+	if err := e.m.RegisterFast(&FastProbe{Addr: fn}); !errors.Is(err, ErrNotFast) {
+		t.Fatalf("before EnableFast: %v", err)
+	}
+	enableFast(t, e)
+	if err := e.m.RegisterFast(&FastProbe{Addr: fn}); !errors.Is(err, ErrNotFast) {
+		t.Fatalf("rip-relative: %v", err)
+	}
+	if e.vm.pauses != 0 {
+		t.Fatal("a refused probe paused the guest")
+	}
+}
