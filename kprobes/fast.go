@@ -248,6 +248,9 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 		f.byID[p.id] = nil
 		return fmt.Errorf("registering %s: %w", name, err)
 	}
+	if m.closed { // UnregisterAll ran meanwhile and could not see it
+		return errors.Join(fmt.Errorf("registering %s: %w", name, ErrClosed), m.unregisterFastLocked(p))
+	}
 	return nil
 }
 

@@ -158,3 +158,41 @@ func TestPrinterNeverBlocks(t *testing.T) {
 		t.Fatalf("no drop report at close; output ends %q", w.out.String()[max(0, w.out.Len()-200):])
 	}
 }
+
+// TestFastDefs: --fast marks the p: lines only, and refuses before boot
+// what no guest could change: --stealth beside it, a bad ring size.
+func TestFastDefs(t *testing.T) {
+	parse := func() []*probedef.Def {
+		var defs []*probedef.Def
+		for _, l := range []string{"p:a vfs_read", "r:b vfs_read", "w:c w@jiffies:8"} {
+			d, err := probedef.Parse(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defs = append(defs, d)
+		}
+		return defs
+	}
+	defs := parse()
+	if bad := fastDefs(defs, false, 512); len(bad) != 0 {
+		t.Fatalf("refused: %v", bad)
+	}
+	if !defs[0].Fast || defs[1].Fast || defs[2].Fast {
+		t.Fatalf("Fast on p/r/w: %v %v %v, want only the p line", defs[0].Fast, defs[1].Fast, defs[2].Fast)
+	}
+	for _, c := range []struct {
+		stealth bool
+		records int
+		want    string
+	}{
+		{true, 512, "--stealth"},
+		{false, 0, "--fast-records 0"},
+		{false, 300, "--fast-records 300"},
+		{false, 1 << 17, "power of two"},
+	} {
+		bad := fastDefs(parse(), c.stealth, c.records)
+		if len(bad) != 1 || !strings.Contains(bad[0], c.want) {
+			t.Errorf("stealth=%v records=%d: %q, want one refusal naming %q", c.stealth, c.records, bad, c.want)
+		}
+	}
+}
