@@ -56,14 +56,18 @@ func ReadTask(vm *VirtMem, addr uint64, l TaskLayout) (Task, error) {
 	if err := vm.Read(addr+l.Comm, comm[:]); err != nil {
 		return t, fmt.Errorf("reading task %#x: comm: %w", addr, err)
 	}
-	// The kernel keeps comm NUL-terminated, but a torn read need not be.
-	if i := bytes.IndexByte(comm[:], 0); i >= 0 {
-		t.Comm = string(comm[:i])
-	} else {
-		t.Comm = string(comm[:])
-	}
+	t.Comm = CommString(comm[:])
 	t.PID, t.TGID, t.State = int32(pid), int32(tgid), state
 	return t, nil
+}
+
+// CommString is a comm read from a task_struct: the kernel keeps it
+// NUL-terminated, but a torn read need not be.
+func CommString(comm []byte) string {
+	if i := bytes.IndexByte(comm, 0); i >= 0 {
+		comm = comm[:i]
+	}
+	return string(comm)
 }
 
 // CurrentTask returns the task running on the CPU whose per-cpu base is

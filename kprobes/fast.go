@@ -27,6 +27,9 @@ type FastProbe struct {
 	Symbol string
 	Offset uint64
 	Addr   uint64 // resolved address; set by RegisterFast
+	// Captures are the guest memory each hit records (fetch args that
+	// read memory); they need FastConfig.Data.
+	Captures []fastpath.Capture
 
 	id   uint32
 	site *fastSite
@@ -80,8 +83,16 @@ type FastConfig struct {
 	// per-CPU cpu_number and current_task.
 	CPUNumberOff, CurrentOff uint64
 	// DirectMap is the kernel address the guest writes gpa at (its direct
-	// map): the stubs store their records there.
+	// map): the stubs store their records there, and read captured
+	// memory there.
 	DirectMap func(gpa uint64) (uint64, error)
+	// Data is each record's room for memory captures (a multiple of 8;
+	// 0: probes with Captures are refused). Captures read nothing at or
+	// above PhysLimit, the end of guest RAM, and walk five levels of page
+	// tables if LA57.
+	Data      int
+	PhysLimit uint64
+	LA57      bool
 }
 
 // Pauser is a VM that can run f with every vCPU out of guest mode, so no
@@ -92,8 +103,9 @@ type Pauser interface {
 
 // fastState is the exit-less part of a Manager.
 type fastState struct {
-	cfg    FastConfig
-	layout fastpath.Layout
+	cfg       FastConfig
+	layout    fastpath.Layout
+	directMap uint64 // the VA of gpa 0
 	// drainMu serializes drains: the drainer holds the host's tails.
 	drainMu sync.Mutex
 	drainer *fastpath.Drainer
@@ -117,7 +129,7 @@ func (m *Manager) EnableFast(cfg FastConfig) error {
 	if _, ok := m.vm.(Pauser); !ok {
 		return fmt.Errorf("enabling exit-less probes: %w: the VM cannot pause its vCPUs", ErrNotFast)
 	}
-	l := fastpath.Layout{CPUs: m.vm.NumCPUs(), Records: cfg.Records, Probes: cfg.Probes}
+	l := fastpath.Layout{CPUs: m.vm.NumCPUs(), Records: cfg.Records, Probes: cfg.Probes, Data: cfg.Data}
 	if err := l.Check(); err != nil {
 		return fmt.Errorf("enabling exit-less probes: %w", err)
 	}
@@ -137,11 +149,15 @@ func (m *Manager) EnableFast(cfg FastConfig) error {
 		return fmt.Errorf("enabling exit-less probes: the rings' kernel address: %w", err)
 	}
 	l.VA = va
+	base, err := cfg.DirectMap(0)
+	if err != nil {
+		return fmt.Errorf("enabling exit-less probes: the direct map: %w", err)
+	}
 	d, err := fastpath.NewDrainer(m.mem, l)
 	if err != nil {
 		return fmt.Errorf("enabling exit-less probes: %w", err)
 	}
-	m.fast = &fastState{cfg: cfg, layout: l, drainer: d, sites: map[uint64]*fastSite{}}
+	m.fast = &fastState{cfg: cfg, layout: l, directMap: base, drainer: d, sites: map[uint64]*fastSite{}}
 	return nil
 }
 
@@ -204,7 +220,8 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 	}
 	// f.nextID is taken below, under mu throughout.
 	params := fastpath.StubParams{Layout: f.layout, Probe: f.nextID, CPUNumberOff: f.cfg.CPUNumberOff,
-		CurrentOff: f.cfg.CurrentOff, StubAddr: m.slots.va(m.slots.next), ProbeAddr: addr, Displaced: in.raw}
+		CurrentOff: f.cfg.CurrentOff, StubAddr: m.slots.va(m.slots.next), ProbeAddr: addr, Displaced: in.raw,
+		Captures: p.Captures, DirectMap: f.directMap, PhysLimit: f.cfg.PhysLimit, LA57: f.cfg.LA57}
 	// The stub's length does not depend on where it runs: generate once
 	// to size the run of slots, then at its real address.
 	code, err := fastpath.Stub(params)

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"strings"
 	"testing"
+
+	"golang.org/x/arch/x86/x86asm"
 
 	"github.com/hvprobe/hvprobe/kprobes/fastpath"
 )
@@ -89,7 +92,7 @@ func TestFastRegister(t *testing.T) {
 	}
 
 	// A record as the stub writes it reaches the probe.
-	rec := make([]byte, fastpath.RecordSize)
+	rec := make([]byte, l.RecordSize())
 	binary.LittleEndian.PutUint32(rec[fastpath.RecProbeOff:], 0)
 	binary.LittleEndian.PutUint64(rec[fastpath.RecFrameOff+8*14:], 0xabcd) // rax
 	ring := l.RingGPA(0)
@@ -166,5 +169,22 @@ func TestFastRefused(t *testing.T) {
 	}
 	if e.vm.pauses != 0 {
 		t.Fatal("a refused probe paused the guest")
+	}
+}
+
+// TestFastCapturesNeedRoom: a probe whose captures do not fit the
+// records (here FastConfig.Data is 0) is refused as not exit-less, text
+// untouched.
+func TestFastCapturesNeedRoom(t *testing.T) {
+	e := newEnv(t)
+	enableFast(t, e)
+	fn := e.fn("capfn", 0x48, 0x05, 0x78, 0x56, 0x34, 0x12, 0xc3) // add $0x12345678,%rax; ret
+	before := e.textAt(fn, 7)
+	p := &FastProbe{Addr: fn, Captures: []fastpath.Capture{{Reg: x86asm.RDI, Size: 8}}}
+	if err := e.m.RegisterFast(p); !errors.Is(err, ErrNotFast) || !strings.Contains(err.Error(), "a record holds 0") {
+		t.Fatalf("RegisterFast = %v, want ErrNotFast for the captures", err)
+	}
+	if !bytes.Equal(e.textAt(fn, 7), before) || e.vm.pauses != 0 {
+		t.Fatal("a refused registration changed the text or paused the guest")
 	}
 }

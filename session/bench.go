@@ -198,6 +198,20 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 		return res, err
 	}
 	lines = append(lines, c)
+	// With fetch args that read memory (a struct field, a string through
+	// it): the stub walks the page tables for each page it reads.
+	const memLine = "p:bench/fstr hvwl_target_fstr+4 i=+0(%di):s64 name=+0(+8(%di)):string"
+	fstr := fmt.Sprintf("fstr:%d", n)
+	for _, fast := range []bool{false, true} {
+		name := "kprobe on the fentry nop reading a struct and a string (int3)"
+		if fast {
+			name = "exit-less kprobe on the fentry nop reading a struct and a string (stub's page walks)"
+		}
+		if c, err = defCase(name, fstr, memLine, func(d *probedef.Def) { d.Fast = fast }); err != nil {
+			return res, err
+		}
+		lines = append(lines, c)
+	}
 	cases = append(cases, lines...)
 	base := map[string]struct {
 		t     time.Duration

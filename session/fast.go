@@ -4,8 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
+
+	"golang.org/x/arch/x86/x86asm"
 
 	"github.com/hvprobe/hvprobe/introspect"
 	"github.com/hvprobe/hvprobe/kprobes"
@@ -53,27 +56,168 @@ type fastUser struct {
 	lost uint64 // lost count last reported
 }
 
-// fastArgs says why def's fetch args cannot be evaluated from a record (the
-// registers at the hit): a record holds no guest memory, and memory read
-// at drain time would not be what the hit saw.
-func fastArgs(d *probedef.Def) string {
+// fastData is each record's room for memory captures, and fastString
+// the most a captured string holds, NUL included: a string arg is cut at
+// fastString-1 bytes where ftrace's is cut at MAX_STRING_SIZE-1.
+const (
+	fastData   = 512
+	fastString = 128
+	// With the default ring size, rings that do not fit the slot area
+	// (many vCPUs) are halved down to this many records.
+	minFastRecords = 64
+)
+
+// fastCaptures is the guest memory def's fetch args read, as the stub's
+// captures at the hit (in the order probedef's evaluator reads it, which
+// then reads the record: fastUser.event), or why they cannot be captured.
+// addr is the probed address (%ip).
+// With a task layout, the current task's pid and comm come first.
+func fastCaptures(d *probedef.Def, syms probedef.Symbols, addr uint64, tl *introspect.TaskLayout) ([]fastpath.Capture, string) {
 	if d.Stack {
-		return "a stack trace reads the guest's stack at the hit"
+		return nil, "a stack trace reads the guest's stack at the hit"
 	}
-	var mem func(f *probedef.Fetch) bool
-	mem = func(f *probedef.Fetch) bool {
-		switch f.Kind {
-		case probedef.FetchStack, probedef.FetchMem, probedef.FetchSymMem, probedef.FetchDeref:
-			return true
-		}
-		return len(f.Fields) > 0 || (f.Inner != nil && mem(f.Inner))
+	var out []fastpath.Capture
+	if tl != nil {
+		out = taskCaptures(*tl)
 	}
 	for _, a := range d.Args {
-		if mem(a.Fetch) {
-			return fmt.Sprintf("%s reads guest memory at the hit", a.Name)
+		cs, err := captureArg(a, syms, addr)
+		if err != nil {
+			return nil, fmt.Sprintf("%s: %v", a.Name, err)
+		}
+		out = append(out, cs...)
+	}
+	if n := fastpath.DataSize(out); n > fastData {
+		return nil, fmt.Sprintf("the fetch args read %d bytes with headers; a record holds %d", n, fastData)
+	}
+	return out, ""
+}
+
+// taskCaptures read the current task's pid and comm at the hit: a task
+// that exits before the drain is still named.
+func taskCaptures(tl introspect.TaskLayout) []fastpath.Capture {
+	return []fastpath.Capture{{Current: true, Off: int32(tl.PID), Size: 4},
+		{Current: true, Off: int32(tl.Comm), Size: introspect.TaskCommLen}}
+}
+
+// chain is how a fetch's value is reached: start at a register (or Imm
+// when Reg is 0), then each deref adds its offset and loads 8 bytes.
+type chain struct {
+	reg    x86asm.Reg
+	imm    uint64
+	derefs []int32
+}
+
+// load is the capture of size bytes at the chain's value plus off.
+func (c chain) load(off int64, size int, str bool) ([]fastpath.Capture, error) {
+	if off != int64(int32(off)) {
+		return nil, fmt.Errorf("offset %d does not fit 32 bits", off)
+	}
+	return []fastpath.Capture{{Reg: c.reg, Imm: c.imm, Derefs: c.derefs, Off: int32(off), Size: size, String: str}}, nil
+}
+
+// captureArg mirrors probedef's evaluator (Evaluate): the same loads,
+// which the stub makes at the hit instead.
+func captureArg(a probedef.Arg, syms probedef.Symbols, addr uint64) ([]fastpath.Capture, error) {
+	f, t := a.Fetch, a.Type
+	switch {
+	case f.Kind == probedef.FetchComm || f.Kind == probedef.FetchImmString:
+		return nil, nil // from the task at the drain, or the line itself
+	case t.Array > 0:
+		return nil, errors.New("arrays are not captured")
+	case t.Base == probedef.String || t.Base == probedef.UString:
+		if f.Kind == probedef.FetchImm {
+			return chain{imm: f.Imm}.load(0, fastString, true)
+		}
+		c, off, err := addrChain(f, syms, addr)
+		if err != nil {
+			return nil, err
+		}
+		return c.load(off, fastString, true)
+	case t.Base != probedef.SymStr && f.Kind != probedef.FetchMem && f.Kind != probedef.FetchSymMem && f.Kind != probedef.FetchDeref:
+		// A value, loaded from memory only if the fetch ends in a load.
+	default:
+		if t.Base != probedef.SymStr {
+			c, off, err := addrChain(f, syms, addr)
+			if err != nil {
+				return nil, err
+			}
+			return c.load(off, t.Size(), false)
 		}
 	}
-	return ""
+	switch f.Kind {
+	case probedef.FetchReg, probedef.FetchStackPtr, probedef.FetchRetval, probedef.FetchImm:
+		return nil, nil // in the record's registers
+	}
+	c, err := valueChain(f, syms, addr)
+	if err != nil || len(c.derefs) == 0 {
+		return nil, err
+	}
+	last := c.derefs[len(c.derefs)-1]
+	c.derefs = c.derefs[:len(c.derefs)-1]
+	return c.load(int64(last), 8, false)
+}
+
+// addrChain is the address a memory fetch loads from: a chain plus an
+// offset.
+func addrChain(f *probedef.Fetch, syms probedef.Symbols, addr uint64) (chain, int64, error) {
+	switch f.Kind {
+	case probedef.FetchMem:
+		return chain{imm: f.Imm}, 0, nil
+	case probedef.FetchSymMem:
+		a, err := syms.Address(f.Sym)
+		return chain{imm: a + uint64(f.Off)}, 0, err
+	case probedef.FetchDeref:
+		c, err := valueChain(f.Inner, syms, addr)
+		return c, f.Off, err
+	}
+	return chain{}, 0, fmt.Errorf("%s is not a memory fetch", f)
+}
+
+// valueChain is how the evaluator's value of f is reached.
+func valueChain(f *probedef.Fetch, syms probedef.Symbols, addr uint64) (chain, error) {
+	if len(f.Fields) > 0 {
+		return chain{}, fmt.Errorf("%s is not resolved", f)
+	}
+	deref := func(c chain, off int64) (chain, error) {
+		if off != int64(int32(off)) {
+			return chain{}, fmt.Errorf("offset %d does not fit 32 bits", off)
+		}
+		c.derefs = append(slices.Clip(c.derefs), int32(off))
+		return c, nil
+	}
+	switch f.Kind {
+	case probedef.FetchReg:
+		if f.Reg == "ip" {
+			return chain{imm: addr}, nil
+		}
+		if r, ok := vmm.GPRNamed(f.Reg); ok {
+			return chain{reg: r}, nil
+		}
+		return chain{}, fmt.Errorf("%%%s is not a general register", f.Reg)
+	case probedef.FetchStack:
+		return deref(chain{reg: x86asm.RSP}, int64(8*f.N))
+	case probedef.FetchStackPtr:
+		return chain{reg: x86asm.RSP}, nil
+	case probedef.FetchRetval:
+		return chain{reg: x86asm.RAX}, nil
+	case probedef.FetchArg:
+		var r vmm.Regs
+		if _, stack, inReg := r.Arg(int(f.N - 1)); !inReg {
+			return deref(chain{reg: x86asm.RSP}, int64(stack))
+		}
+		// SysV's argument registers, as vmm.Regs.Arg has them.
+		return chain{reg: [...]x86asm.Reg{x86asm.RDI, x86asm.RSI, x86asm.RDX, x86asm.RCX, x86asm.R8, x86asm.R9}[f.N-1]}, nil
+	case probedef.FetchImm:
+		return chain{imm: f.Imm}, nil
+	case probedef.FetchMem, probedef.FetchSymMem, probedef.FetchDeref:
+		c, off, err := addrChain(f, syms, addr)
+		if err != nil {
+			return chain{}, err
+		}
+		return deref(c, off)
+	}
+	return chain{}, fmt.Errorf("%s has no value the stub can compute", f)
 }
 
 // enableFast sets up the rings in this guest, once.
@@ -116,10 +260,18 @@ func (s *Session) startFast(a *Attached) error {
 	if records == 0 {
 		records = DefaultFastRecords
 	}
-	if err := a.Manager.EnableFast(kprobes.FastConfig{Records: records, Probes: fastProbes,
-		CPUNumberOff: cpuNum, CurrentOff: cur,
-		DirectMap: func(gpa uint64) (uint64, error) { return base + gpa, nil }}); err != nil {
-		return err
+	for {
+		err := a.Manager.EnableFast(kprobes.FastConfig{Records: records, Probes: fastProbes,
+			CPUNumberOff: cpuNum, CurrentOff: cur,
+			DirectMap: func(gpa uint64) (uint64, error) { return base + gpa, nil },
+			Data:      fastData, PhysLimit: s.VM.Memory().Size(), LA57: a.Kernel.Mem.LA57()})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, kprobes.ErrNoSlots) || s.opts.FastRecords != 0 || records <= minFastRecords {
+			return err
+		}
+		records /= 2
 	}
 	s.fast.users = map[*kprobes.FastProbe]*fastUser{}
 	s.workers.Add(1)
@@ -136,8 +288,9 @@ func (s *Session) addFast(a *Attached, env *eventEnv, d *probedef.Def, emit func
 		return nil, err
 	}
 	env.handle(p, d, emit)
-	why := fastArgs(d)
-	if va, err := defAddr(a.Kernel.Resolve, d); why == "" && err == nil && a.Kernel.policy.inInit(va) {
+	va, aerr := defAddr(a.Kernel.Resolve, d)
+	caps, why := fastCaptures(d, env, va, env.layout)
+	if why == "" && aerr == nil && a.Kernel.policy.inInit(va) {
 		// Its retirement at free_initmem runs on the vCPU that frees the
 		// text, which cannot pause every vCPU to take a jmp out.
 		why = "in .init.text, whose probes are retired in the exit that frees it"
@@ -151,7 +304,7 @@ func (s *Session) addFast(a *Attached, env *eventEnv, d *probedef.Def, emit func
 		s.notify(Notice{Kind: NoticePath, Probe: p.Name, Why: "int3: not exit-less: " + why})
 		return p, s.Arm(a, p)
 	}
-	p.Fast = &kprobes.FastProbe{Symbol: d.Symbol, Offset: d.Offset, Addr: d.Addr}
+	p.Fast = &kprobes.FastProbe{Symbol: d.Symbol, Offset: d.Offset, Addr: d.Addr, Captures: caps}
 	p.int3, p.Kprobe = p.Kprobe, nil
 	s.fast.mu.Lock()
 	s.fast.users[p.Fast] = &fastUser{def: d, env: env, emit: emit, name: p.Name}
@@ -254,20 +407,23 @@ func (f *fastSet) hostTime(tsc uint64) time.Time {
 }
 
 // event is a record's event: the same evaluation as the int3 path's,
-// from the registers the stub saved, with the task the stub found in
-// current_task.
+// from the registers the stub saved and the memory it captured, with the
+// task the stub found in current_task (its pid and comm captured too).
 func (u *fastUser) event(p *kprobes.FastProbe, r fastpath.Record, at time.Time) probedef.Event {
 	g := r.Regs
 	regs := vmm.Regs{RAX: g.RAX, RBX: g.RBX, RCX: g.RCX, RDX: g.RDX, RSI: g.RSI, RDI: g.RDI, RSP: g.RSP, RBP: g.RBP,
 		R8: g.R8, R9: g.R9, R10: g.R10, R11: g.R11, R12: g.R12, R13: g.R13, R14: g.R14, R15: g.R15,
 		RIP: p.Addr, RFLAGS: g.RFLAGS}
 	comm, pid := "", -1
-	if u.env.layout != nil {
-		if t, err := introspect.ReadTask(u.env.k.Mem, r.Current, *u.env.layout); err == nil {
-			comm, pid = t.Comm, int(t.PID)
+	if l := u.env.layout; l != nil {
+		var p [4]byte
+		var c [introspect.TaskCommLen]byte
+		if r.ReadVirt(r.Current+l.PID, p[:]) == nil && r.ReadVirt(r.Current+l.Comm, c[:]) == nil {
+			comm, pid = introspect.CommString(c[:]), int(int32(binary.LittleEndian.Uint32(p[:])))
 		}
 	}
-	return u.env.eventFor(u.def, int(r.CPU), comm, pid, regs, nil, at, p.Addr, nil)
+	return u.env.eventFor(u.def, int(r.CPU), comm, pid, regs, nil, at, p.Addr,
+		func(c *probedef.Context) { c.Mem = r })
 }
 
 // Flush drains the exit-less rings now: every hit recorded before the

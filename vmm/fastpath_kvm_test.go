@@ -4,9 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
+	"golang.org/x/arch/x86/x86asm"
 	"golang.org/x/sys/unix"
 
 	"github.com/hvprobe/hvprobe/kprobes/fastpath"
@@ -395,4 +397,135 @@ func TestFastpathCost(t *testing.T) {
 	t.Logf("%d iterations: loop %v, with a port exit %v, probed (record) %v, probed (count) %v", iters, plain, exit, probed, counted)
 	t.Logf("per bare exit %v; per recording stub %v: stub/exit = %.3f; per count-only stub %v: %.3f",
 		perExit, perStub, float64(perStub)/float64(perExit), perCount, float64(perCount)/float64(perExit))
+}
+
+// Memory the capture test reads through the stub. The 2 MiB at 4 MiB are
+// mapped by 4 KiB pages with the page at 4 MiB + 4 KiB left out, and the
+// GiB at 1 GiB is one 1 GiB page aliasing the first.
+const (
+	fpData     = 0x300000 // the struct %rsi points at
+	fpPT       = 0x103000 // page table of the 4 KiB pages
+	fp4K       = 0x400000
+	fpHole     = fp4K + 0x1000 // not present
+	fpGiB      = 0x40000000
+	fpStackVal = 0x5a5a5a5a00c0ffee
+)
+
+func TestFastpathCaptures(t *testing.T) {
+	vm := newFastpathVM(t)
+	v := vm.vcpus[0]
+	mem := vm.Memory()
+	ram := vm.mem.b
+	le := binary.LittleEndian
+	le.PutUint64(ram[pdAddr+8*2:], fpPT|3)
+	for j := range uint64(512) {
+		if fp4K+j<<12 != fpHole {
+			le.PutUint64(ram[fpPT+8*j:], fp4K+j<<12|3)
+		}
+	}
+	le.PutUint64(ram[pdptAddr+8:], 0x83) // 1 GiB page at 1 GiB -> gpa 0
+	put := func(gpa uint64, s string) { copy(ram[gpa:], s+"\x00") }
+	put(fpData+0x100, "hello, captures")
+	put(fpHole-8, "faulting")            // its NUL would be on the missing page
+	put(fp4K+0x2ffa, "across two pages") // 6 bytes, then the next page
+	for i, q := range []uint64{fpData + 0x100, 0x1122334455667788, fpHole - 8, fp4K + 0x2ffa, 1 << 63, 2 * tinyMem} {
+		le.PutUint64(ram[fpData+8*uint64(i):], q)
+	}
+	le.PutUint64(ram[fpStackTop:], fpStackVal)
+	if err := mem.WritePhys(fpCode, fpLoop); err != nil {
+		t.Fatal(err)
+	}
+	start := fpStart(3)
+	start.RSI = fpData
+	want, _, _ := fpRun(t, v, start)
+
+	rsi := x86asm.RSI
+	caps := []fastpath.Capture{
+		{Reg: rsi, Derefs: []int32{0}, Size: 64, String: true},        // +0(+0(%si)):string
+		{Reg: rsi, Off: 8, Size: 8},                                   // +8(%si):u64
+		{Reg: rsi, Off: 12, Size: 4},                                  // +12(%si):u32
+		{Reg: rsi, Derefs: []int32{16}, Size: 64, String: true},       // runs into the missing page
+		{Reg: rsi, Derefs: []int32{24}, Size: 64, String: true},       // crosses into a present page
+		{Reg: rsi, Derefs: []int32{32}, Size: 8},                      // a non-canonical pointer
+		{Reg: rsi, Derefs: []int32{40}, Size: 8},                      // mapped, but past guest RAM
+		{Reg: x86asm.RSP, Size: 8},                                    // $stack0
+		{Imm: fpData + 8, Size: 8},                                    // @addr
+		{Imm: fpGiB + fpData + 8, Size: 8},                            // through the 1 GiB page
+		{Reg: rsi, Derefs: []int32{32, 0}, Size: 8},                   // a fault ends the fetch
+		{Reg: rsi, Derefs: []int32{0}, Off: 6, Size: 4, String: true}, // cut at its bound
+		{Current: true, Off: 0x10, Size: 8},                           // fpCurTask is past guest RAM
+	}
+	l := fpLayout(8)
+	l.Data = fastpath.DataSize(caps)
+	d, err := fastpath.NewDrainer(mem, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, err := fastpath.Stub(fastpath.StubParams{
+		Layout: l, Probe: 1, CPUNumberOff: fpCPUNum, CurrentOff: fpCurrent,
+		StubAddr: fpStub, ProbeAddr: fpCode, Displaced: fpLoop[:6],
+		Captures: caps, DirectMap: fpDirect, PhysLimit: tinyMem,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := fastpath.Entry(fpCode, fpStub, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mem.WritePhys(fpStub, code); err != nil {
+		t.Fatal(err)
+	}
+	if err := mem.WritePhys(fpCode, entry); err != nil {
+		t.Fatal(err)
+	}
+	got, _, _ := fpRun(t, v, start)
+	if got != want {
+		t.Errorf("the guest ended with\n%+v, want (unprobed)\n%+v", got, want)
+	}
+	res, err := d.Drain(0, nil)
+	if err != nil || len(res.Records) != 3 {
+		t.Fatalf("drained %d records, %v; want 3", len(res.Records), err)
+	}
+	type c struct {
+		va    uint64
+		bytes string
+		fault bool
+	}
+	q := func(v uint64) string { return string(le.AppendUint64(nil, v)) }
+	wantCaps := []c{
+		{fpData, q(fpData + 0x100), false}, {fpData + 0x100, "hello, captures\x00", false},
+		{fpData + 8, q(0x1122334455667788), false},
+		{fpData + 12, q(0x1122334455667788)[4:], false},
+		{fpData + 16, q(fpHole - 8), false}, {fpHole - 8, "faulting", true},
+		{fpData + 24, q(fp4K + 0x2ffa), false}, {fp4K + 0x2ffa, "across two pages\x00", false},
+		{fpData + 32, q(1 << 63), false}, {1 << 63, "", true},
+		{fpData + 40, q(2 * tinyMem), false}, {2 * tinyMem, "", true},
+		{fpStackTop, q(fpStackVal), false},
+		{fpData + 8, q(0x1122334455667788), false},
+		{fpGiB + fpData + 8, q(0x1122334455667788), false},
+		{fpData + 32, q(1 << 63), false}, {1 << 63, "", true},
+		{fpData, q(fpData + 0x100), false}, {fpData + 0x106, " cap", false},
+		{fpCurTask + 0x10, "", true},
+	}
+	for k, rec := range res.Records {
+		var have []c
+		for _, x := range rec.Captures {
+			have = append(have, c{x.VA, string(x.Bytes), x.Fault})
+		}
+		if !slices.Equal(have, wantCaps) {
+			t.Fatalf("record %d captured\n%+v\nwant\n%+v", k, have, wantCaps)
+		}
+		// What the evaluator reads back.
+		b := make([]byte, 8)
+		if err := rec.ReadVirt(fpData+8, b); err != nil || le.Uint64(b) != 0x1122334455667788 {
+			t.Errorf("ReadVirt(+8) = %x, %v", b, err)
+		}
+		if err := rec.ReadVirt(fpHole-8, make([]byte, 16)); err == nil {
+			t.Errorf("ReadVirt past a fault succeeded")
+		}
+		if err := rec.ReadVirt(fpData+0x200, b); err == nil {
+			t.Errorf("ReadVirt of memory never captured succeeded")
+		}
+	}
 }

@@ -23,6 +23,17 @@ func (r *Regs) Reg(name string) (*uint64, bool) {
 	return nil, false
 }
 
+// GPRNamed is the 64-bit general register ftrace calls name ("ax" …
+// "r15"), if it is one.
+func GPRNamed(name string) (x86asm.Reg, bool) {
+	for i, n := range gprNames {
+		if n == name {
+			return x86asm.RAX + x86asm.Reg(i), true
+		}
+	}
+	return 0, false
+}
+
 // GPR returns the 64-bit general register reg (x86asm.RAX…R15) in r.
 // Callers map sub-registers (EAX…) to their 64-bit register first.
 func (r *Regs) GPR(reg x86asm.Reg) (*uint64, bool) {

@@ -101,6 +101,24 @@ HVWL_TARGET long hvwl_target_fentry(long a, long b)
 	return a + b;
 }
 
+/*
+ * Like hvwl_target_fentry, with its argument in memory: exit-less probes
+ * whose fetch args dereference (+0(%di), +0(+8(%di)):string) read it.
+ */
+struct hvwl_fs {
+	long i;
+	const char *name;	/* "file-<i>", on the caller's stack */
+	long sq;		/* i * i */
+	const char *null;	/* NULL: a fetch through it faults */
+};
+
+HVWL_TARGET long hvwl_target_fstr(const struct hvwl_fs *p)
+{
+	asm volatile(".byte 0x0f, 0x1f, 0x44, 0x00, 0x00" ::: "memory");
+	HVWL_FRAME();
+	return p->i + p->sq;
+}
+
 HVWL_TARGET long hvwl_target_args8(long a1, long a2, long a3, long a4,
 				   long a5, long a6, long a7, long a8)
 {
@@ -256,6 +274,21 @@ static void hvwl_args8(long n)
 	pr_info("args8 n=%ld last=%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld ret=%ld\n",
 		n, 0x100 + i, 0x200 + i, 0x300 + i, 0x400 + i, 0x500 + i,
 		0x600 + i, 0x700 + i, 0x800 + i, ret);
+}
+
+static void hvwl_fstr(long n)
+{
+	char buf[32] = "";
+	struct hvwl_fs fs = { .name = buf };
+	long i, sum = 0;
+
+	for (i = 0; i < n; i++) {
+		scnprintf(buf, sizeof(buf), "file-%ld", i);
+		fs.i = i;
+		fs.sq = i * i;
+		sum += hvwl_target_fstr(&fs);
+	}
+	pr_info("fstr n=%ld sum=%ld last=\"%s\"\n", n, sum, buf);
 }
 
 static void hvwl_str(long n)
@@ -776,6 +809,8 @@ static void hvwl_run_one(char *cmd, bool may_serve)
 		hvwl_threads(a[0], a[1], true);
 	else if (!strcmp(name, "fentry") && n == 1)
 		hvwl_fentry(a[0]);
+	else if (!strcmp(name, "fstr") && n == 1)
+		hvwl_fstr(a[0]);
 	else if (!strcmp(name, "fileread") && n == 1)
 		hvwl_fileread(a[0]);
 	else if (!strcmp(name, "text") && n == 0)

@@ -22,10 +22,20 @@
 //	head - tail >= Records? -> busy = 0; lost
 //	record[head & (Records-1)] = {probe, cpu, rdtsc, %gs:CurrentOff,
 //	                              rsp at the probe, the 16 saved qwords}
+//	captures: the memory the fetch args read (Capture), into the record
 //	head++ (after the record's stores: x86 TSO); busy = 0
 //	lost: lock incq lost[probe]
 //	pop r15 … rax; popfq
 //	the displaced instruction (omitted when it is a nop); jmp probe+len
+//
+// A capture loads through no pointer the guest gave it: the stub walks
+// the page tables at %cr3 itself (call copy → xlate → walk, reading each
+// table through the direct map), refuses a non-canonical address, a
+// missing level, a frame at or above the end of RAM, or a direct-map
+// alias that is not present, and only then reads the byte at its
+// direct-map address; a page is looked up once. So no capture can fault,
+// whatever the fetch args point at, and a failed one is recorded as a
+// fault, which the host turns into the int3 path's "(fault)".
 //
 // A CountOnly stub is just pushfq; push %rax; lock incq count[probe];
 // pop %rax; popfq; the displaced instruction; jmp back.
@@ -37,7 +47,7 @@
 // vmm.ReservedRegion):
 //
 //	+0                   ring 0
-//	+cpu*RingStride      ring cpu, for cpu < CPUs; RingStride = 64 + Records*160
+//	+cpu*RingStride      ring cpu, for cpu < CPUs; RingStride = 64 + Records*(168+Data)
 //	+CPUs*RingStride     lost[Probes]   u64, lock-incremented by the stub
 //	  +8*Probes          count[Probes]  u64, hit counters of count-only stubs
 //
@@ -46,12 +56,16 @@
 //	  +8  tail  u64  written by the host: records consumed
 //	  +16 busy  u64  written by the guest: 1 while a stub on that CPU records
 //	  +24 zero, unused, to the end of the cache line
-//	records: Records (a power of two) × 160 bytes, record i at +64+(i mod Records)*160:
+//	records: Records (a power of two) × S bytes, S = 168 + Data,
+//	record i at +64+(i mod Records)*S:
 //	  +0  u32 probe id         +4  u32 cpu
 //	  +8  u64 rdtsc            +16 u64 current (%gs:CurrentOff)
 //	  +24 u64 %rsp at the probe (before the stub's pushes)
 //	  +32 16 × u64: r15 r14 r13 r12 r11 r10 r9 r8 rdi rsi rbp rbx rdx rcx rax rflags
 //	      (the stub's stack frame, lowest address first: FrameRegs)
+//	  +160 u32 captures written, u32 zero
+//	  +168 Data bytes: the captures, each u64 va, u32 bytes read, u32 bytes
+//	      asked (bit 31: faulted), the bytes padded to 8
 //
 // All registers are the values at the probe address, before the displaced
 // instruction ran; RFLAGS is as pushed before cli, so IF is the guest's.
@@ -67,7 +81,10 @@
 // inside the ring, never sizes an allocation from the head (at most one
 // ring), reports a head more than a ring away (ahead or behind) as
 // Overrun and resynchronises, and drops records whose probe id or cpu is
-// out of range (Invalid); FuzzDrain checks this. The honest stub never
+// out of range (Invalid); FuzzDrain checks this. Captures are data too:
+// Record.ReadVirt answers only from inside them. The stub's page walk
+// reads the guest's own tables, so a guest that points them outside RAM
+// can fault itself there, as it could anywhere. The honest stub never
 // blocks the guest either: a full ring or a busy word costs one lost
 // count, never a wait.
 //
@@ -83,8 +100,9 @@
 //     stub names the stub's address, for which the kernel has no fixup),
 //     runs with the kernel's GS base and stack (not entry code before
 //     swapgs, nor anything on the user CR3 under PTI, where the direct
-//     map is not mapped), and has 128 bytes of stack below %rsp (the
-//     kernel has no red zone).
+//     map is not mapped), and has 160 bytes of stack below %rsp (the
+//     frame and the capture subroutines' return addresses; the kernel has
+//     no red zone).
 //   - The stub is within ±2 GiB of the probe (rel32 both ways: Stub and
 //     Entry check), and the rings' VA is mapped writable in the kernel.
 //   - TSC values are raw per-CPU rdtsc: converting to a time needs the

@@ -67,21 +67,22 @@ func Drain(mem Mem, l Layout, cpu int, tail uint64, dst []Record) (DrainResult, 
 		n = size
 	}
 	if n > 0 {
-		buf := make([]byte, n*RecordSize)
+		size := l.RecordSize()
+		buf := make([]byte, n*size)
 		mask := uint64(l.Records - 1)
 		first := tail & mask
 		k := min(n, uint64(l.Records)-first) // records before the wrap
 		base := ring + HeaderSize
-		if err := mem.ReadPhys(base+first*RecordSize, buf[:k*RecordSize]); err != nil {
+		if err := mem.ReadPhys(base+first*size, buf[:k*size]); err != nil {
 			return res, fmt.Errorf("fastpath: reading ring %d: %w", cpu, err)
 		}
 		if k < n {
-			if err := mem.ReadPhys(base, buf[k*RecordSize:]); err != nil {
+			if err := mem.ReadPhys(base, buf[k*size:]); err != nil {
 				return res, fmt.Errorf("fastpath: reading ring %d: %w", cpu, err)
 			}
 		}
 		for i := range n {
-			rec := decodeRecord(buf[i*RecordSize : (i+1)*RecordSize])
+			rec := decodeRecord(l, buf[i*size:(i+1)*size])
 			if rec.Probe >= uint32(l.Probes) || rec.CPU != uint32(cpu) {
 				res.Invalid++
 				continue

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 )
 
@@ -54,7 +55,7 @@ func guestRecord(r *ram, l Layout, cpu int, probe uint32, tsc uint64) bool {
 		le.PutUint64(r.b[g:], le.Uint64(r.b[g:])+1)
 		return false
 	}
-	rec := r.b[ring+HeaderSize+(head&uint64(l.Records-1))*RecordSize:][:RecordSize]
+	rec := r.b[ring+HeaderSize+(head&uint64(l.Records-1))*l.RecordSize():][:l.RecordSize()]
 	le.PutUint32(rec[RecProbeOff:], probe)
 	le.PutUint32(rec[RecCPUOff:], uint32(cpu))
 	le.PutUint64(rec[RecTSCOff:], tsc)
@@ -137,7 +138,7 @@ func TestDrainHostile(t *testing.T) {
 	} {
 		mem := newRAM(l)
 		for i := range l.Records { // valid records everywhere
-			le.PutUint32(mem.b[HeaderSize+i*RecordSize+RecProbeOff:], 1)
+			le.PutUint32(mem.b[HeaderSize+i*int(l.RecordSize())+RecProbeOff:], 1)
 		}
 		le.PutUint64(mem.b[HeadOff:], c.head)
 		le.PutUint64(mem.b[TailOff:], 12345) // the guest's tail is never believed
@@ -152,8 +153,8 @@ func TestDrainHostile(t *testing.T) {
 	// Records naming another CPU or an unknown probe are dropped.
 	mem := newRAM(l)
 	le.PutUint64(mem.b[HeadOff:], 3)
-	le.PutUint32(mem.b[HeaderSize+0*RecordSize+RecProbeOff:], 2) // no probe 2
-	le.PutUint32(mem.b[HeaderSize+1*RecordSize+RecCPUOff:], 1)   // not this ring's CPU
+	le.PutUint32(mem.b[HeaderSize+0*l.RecordSize()+RecProbeOff:], 2) // no probe 2
+	le.PutUint32(mem.b[HeaderSize+1*l.RecordSize()+RecCPUOff:], 1)   // not this ring's CPU
 	res, err := Drain(mem, l, 0, 0, nil)
 	if err != nil || len(res.Records) != 1 || res.Invalid != 2 || res.Tail != 3 {
 		t.Errorf("invalid records: %+v, %v", res, err)
@@ -172,7 +173,7 @@ func FuzzDrain(f *testing.F) {
 	f.Add(le.AppendUint64(nil, 1<<63), uint64(7), uint8(0), uint8(1))
 	f.Add(le.AppendUint64(le.AppendUint64(nil, 3), 1), uint64(1), uint8(1), uint8(0))
 	f.Fuzz(func(t *testing.T, guest []byte, tail uint64, logN, cpu uint8) {
-		l := Layout{GPA: 0x40, VA: 0x40, CPUs: 2, Records: 1 << (logN % 4), Probes: 3}
+		l := Layout{GPA: 0x40, VA: 0x40, CPUs: 2, Records: 1 << (logN % 4), Probes: 3, Data: 64}
 		mem := newRAM(l)
 		ring := l.RingGPA(int(cpu % 2))
 		// The guest's bytes land on the drained ring (header first).
@@ -189,6 +190,7 @@ func FuzzDrain(f *testing.F) {
 			if rec.Probe >= uint32(l.Probes) || rec.CPU != uint32(cpu%2) {
 				t.Fatalf("invalid record returned: %+v", rec)
 			}
+			checkDecoded(t, rec, l.Data)
 		}
 		if res.Tail-tail > uint64(l.Records)+res.Overrun || res.Tail != le.Uint64(mem.b[ring+TailOff:]) {
 			t.Fatalf("tail %d -> %d (overrun %d), header says %d", tail, res.Tail, res.Overrun, le.Uint64(mem.b[ring+TailOff:]))
@@ -199,4 +201,58 @@ func FuzzDrain(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkDecoded: decoded captures stay inside the record's data, and
+// reads from them never go past what was captured.
+func checkDecoded(t *testing.T, rec Record, data int) {
+	t.Helper()
+	used := 0
+	for _, c := range rec.Captures {
+		used += CaptureHeader + (c.Asked+7)&^7
+		if len(c.Bytes) > c.Asked || used > data {
+			t.Fatalf("capture %+v: %d bytes of %d used", c, used, data)
+		}
+		p := make([]byte, c.Asked+8)
+		_ = rec.ReadVirt(c.VA, p)
+	}
+}
+
+// TestDecodeCaptures: hostile capture headers (a huge count, sizes past
+// the data, bytes read past bytes asked) end the list there.
+func TestDecodeCaptures(t *testing.T) {
+	entry := func(va uint64, got, asked uint32, b string) []byte {
+		e := le.AppendUint32(le.AppendUint32(le.AppendUint64(nil, va), got), asked)
+		e = append(e, b...)
+		for len(e)%8 != 0 {
+			e = append(e, 0)
+		}
+		return e
+	}
+	good := entry(0x1000, 3, 8|captureFault, "abc\x00\x00\x00\x00\x00")
+	for _, c := range []struct {
+		name string
+		n    uint32
+		data []byte
+		want int
+	}{
+		{"two", 2, append(slices.Clone(good), entry(0x2000, 8, 8, "12345678")...), 2},
+		{"count past the data", 1 << 31, slices.Clone(good), 1},
+		{"size past the data", 2, append(slices.Clone(good), entry(0x2000, 8, 4000, "12345678")...), 1},
+		{"read past asked", 2, append(slices.Clone(good), entry(0x2000, 9, 8, "12345678")...), 1},
+		{"truncated header", 2, append(slices.Clone(good), 1, 2, 3), 1},
+	} {
+		got := decodeCaptures(c.n, c.data)
+		if len(got) != c.want {
+			t.Errorf("%s: %d captures, want %d", c.name, len(got), c.want)
+		}
+	}
+	rec := Record{Captures: decodeCaptures(1, good)}
+	p := make([]byte, 4)
+	if err := rec.ReadVirt(0x1000, p[:3]); err != nil || string(p[:3]) != "abc" {
+		t.Errorf("ReadVirt = %q, %v", p, err)
+	}
+	if err := rec.ReadVirt(0x1001, p); err == nil {
+		t.Errorf("a read past a faulted capture succeeded: %q", p)
+	}
 }

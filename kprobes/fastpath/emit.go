@@ -212,10 +212,76 @@ func (e *emitter) shl(dst x86asm.Reg, n byte) {
 func (e *emitter) inc(dst x86asm.Reg)  { e.op(nil, true, []byte{0xff}, 0, r(dst)) }
 func (e *emitter) lockInc(dst operand) { e.op([]byte{0xf0}, true, []byte{0xff}, 0, dst) }
 
+// 32-bit forms: xor r, r/m (31 /r); test r, r/m (85 /r); cmp r, r/m (39
+// /r: flags of r/m - r); inc r/m32 (FF /0); lea m, r32 (8D /r).
+func (e *emitter) xor32(src, dst x86asm.Reg)  { e.op(nil, false, []byte{0x31}, num(src), r(dst)) }
+func (e *emitter) test32(src, dst x86asm.Reg) { e.op(nil, false, []byte{0x85}, num(src), r(dst)) }
+func (e *emitter) cmp32(src, dst x86asm.Reg)  { e.op(nil, false, []byte{0x39}, num(src), r(dst)) }
+func (e *emitter) inc32(dst operand)          { e.op(nil, false, []byte{0xff}, 0, dst) }
+func (e *emitter) lea32(dst x86asm.Reg, src operand) {
+	e.op(nil, false, []byte{0x8d}, num(dst), src)
+}
+
+// 64-bit register forms: test (REX.W 85 /r), cmp (REX.W 39 /r), and r,
+// r/m (REX.W 21 /r).
+func (e *emitter) test(src, dst x86asm.Reg) { e.op(nil, true, []byte{0x85}, num(src), r(dst)) }
+func (e *emitter) cmp(src, dst x86asm.Reg)  { e.op(nil, true, []byte{0x39}, num(src), r(dst)) }
+func (e *emitter) and(src, dst x86asm.Reg)  { e.op(nil, true, []byte{0x21}, num(src), r(dst)) }
+
+// test $imm32, r/m: F7 /0 id.
+func (e *emitter) testImm(w bool, dst operand, v int32) {
+	e.op(nil, w, []byte{0xf7}, 0, dst)
+	e.imm32(v)
+}
+
+// Byte forms, for the low byte of rax, rcx, rdx or rbx only (no REX
+// needed): movzbl m8, r32 (0F B6 /r); mov r8, m8 (88 /r); test r8, r/m8
+// (84 /r).
+func (e *emitter) movzxb(dst x86asm.Reg, src operand) {
+	e.op(nil, false, []byte{0x0f, 0xb6}, num(dst), src)
+}
+func (e *emitter) storeByte(src x86asm.Reg, dst operand) {
+	e.op(nil, false, []byte{0x88}, lowByte(src), dst)
+}
+func (e *emitter) testByte(src, dst x86asm.Reg) {
+	e.op(nil, false, []byte{0x84}, lowByte(src), r(dst))
+}
+
+func lowByte(x x86asm.Reg) byte {
+	if n := num(x); n < 4 {
+		return n
+	}
+	panic(fmt.Sprintf("fastpath emitter: %v's low byte needs a REX prefix", x))
+}
+
+// shr and sar $imm8, r64: REX.W C1 /5 and /7 ib.
+func (e *emitter) shr(dst x86asm.Reg, n byte) {
+	e.op(nil, true, []byte{0xc1}, 5, r(dst))
+	e.b = append(e.b, n)
+}
+func (e *emitter) sar(dst x86asm.Reg, n byte) {
+	e.op(nil, true, []byte{0xc1}, 7, r(dst))
+	e.b = append(e.b, n)
+}
+
+// mov %cr3, r64: 0F 20 /3 (register form only).
+func (e *emitter) movFromCR3(dst x86asm.Reg) { e.op(nil, false, []byte{0x0f, 0x20}, 3, r(dst)) }
+
+// call rel32 (E8 cd) to label; ret (C3).
+func (e *emitter) call(label string) {
+	e.start()
+	e.b = append(e.b, 0xe8)
+	e.fixups[len(e.b)] = label
+	e.b = append(e.b, 0, 0, 0, 0)
+}
+func (e *emitter) ret() { e.start(); e.b = append(e.b, 0xc3) }
+
 // Condition codes of jcc rel32 (0F 80+cc cd).
 const (
 	ccAE = 0x3 // unsigned >=
+	ccE  = 0x4
 	ccNE = 0x5
+	ccA  = 0x7 // unsigned >
 )
 
 // jcc rel32 to label.

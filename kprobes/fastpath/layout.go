@@ -14,7 +14,8 @@ const (
 	HeaderSize = 64 // one cache line; bytes 24..63 are zero and unused
 )
 
-// Record: RecordSize bytes, little-endian.
+// Record: Layout.RecordSize() bytes, little-endian: RecordFixed bytes,
+// then Layout.Data bytes of memory captures (Captures).
 const (
 	RecProbeOff   = 0  // u32 probe id
 	RecCPUOff     = 4  // u32 cpu number, as read from %gs:CPUNumberOff
@@ -23,7 +24,9 @@ const (
 	RecRSPOff     = 24 // u64 %rsp at the probe (before the stub pushed anything)
 	RecFrameOff   = 32 // 16 u64: the stub's saved frame, lowest address first (FrameRegs)
 	FrameQwords   = 16
-	RecordSize    = RecFrameOff + 8*FrameQwords // 160
+	RecNCapOff    = RecFrameOff + 8*FrameQwords // u32: captures the stub wrote; then u32 zero
+	RecordFixed   = RecNCapOff + 8              // 168
+	RecDataOff    = RecordFixed
 )
 
 // FrameRegs names the qwords of a record's frame in order: the stub pushes
@@ -50,6 +53,9 @@ type Layout struct {
 	CPUs    int // number of rings; a CPU numbered CPUs or above records nothing (lost)
 	Records int // records per ring: a power of two, at most MaxRecords
 	Probes  int // number of lost counters: probe ids are 0..Probes-1
+	// Data is the bytes of memory captures each record holds after its
+	// fixed part: a multiple of 8, at most MaxData (0: registers only).
+	Data int
 }
 
 // Limits the layout keeps, so every offset the stub computes fits an imm32.
@@ -57,10 +63,14 @@ const (
 	MaxRecords = 1 << 16
 	MaxCPUs    = 512
 	MaxProbes  = 1 << 20
+	MaxData    = 1 << 12
 )
 
+// RecordSize is the size of one record.
+func (l Layout) RecordSize() uint64 { return RecordFixed + uint64(l.Data) }
+
 // RingStride is the size of one ring, header included.
-func (l Layout) RingStride() uint64 { return HeaderSize + uint64(l.Records)*RecordSize }
+func (l Layout) RingStride() uint64 { return HeaderSize + uint64(l.Records)*l.RecordSize() }
 
 // LostOff is the offset of the lost counters from Base.
 func (l Layout) LostOff() uint64 { return uint64(l.CPUs) * l.RingStride() }
@@ -93,6 +103,8 @@ func (l Layout) Check() error {
 		return fmt.Errorf("fastpath: %d rings: want 1 to %d", l.CPUs, MaxCPUs)
 	case l.Probes <= 0 || l.Probes > MaxProbes:
 		return fmt.Errorf("fastpath: %d lost counters: want 1 to %d", l.Probes, MaxProbes)
+	case l.Data < 0 || l.Data > MaxData || l.Data%8 != 0:
+		return fmt.Errorf("fastpath: %d bytes of captures per record: want a multiple of 8 up to %d", l.Data, MaxData)
 	case l.GPA%8 != 0 || l.VA%8 != 0:
 		return fmt.Errorf("fastpath: rings at gpa %#x va %#x: want 8-byte alignment", l.GPA, l.VA)
 	case l.GPA+l.Size() < l.GPA || l.VA+l.Size() < l.VA:
@@ -126,6 +138,8 @@ type Record struct {
 	TSC     uint64
 	Current uint64
 	Regs    Regs
+	// Captures are the guest memory the stub read at the hit (Capture).
+	Captures []Captured
 }
 
 // Regs are the registers at the probe address as the stub saved them.
@@ -137,8 +151,8 @@ type Regs struct {
 	RFLAGS             uint64
 }
 
-// decodeRecord decodes b (RecordSize bytes).
-func decodeRecord(b []byte) Record {
+// decodeRecord decodes b (one record of l).
+func decodeRecord(l Layout, b []byte) Record {
 	le := binary.LittleEndian
 	q := func(i int) uint64 { return le.Uint64(b[RecFrameOff+8*i:]) }
 	return Record{
@@ -151,5 +165,6 @@ func decodeRecord(b []byte) Record {
 			RDI: q(8), RSI: q(9), RBP: q(10), RBX: q(11), RDX: q(12), RCX: q(13), RAX: q(14), RFLAGS: q(15),
 			RSP: le.Uint64(b[RecRSPOff:]),
 		},
+		Captures: decodeCaptures(le.Uint32(b[RecNCapOff:]), b[RecDataOff:RecDataOff+l.Data]),
 	}
 }

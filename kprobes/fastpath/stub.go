@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 
 	"golang.org/x/arch/x86/x86asm"
 )
@@ -31,6 +32,43 @@ type StubParams struct {
 	// CountOnly: the stub only increments the probe's hit counter
 	// (Layout.CountVA): no record, no ring, nothing lost.
 	CountOnly bool
+	// Captures are the memory reads each record keeps (at most
+	// Layout.Data bytes of them: DataSize). They need the kernel's
+	// direct-map base (the VA of gpa 0), the end of guest RAM (no read
+	// at or above it), and whether the guest pages with five levels.
+	Captures  []Capture
+	DirectMap uint64
+	PhysLimit uint64
+	LA57      bool
+}
+
+// checkCaptures refuses captures the record cannot hold or the stub
+// cannot evaluate.
+func checkCaptures(p StubParams) error {
+	if len(p.Captures) == 0 {
+		return nil
+	}
+	if p.CountOnly {
+		return refused("a count-only stub records no memory")
+	}
+	if n := DataSize(p.Captures); n > p.Layout.Data {
+		return refused("the fetch args read %d bytes with headers; a record holds %d", n, p.Layout.Data)
+	}
+	if p.PhysLimit == 0 {
+		return refused("memory captures need the end of guest RAM")
+	}
+	for i, c := range p.Captures {
+		switch {
+		case c.Size <= 0 || c.Size > MaxCaptureSize:
+			return refused("capture %d reads %d bytes", i, c.Size)
+		case c.Current && c.Reg != 0:
+			return refused("capture %d starts from both the task and %v", i, c.Reg)
+		case c.Reg == 0, c.Reg == x86asm.RSP:
+		case !slices.Contains(saved, c.Reg):
+			return refused("capture %d starts from %v, which the stub does not save", i, c.Reg)
+		}
+	}
+	return nil
 }
 
 func refused(format string, a ...any) error {
@@ -142,6 +180,9 @@ func stub(p StubParams) ([]byte, []int, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := checkCaptures(p); err != nil {
+		return nil, nil, err
+	}
 	const gs = 0x65
 	var (
 		rax, rbx, rcx, rdx, rdi, rsp = x86asm.RAX, x86asm.RBX, x86asm.RCX, x86asm.RDX, x86asm.RDI, x86asm.RSP
@@ -155,7 +196,7 @@ func stub(p StubParams) ([]byte, []int, error) {
 		e.lockInc(m(rax, 0))
 		e.pop(rax)
 		e.popfq()
-		return finishStub(e, p, inst)
+		return finishStub(e, p, inst, nil)
 	}
 	e.pushfq()
 	e.cli()
@@ -184,7 +225,7 @@ func stub(p StubParams) ([]byte, []int, error) {
 	// The record: rdi = rbx + HeaderSize + (head & (Records-1)) * RecordSize.
 	e.mov(rcx, rdi)
 	e.aluImm(true, 4, r(rdi), int32(l.Records-1)) // and
-	e.imul(rdi, rdi, RecordSize)
+	e.imul(rdi, rdi, int32(l.RecordSize()))
 	e.lea(rdi, mi(rbx, rdi, HeaderSize))
 	e.storeImm(false, m(rdi, RecProbeOff), int32(p.Probe))
 	e.store(false, rax, m(rdi, RecCPUOff))
@@ -204,6 +245,7 @@ func stub(p StubParams) ([]byte, []int, error) {
 	e.movImm32(rcx, FrameQwords)
 	e.cld()
 	e.repMovsq()
+	tail := captures(e, p)
 	// Publish: the record's stores, rep movsq's included, are ordered
 	// before head's (x86 TSO; stores across a string operation are not
 	// reordered: Intel SDM vol. 3, "Fast-String Operation and Out-of-Order
@@ -222,11 +264,12 @@ func stub(p StubParams) ([]byte, []int, error) {
 		e.pop(saved[i])
 	}
 	e.popfq()
-	return finishStub(e, p, inst)
+	return finishStub(e, p, inst, tail)
 }
 
-// finishStub appends the displaced instruction and the jmp back.
-func finishStub(e *emitter, p StubParams, inst x86asm.Inst) ([]byte, []int, error) {
+// finishStub appends the displaced instruction, the jmp back, and tail
+// (the capture subroutines) if any.
+func finishStub(e *emitter, p StubParams, inst x86asm.Inst, tail func()) ([]byte, []int, error) {
 	// A nop's effect is nothing: it is not copied (ftrace's 5-byte fentry
 	// nop is the common site).
 	if inst.Op != x86asm.NOP {
@@ -234,6 +277,9 @@ func finishStub(e *emitter, p StubParams, inst x86asm.Inst) ([]byte, []int, erro
 	}
 	if err := e.jmpAbs(p.StubAddr, p.ProbeAddr+uint64(inst.Len)); err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	if tail != nil {
+		tail()
 	}
 	code, err := e.finish()
 	if err != nil {

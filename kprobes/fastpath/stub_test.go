@@ -64,24 +64,24 @@ func TestStubDecodesBack(t *testing.T) {
 		// the ring of this CPU (cpu >= CPUs: lost)
 		"mov %gs:0x1f0a0,%eax",
 		"cmp $0x2,%eax",
-		"jae 0xffffffffc00010e2",
-		"imul $0x2c0,%rax,%rbx",
+		"jae 0xffffffffc00010e8",
+		"imul $0x2e0,%rax,%rbx",
 		"mov $-0x777f80200000,%rdx",
 		"add %rdx,%rbx",
 		// reentrance guard
 		"cmpq $0x0,0x10(%rbx)",
-		"jne 0xffffffffc00010e2",
+		"jne 0xffffffffc00010e8",
 		"movq $0x1,0x10(%rbx)",
 		// full if head - tail >= Records
 		"mov (%rbx),%rcx",
 		"mov %rcx,%rdx",
 		"sub 0x8(%rbx),%rdx",
 		"cmp $0x4,%rdx",
-		"jae 0xffffffffc00010da",
-		// the record: header + (head & 3) * 160
+		"jae 0xffffffffc00010e0",
+		// the record: header + (head & 3) * 168
 		"mov %rcx,%rdi",
 		"and $0x3,%rdi",
-		"imul $0xa0,%rdi,%rdi",
+		"imul $0xa8,%rdi,%rdi",
 		"lea 0x40(%rbx,%rdi),%rdi",
 		// probe id, cpu, tsc, current, rsp at the probe
 		"movl $0x3,(%rdi)",
@@ -101,14 +101,16 @@ func TestStubDecodesBack(t *testing.T) {
 		"mov $0x10,%ecx",
 		"cld",
 		"rep movsq %ds:(%rsi),%es:(%rdi)",
+		// no memory captures
+		"movl $0x0,(%rdi)",
 		// publish head, clear busy
 		"inc %rdx",
 		"mov %rdx,(%rbx)",
 		"movq $0x0,0x10(%rbx)",
-		"jmpq 0xffffffffc00010f0",
+		"jmpq 0xffffffffc00010f6",
 		"movq $0x0,0x10(%rbx)",
 		// lost: (full: busy cleared first) lock inc the probe's counter
-		"mov $-0x777f801ffa68,%rax",
+		"mov $-0x777f801ffa28,%rax",
 		"lock incq (%rax)",
 		// restore
 		"pop %r15",
@@ -152,6 +154,31 @@ func TestStubNop(t *testing.T) {
 	}
 }
 
+// TestStubCaptures: a stub with captures (every page-walk level, 5 of
+// them under LA57) decodes back, and its capture code reads %cr3.
+func TestStubCaptures(t *testing.T) {
+	for _, la57 := range []bool{false, true} {
+		p := testParams
+		p.Layout.Data, p.PhysLimit, p.DirectMap, p.LA57 = 256, 1<<30, 0xffff888000000000, la57
+		p.Captures = []Capture{{Reg: x86asm.RSI, Derefs: []int32{8, -16}, Off: 0x1000, Size: 100, String: true},
+			{Reg: x86asm.RSP, Off: 8, Size: 8}, {Imm: 0xffffffff82000000, Size: 4}}
+		code, err := Stub(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := disassemble(t, code, p.StubAddr)
+		walks := 0
+		for _, in := range got {
+			if strings.HasPrefix(in, "shr $0x") {
+				walks++
+			}
+		}
+		if want := map[bool]int{false: 4, true: 5}[la57]; walks != want || !slices.Contains(got, "mov %cr3,%r10") {
+			t.Errorf("la57=%v: %d levels walked (want %d):\n\t%s", la57, walks, want, strings.Join(got, "\n\t"))
+		}
+	}
+}
+
 // TestStubLargeLayout: offsets past disp8 and imm8 take the long forms and
 // still decode back (Stub's self-check and the decoded text).
 func TestStubLargeLayout(t *testing.T) {
@@ -164,7 +191,7 @@ func TestStubLargeLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := disassemble(t, code, p.StubAddr)
-	for _, w := range []string{"mov %gs:0x82e1a000,%eax", "cmp $0x200,%eax", "imul $0xa00040,%rax,%rbx", "and $0xffff,%rdi", "movl $0xfffff,(%rdi)"} {
+	for _, w := range []string{"mov %gs:0x82e1a000,%eax", "cmp $0x200,%eax", "imul $0xa80040,%rax,%rbx", "and $0xffff,%rdi", "movl $0xfffff,(%rdi)"} {
 		if !slices.Contains(got, w) {
 			t.Errorf("no %q in\n\t%s", w, strings.Join(got, "\n\t"))
 		}
@@ -201,6 +228,18 @@ func TestStubRefuses(t *testing.T) {
 		func(p *StubParams) { p.CPUNumberOff = 0x80000000 },
 		func(p *StubParams) { p.CurrentOff = 0xffffffff00000000 },
 		func(p *StubParams) { p.StubAddr = 0xffff888000001000 }, // jmp back out of rel32 reach
+		// Captures the record cannot hold or the stub cannot make.
+		func(p *StubParams) { p.Captures = []Capture{{Reg: x86asm.RDI, Size: 8}} },                    // Data 0
+		func(p *StubParams) { p.Layout.Data, p.Captures = 64, []Capture{{Reg: x86asm.RDI, Size: 8}} }, // no PhysLimit
+		func(p *StubParams) {
+			p.Layout.Data, p.PhysLimit, p.Captures = 64, 1<<30, []Capture{{Reg: x86asm.RDI, Size: 0}}
+		},
+		func(p *StubParams) {
+			p.Layout.Data, p.PhysLimit, p.Captures = 64, 1<<30, []Capture{{Reg: x86asm.RIP, Size: 8}}
+		},
+		func(p *StubParams) {
+			p.Layout.Data, p.PhysLimit, p.CountOnly, p.Captures = 64, 1<<30, true, []Capture{{Reg: x86asm.RDI, Size: 8}}
+		},
 	}
 	for i, f := range bad {
 		p := testParams
@@ -259,11 +298,11 @@ func TestStubCountOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Hit counters follow the 8 lost counters: VA + 2*0x2c0 + 8*8 + 3*8.
+	// Hit counters follow the 8 lost counters: VA + 2*0x2e0 + 8*8 + 3*8.
 	want := []string{
 		"pushfq",
 		"push %rax",
-		"mov $-0x777f801ffa28,%rax",
+		"mov $-0x777f801ff9e8,%rax",
 		"lock incq (%rax)",
 		"pop %rax",
 		"popfq",
@@ -273,7 +312,7 @@ func TestStubCountOnly(t *testing.T) {
 	if got := disassemble(t, code, p.StubAddr); !slices.Equal(got, want) {
 		t.Errorf("count-only stub decodes to\n\t%s", strings.Join(got, "\n\t"))
 	}
-	if va := p.Layout.CountVA(3); va != 0xffff88807fe00000+2*0x2c0+8*8+3*8 || -int64(va) != 0x777f801ffa28 {
+	if va := p.Layout.CountVA(3); va != 0xffff88807fe00000+2*0x2e0+8*8+3*8 || -int64(va) != 0x777f801ff9e8 {
 		t.Errorf("CountVA(3) = %#x", va)
 	}
 }

@@ -172,13 +172,62 @@ func TestFastProbesSMP(t *testing.T) {
 	}
 }
 
+// fstrLine reads hvwl_target_fstr's struct argument, a string through
+// it, a NULL pointer (a fault) and the return address on the stack.
+const fstrLine = `p:fp/fstr hvwl_target_fstr+4 i=+0(%di):s64 name=+0(+8(%di)):string sq=+16(%di):s64 ` +
+	`null=+0(+24(%di)):string ret=+8(%sp):symbol`
+
+// TestFastCaptures: fetch args that read guest memory are read by the
+// stub at the hit (a software page walk, no exit): 30 calls give the
+// values the workload passed, identical to the int3 path's, with the
+// NULL dereference a fault on both.
+func TestFastCaptures(t *testing.T) {
+	g := miniGuest(t)
+	text := g.text(t)
+	const calls = 30
+	int3, out, _ := runFastLine(t, g, fstrLine, fmt.Sprintf("fstr:%d", calls), false, 0)
+	fast, fout, fastExits := runFastLine(t, g, fstrLine, fmt.Sprintf("fstr:%d", calls), true, 1)
+	for _, r := range []map[string]string{report(t, out, "fstr"), report(t, fout, "fstr")} {
+		if num(t, r, "n") != calls || num(t, r, "sum") != (calls-1)*calls*(2*calls-1)/6+(calls-1)*calls/2 ||
+			r["last"] != fmt.Sprintf("file-%d", calls-1) {
+			t.Fatalf("workload: %v", r)
+		}
+	}
+	values := func(ev probedef.Event) []string {
+		var vs []string
+		for _, v := range ev.Values {
+			vs = append(vs, v.Name+"="+probedef.FormatValue(v))
+		}
+		return vs
+	}
+	if len(int3) != calls || len(fast) != calls {
+		t.Fatalf("%d int3 and %d exit-less events for %d calls", len(int3), len(fast), calls)
+	}
+	for i := range calls {
+		a, b := values(int3[i]), values(fast[i])
+		want := []string{fmt.Sprintf("i=%d", i), fmt.Sprintf(`name="file-%d"`, i), fmt.Sprintf("sq=%d", i*i), "null=(fault)"}
+		if !slices.Equal(b[:4], want) || !strings.HasPrefix(b[4], "ret=hvwl_fstr+0x") {
+			t.Errorf("exit-less event %d: %q, want %q and ret=hvwl_fstr+...", i, b, want)
+		}
+		if !slices.Equal(a, b) {
+			t.Errorf("event %d: int3 %q, exit-less %q", i, a, b)
+		}
+	}
+	if fastExits != 0 {
+		t.Errorf("%d debug exits on the exit-less path", fastExits)
+	}
+	if after := g.text(t); !bytes.Equal(after, text) {
+		t.Fatal("kernel text differs after the exit-less probe was removed")
+	}
+}
+
 // TestFastFallback: a line whose instruction is too short, or whose
-// fetch args read memory, takes the int3 path and still counts.
+// fetch args the stub cannot read, takes the int3 path and still counts.
 func TestFastFallback(t *testing.T) {
 	g := miniGuest(t)
 	for _, line := range []string{
-		`p:fp/short hvwl_target_fentry a=%di:s64`,               // push %rbp: one byte
-		`p:fp/mem hvwl_target_fentry+4 a=%di:s64 m=+0(%sp):x64`, // reads the stack
+		`p:fp/short hvwl_target_fentry a=%di:s64`,                   // push %rbp: one byte
+		`p:fp/array hvwl_target_fentry+4 a=%di:s64 m=+0(%sp):x8[4]`, // arrays are not captured
 	} {
 		for _, fast := range []bool{false, true} {
 			evs, out, _ := runFastLine(t, g, line, "fentry:3", fast, 0)

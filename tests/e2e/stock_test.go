@@ -120,8 +120,9 @@ const (
 	stealthProbe = "p:stealthbl initcall_blacklisted"
 	// fastProbe is exit-less: do_one_initcall's mov $0x8,%ecx (5 bytes,
 	// after the fentry site the kretprobe's int3 holds) becomes a jmp to
-	// a recording stub; %di is still the initcall.
-	fastProbe = "p:fastinit do_one_initcall+7 fn=%di:symbol"
+	// a recording stub; %di is still the initcall. The stub also reads
+	// the kernel's command line through the saved_command_line pointer.
+	fastProbe = "p:fastinit do_one_initcall+7 fn=%di:symbol cmdline=+0(@saved_command_line):string"
 )
 
 // Sample sizes of the random probe set.
@@ -191,28 +192,53 @@ func checkStealthAndWatch(t *testing.T, events []probedef.Event, stealth bool) {
 }
 
 // checkFastInitcalls: the exit-less probe took its path and saw every
-// initcall the kretprobe saw, the same functions in the same order.
-func checkFastInitcalls(t *testing.T, events []probedef.Event, dp *session.DefProbes) {
+// initcall the kretprobe saw, the same functions in the same order, in
+// the same task; the command line its stub read is the one the kernel
+// printed, cut at the exit-less path's 127 bytes.
+func checkFastInitcalls(t *testing.T, lines []session.Line, events []probedef.Event, dp *session.DefProbes) {
 	t.Helper()
 	if len(dp.FastProbes()) != 1 {
 		t.Errorf("%d exit-less probes in the stock boot, want 1 (%s)", len(dp.FastProbes()), fastProbe)
 		return
 	}
-	var rets, fast []uint64
+	var cmdline string
+	for _, l := range lines {
+		if _, c, ok := strings.Cut(l.Text, "Command line: "); ok {
+			cmdline = strings.TrimSpace(c)
+			break
+		}
+	}
+	if cmdline == "" {
+		t.Fatal(`the stock kernel printed no "Command line:"`)
+	}
+	cmdline = cmdline[:min(len(cmdline), 127)]
+	type call struct {
+		fn   uint64
+		task string
+	}
+	var rets, fast []call
+	badCmdline := 0
 	for _, ev := range events {
+		c := call{ev.Values[0].U64, fmt.Sprintf("%s/%d", ev.Comm, ev.PID)}
 		switch ev.Def.Event {
 		case "initcalls":
-			rets = append(rets, ev.Values[0].U64)
+			rets = append(rets, c)
 		case "fastinit":
-			fast = append(fast, ev.Values[0].U64)
+			fast = append(fast, c)
+			if v := ev.Values[1]; v.Fault || v.Str != cmdline {
+				if badCmdline++; badCmdline == 1 {
+					t.Errorf("exit-less probe read the command line as %q (fault %v), the kernel printed %q", v.Str, v.Fault, cmdline)
+				}
+			}
 		}
 	}
 	p := dp.FastProbes()[0]
 	if !slices.Equal(fast, rets) || p.Lost() != 0 {
 		n := min(len(fast), len(rets), 3)
-		t.Errorf("exit-less probe: %d initcalls (%#x...), %d lost; the kretprobe saw %d (%#x...)", len(fast), fast[:n], p.Lost(), len(rets), rets[:n])
+		t.Errorf("exit-less probe: %d initcalls (%v...), %d lost; the kretprobe saw %d (%v...)", len(fast), fast[:n], p.Lost(), len(rets), rets[:n])
 	}
-	t.Logf("exit-less probe %s: %d initcalls, the kretprobe's %d, in the same order; %d lost", fastProbe, len(fast), len(rets), p.Lost())
+	t.Logf("exit-less probe %s: %d initcalls, the kretprobe's %d, in the same order and tasks; %d lost; %d of them read the command line wrong",
+		fastProbe, len(fast), len(rets), p.Lost(), badCmdline)
 }
 
 // randomBoundary picks an instruction boundary of f by decoding it from
@@ -351,7 +377,7 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 	checkInitcallPairs(t, s.Lines(), l, events)
 	checkInitcallStacks(t, events)
 	checkStealthAndWatch(t, events, slices.ContainsFunc(defs, func(d *probedef.Def) bool { return d.Stealth }))
-	checkFastInitcalls(t, events, dp)
+	checkFastInitcalls(t, s.Lines(), events, dp)
 	deferred, armed, retired := 0, 0, 0
 	for _, n := range notices {
 		switch n.Kind {
