@@ -28,14 +28,28 @@ type FastProbe struct {
 	Offset uint64
 	Addr   uint64 // resolved address; set by RegisterFast
 	// Captures are the guest memory each hit records (fetch args that
-	// read memory); they need FastConfig.Data.
+	// read memory); they need FastConfig.Data. For a Return probe they
+	// are made at the return.
 	Captures []fastpath.Capture
+	// Return makes it a return probe (a kretprobe without exits): Symbol
+	// or Addr is the function's entry (Offset 0), the jmp goes on its
+	// first instruction of 5 bytes or more after an endbr64 and a frame
+	// setup, and a record is made at each return (fastpath.RetEntry).
+	// MaxActive is how many calls can be in flight at once: ≤ 0 means
+	// max(10, 2·NumCPUs), as for Kretprobe.
+	Return    bool
+	MaxActive int
 
-	id   uint32
-	site *fastSite
-	hits atomic.Uint64 // records drained
-	lost atomic.Uint64 // the guest's lost counter, as last read
+	id      uint32
+	site    *fastSite
+	hits    atomic.Uint64 // records drained
+	lost    atomic.Uint64 // the guest's lost counter, as last read
+	nmissed atomic.Uint64 // for Return: calls not probed (no free instance), as last read
 }
+
+// NMissed is how many calls of a Return probe found no free instance
+// (or entered a frame already hooked), as of the last drain.
+func (p *FastProbe) NMissed() uint64 { return p.nmissed.Load() }
 
 // Hits is how many records of the probe were drained.
 func (p *FastProbe) Hits() uint64 { return p.hits.Load() }
@@ -204,9 +218,16 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 	case f.nextID >= uint32(f.layout.Probes):
 		return notFast(name, "all %d exit-less probe ids are used", f.layout.Probes)
 	}
-	in, _, _, err := check(m.k, m.readText, addr, name)
+	fn := addr
+	in, retOff, err := m.fastInsn(p, &addr, name)
 	if err != nil {
 		return err
+	}
+	switch {
+	case m.byVA[addr] != nil:
+		return notFast(name, "an int3 probe is armed at %#x", addr)
+	case f.sites[addr] != nil:
+		return notFast(name, "another exit-less probe patches %#x", addr)
 	}
 	if m.k.HasFixup(addr) {
 		return notFast(name, "%s has an exception-table entry: a fault must be at its own address", in)
@@ -222,37 +243,31 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 	params := fastpath.StubParams{Layout: f.layout, Probe: f.nextID, CPUNumberOff: f.cfg.CPUNumberOff,
 		CurrentOff: f.cfg.CurrentOff, StubAddr: m.slots.va(m.slots.next), ProbeAddr: addr, Displaced: in.raw,
 		Captures: p.Captures, DirectMap: f.directMap, PhysLimit: f.cfg.PhysLimit, LA57: f.cfg.LA57}
-	// The stub's length does not depend on where it runs: generate once
-	// to size the run of slots, then at its real address.
-	code, err := fastpath.Stub(params)
+	var stubVA uint64
+	if p.Return {
+		stubVA, err = m.placeReturn(p, params, retOff, name)
+	} else {
+		stubVA, err = m.placeCode(name, func(va uint64) ([]byte, error) {
+			params.StubAddr = va
+			return fastpath.Stub(params)
+		})
+	}
+	if err != nil {
+		return err
+	}
+	entry, err := fastpath.Entry(addr, stubVA, len(in.raw))
 	if err != nil {
 		return notFast(name, "%v", err)
 	}
-	first, ok := m.slots.allocRun((uint64(len(code)) + slotSize - 1) / slotSize)
-	if !ok {
-		return probeErr(name, ErrNoSlots, "slot area (%d slots) exhausted", m.slots.n)
-	}
-	// From here on the slots stay used whatever happens: nothing jumps to
-	// them unless the entry is written, but a run is not given back.
-	params.StubAddr = m.slots.va(first)
-	if code, err = fastpath.Stub(params); err != nil {
-		return notFast(name, "%v", err)
-	}
-	entry, err := fastpath.Entry(addr, params.StubAddr, len(in.raw))
-	if err != nil {
-		return notFast(name, "%v", err)
-	}
-	if err := m.mem.WritePhys(m.slots.gpa(first), code); err != nil {
-		return fmt.Errorf("registering %s: writing the stub: %w", name, err)
-	}
-	s := &fastSite{p: p, addr: addr, gpas: gpas, in: in, entry: entry, stubVA: params.StubAddr, pending: true}
+	s := &fastSite{p: p, addr: addr, gpas: gpas, in: in, entry: entry, stubVA: stubVA, pending: true}
 	// The site is listed (so nothing else claims the address) but
 	// patched without mu: a vCPU taking an int3 hit needs mu to get
 	// there and park.
 	f.sites[addr] = s
-	p.Addr, p.site, p.id = addr, s, f.nextID
+	p.Addr, p.site, p.id = fn, s, f.nextID
 	p.hits.Store(0)
 	p.lost.Store(0)
+	p.nmissed.Store(0)
 	f.byID = append(f.byID, p) // the id is taken even if patching fails
 	f.nextID++
 	m.mu.Unlock()
@@ -269,6 +284,102 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 		return errors.Join(fmt.Errorf("registering %s: %w", name, ErrClosed), m.unregisterFastLocked(p))
 	}
 	return nil
+}
+
+// fastInsn is the instruction the jmp replaces, at *addr: the probed
+// one, or for a Return probe the function's first of 5 bytes or more,
+// after which the return address is retOff bytes above %rsp.
+func (m *Manager) fastInsn(p *FastProbe, addr *uint64, name string) (*insn, int32, error) {
+	in, _, _, err := check(m.k, m.readText, *addr, name)
+	if err != nil || !p.Return {
+		return in, 0, err
+	}
+	if err := checkEntry(m.k, *addr, name); err != nil {
+		return nil, 0, err
+	}
+	if p.Offset != 0 {
+		return nil, 0, probeErr(name, ErrBadProbe, "a return probe goes on the function's entry, not at offset %#x", p.Offset)
+	}
+	retOff := int32(0)
+	// What may come first: endbr64, then push %rbp; mov %rsp,%rbp.
+	for _, pre := range [][]byte{{0xf3, 0x0f, 0x1e, 0xfa}, {0x55}, {0x48, 0x89, 0xe5}} {
+		if len(in.raw) >= fastpath.JmpLen || !bytes.Equal(in.raw, pre) {
+			continue
+		}
+		if pre[0] == 0x55 {
+			retOff += 8
+		}
+		*addr += uint64(len(in.raw))
+		if in, _, _, err = check(m.k, m.readText, *addr, name); err != nil {
+			return nil, 0, err
+		}
+	}
+	if len(in.raw) < fastpath.JmpLen {
+		return nil, 0, notFast(name, "%s at %#x is %d bytes, shorter than the %d-byte jmp, before the function has its 5 bytes", in, *addr, len(in.raw), fastpath.JmpLen)
+	}
+	return in, retOff, nil
+}
+
+// placeCode writes code made for the address it runs at into a new run
+// of slots and returns that address. Code's length must not depend on
+// where it runs: it is made once to size the run, then at its place. The
+// slots stay used whatever happens: nothing goes there before the
+// entry's jmp is written, but a run is never given back.
+func (m *Manager) placeCode(name string, gen func(va uint64) ([]byte, error)) (uint64, error) {
+	code, err := gen(m.slots.va(m.slots.next))
+	if err != nil {
+		return 0, notFast(name, "%v", err)
+	}
+	first, ok := m.slots.allocRun((uint64(len(code)) + slotSize - 1) / slotSize)
+	if !ok {
+		return 0, probeErr(name, ErrNoSlots, "slot area (%d slots) exhausted", m.slots.n)
+	}
+	va := m.slots.va(first)
+	if code, err = gen(va); err != nil {
+		return 0, notFast(name, "%v", err)
+	}
+	if err := m.mem.WritePhys(m.slots.gpa(first), code); err != nil {
+		return 0, fmt.Errorf("registering %s: writing exit-less code: %w", name, err)
+	}
+	return va, nil
+}
+
+// placeReturn writes a Return probe's instance pool (zeroed, written by
+// the guest through the direct map), trampoline and entry stub, and
+// returns the entry stub's address.
+func (m *Manager) placeReturn(p *FastProbe, params fastpath.StubParams, retOff int32, name string) (uint64, error) {
+	f := m.fast
+	n := p.MaxActive
+	if n <= 0 {
+		n = max(10, 2*m.vm.NumCPUs())
+	}
+	rp := fastpath.RetParams{StubParams: params, RetOff: retOff, MaxActive: n}
+	if _, err := fastpath.RetEntry(rp); err != nil { // refuse before taking slots
+		return 0, notFast(name, "%v", err)
+	}
+	size := uint64(n * fastpath.InstanceSize)
+	first, ok := m.slots.allocRun((size + slotSize - 1) / slotSize)
+	if !ok {
+		return 0, probeErr(name, ErrNoSlots, "slot area (%d slots) exhausted", m.slots.n)
+	}
+	if err := m.mem.WritePhys(m.slots.gpa(first), make([]byte, size)); err != nil {
+		return 0, fmt.Errorf("registering %s: clearing the instance pool: %w", name, err)
+	}
+	va, err := f.cfg.DirectMap(m.slots.gpa(first))
+	if err != nil {
+		return 0, fmt.Errorf("registering %s: the instance pool's kernel address: %w", name, err)
+	}
+	rp.Pool = va
+	if rp.Trampoline, err = m.placeCode(name, func(va uint64) ([]byte, error) {
+		rp.Trampoline = va
+		return fastpath.RetTrampoline(rp)
+	}); err != nil {
+		return 0, err
+	}
+	return m.placeCode(name, func(va uint64) ([]byte, error) {
+		rp.StubAddr = va
+		return fastpath.RetEntry(rp)
+	})
 }
 
 // physRanges is where [va, va+n) is in guest RAM, page by page.
@@ -407,9 +518,14 @@ func (m *Manager) DrainFast(f func(*FastProbe, fastpath.Record)) (FastDrain, err
 	}
 	lost, err := st.drainer.Lost()
 	errs = append(errs, err)
+	missed, merr := st.drainer.Counts() // a Return probe's calls missed
+	errs = append(errs, merr)
 	for id, p := range byID {
 		if err == nil && p != nil {
 			p.lost.Store(lost[id])
+		}
+		if merr == nil && p != nil && p.Return {
+			p.nmissed.Store(missed[id])
 		}
 	}
 	st.overrun.Add(out.Overrun)

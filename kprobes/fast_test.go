@@ -188,3 +188,44 @@ func TestFastCapturesNeedRoom(t *testing.T) {
 		t.Fatal("a refused registration changed the text or paused the guest")
 	}
 }
+
+// TestFastReturnRegister: a return probe's jmp goes on the function's
+// first 5-byte instruction after its frame setup; a function without
+// one, or an offset, is refused, text untouched.
+func TestFastReturnRegister(t *testing.T) {
+	e := newEnv(t)
+	err := e.m.EnableFast(FastConfig{Records: 2, Probes: 4, CPUNumberOff: 0x10, CurrentOff: 0x20,
+		DirectMap: func(gpa uint64) (uint64, error) { return slotAVA + gpa - slotAGPA, nil }, Data: fastpath.RetDataSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nop := []byte{0x0f, 0x1f, 0x44, 0x00, 0x00}
+	fn := e.fn("retfn", append(append([]byte{0x55, 0x48, 0x89, 0xe5}, nop...), 0x5d, 0xc3)...)
+	short := e.fn("shortfn", 0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3, 0x90, 0x90, 0x90)
+	before := e.textAt(short, 9)
+	for _, c := range []struct {
+		name string
+		p    *FastProbe
+		want error
+	}{
+		{"no 5-byte instruction", &FastProbe{Symbol: "shortfn", Return: true}, ErrNotFast},
+		{"an offset", &FastProbe{Symbol: "retfn", Offset: 4, Return: true}, ErrBadProbe},
+	} {
+		if err := e.m.RegisterFast(c.p); !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, err, c.want)
+		}
+	}
+	if !bytes.Equal(e.textAt(short, 9), before) {
+		t.Fatal("a refused registration changed the text")
+	}
+	p := &FastProbe{Symbol: "retfn", Return: true, MaxActive: 3}
+	if err := e.m.RegisterFast(p); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.textAt(fn+4, 5); p.Addr != fn || got[0] != 0xe9 || !bytes.Equal(e.textAt(fn, 4), []byte{0x55, 0x48, 0x89, 0xe5}) {
+		t.Fatalf("registered at %#x, bytes % x at +4; want the function %#x, a jmp after its frame setup", p.Addr, got, fn)
+	}
+	if err := e.m.UnregisterFast(p); err != nil || !bytes.Equal(e.textAt(fn+4, 5), nop) {
+		t.Fatalf("unregistering: %v; bytes % x", err, e.textAt(fn+4, 5))
+	}
+}

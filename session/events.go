@@ -34,6 +34,8 @@ func (d *DefProbes) Stats() []string {
 			out = append(out, fmt.Sprintf("kprobe %s+%#x: hits=%d nmissed=%d", p.Kprobe.Symbol, p.Kprobe.Offset, p.Kprobe.Hits(), p.Kprobe.NMissed()))
 		case p.Jprobe != nil:
 			out = append(out, fmt.Sprintf("jprobe %s: hits=%d nmissed=%d", p.Jprobe.Symbol, p.Jprobe.Hits(), p.Jprobe.NMissed()))
+		case p.Fast != nil && p.Fast.Return:
+			out = append(out, fmt.Sprintf("exit-less kretprobe %s: hits=%d lost=%d nmissed=%d", p.Fast.Symbol, p.Fast.Hits(), p.Fast.Lost(), p.Fast.NMissed()))
 		case p.Fast != nil:
 			out = append(out, fmt.Sprintf("exit-less kprobe %s+%#x: hits=%d lost=%d", p.Fast.Symbol, p.Fast.Offset, p.Fast.Hits(), p.Fast.Lost()))
 		default:
@@ -135,7 +137,7 @@ func (s *Session) AddDefs(a *Attached, defs []*probedef.Def, emit func(probedef.
 		}
 		var p *Probe
 		var err error
-		if d.Fast && d.Kind == probedef.Probe {
+		if d.Fast && (d.Kind == probedef.Probe || d.Kind == probedef.Retprobe) {
 			p, err = s.addFast(a, env, d, emit)
 		} else if p, err = defProbe(d); err == nil {
 			env.handle(p, d, emit)

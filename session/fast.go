@@ -57,11 +57,11 @@ type fastUser struct {
 }
 
 // fastData is each record's room for memory captures, and fastString
-// the most a captured string holds, NUL included: a string arg is cut at
-// fastString-1 bytes where ftrace's is cut at MAX_STRING_SIZE-1.
+// the most bytes of a string a capture keeps: a string arg is cut at 127
+// bytes where ftrace's is cut at MAX_STRING_SIZE-1, 4095.
 const (
 	fastData   = 512
-	fastString = 128
+	fastString = 127
 	// With the default ring size, rings that do not fit the slot area
 	// (many vCPUs) are halved down to this many records.
 	minFastRecords = 64
@@ -81,6 +81,11 @@ func fastCaptures(d *probedef.Def, syms probedef.Symbols, addr uint64, tl *intro
 		out = taskCaptures(*tl)
 	}
 	for _, a := range d.Args {
+		if d.Kind == probedef.Retprobe && entryMemory(a.Fetch) {
+			// The trampoline reads memory at the return, where only the
+			// record's copy of the argument registers is the entry's.
+			return nil, fmt.Sprintf("%s: reads memory through an entry argument", a.Name)
+		}
 		cs, err := captureArg(a, syms, addr)
 		if err != nil {
 			return nil, fmt.Sprintf("%s: %v", a.Name, err)
@@ -91,6 +96,17 @@ func fastCaptures(d *probedef.Def, syms probedef.Symbols, addr uint64, tl *intro
 		return nil, fmt.Sprintf("the fetch args read %d bytes with headers; a record holds %d", n, fastData)
 	}
 	return out, ""
+}
+
+// entryMemory reports whether f reads memory through $argN, or is an
+// $argN past the six in registers (on the entry stack).
+func entryMemory(f *probedef.Fetch) bool {
+	for in := f; in != nil; in = in.Inner {
+		if in.Kind == probedef.FetchArg && (in != f || in.N > 6) {
+			return true
+		}
+	}
+	return false
 }
 
 // taskCaptures read the current task's pid and comm at the hit: a task
@@ -279,9 +295,9 @@ func (s *Session) startFast(a *Attached) error {
 	return nil
 }
 
-// addFast makes the probe of a p line with Def.Fast: exit-less when it
-// can be, else the int3 probe the line would have had (Arm decides, as
-// only registering knows the instruction).
+// addFast makes the probe of a p or r line with Def.Fast: exit-less
+// when it can be, else the int3 probe the line would have had (Arm
+// decides, as only registering knows the instruction).
 func (s *Session) addFast(a *Attached, env *eventEnv, d *probedef.Def, emit func(probedef.Event)) (*Probe, error) {
 	p, err := defProbe(d)
 	if err != nil {
@@ -304,8 +320,9 @@ func (s *Session) addFast(a *Attached, env *eventEnv, d *probedef.Def, emit func
 		s.notify(Notice{Kind: NoticePath, Probe: p.Name, Why: "int3: not exit-less: " + why})
 		return p, s.Arm(a, p)
 	}
-	p.Fast = &kprobes.FastProbe{Symbol: d.Symbol, Offset: d.Offset, Addr: d.Addr, Captures: caps}
-	p.int3, p.Kprobe = p.Kprobe, nil
+	p.Fast = &kprobes.FastProbe{Symbol: d.Symbol, Offset: d.Offset, Addr: d.Addr, Captures: caps,
+		Return: d.Kind == probedef.Retprobe, MaxActive: d.MaxActive}
+	p.int3.k, p.int3.r, p.Kprobe, p.Kretprobe = p.Kprobe, p.Kretprobe, nil, nil
 	s.fast.mu.Lock()
 	s.fast.users[p.Fast] = &fastUser{def: d, env: env, emit: emit, name: p.Name}
 	s.fast.mu.Unlock()
@@ -321,7 +338,7 @@ func (s *Session) registerFast(m *kprobes.Manager, p *Probe) error {
 		s.fast.mu.Lock()
 		delete(s.fast.users, p.Fast)
 		s.fast.mu.Unlock()
-		p.Kprobe, p.Fast = p.int3, nil
+		p.Kprobe, p.Kretprobe, p.Fast = p.int3.k, p.int3.r, nil
 		return p.register(m)
 	}
 	if err == nil {
@@ -402,8 +419,16 @@ func (f *fastSet) hostTime(tsc uint64) time.Time {
 	if f.khz == 0 {
 		return time.Now()
 	}
-	ns := float64(int64(tsc-f.tsc0)) * 1e6 / float64(f.khz)
-	return f.t0.Add(time.Duration(ns))
+	return f.t0.Add(f.tscSpan(f.tsc0, tsc))
+}
+
+// tscSpan is the time from guest TSC value a to b (0 before the rate is
+// known). Callers hold mu.
+func (f *fastSet) tscSpan(a, b uint64) time.Duration {
+	if f.khz == 0 {
+		return 0
+	}
+	return time.Duration(float64(int64(b-a)) * 1e6 / float64(f.khz))
 }
 
 // event is a record's event: the same evaluation as the int3 path's,
@@ -414,16 +439,48 @@ func (u *fastUser) event(p *kprobes.FastProbe, r fastpath.Record, at time.Time) 
 	regs := vmm.Regs{RAX: g.RAX, RBX: g.RBX, RCX: g.RCX, RDX: g.RDX, RSI: g.RSI, RDI: g.RDI, RSP: g.RSP, RBP: g.RBP,
 		R8: g.R8, R9: g.R9, R10: g.R10, R11: g.R11, R12: g.R12, R13: g.R13, R14: g.R14, R15: g.R15,
 		RIP: p.Addr, RFLAGS: g.RFLAGS}
-	comm, pid := "", -1
-	if l := u.env.layout; l != nil {
-		var p [4]byte
-		var c [introspect.TaskCommLen]byte
-		if r.ReadVirt(r.Current+l.PID, p[:]) == nil && r.ReadVirt(r.Current+l.Comm, c[:]) == nil {
-			comm, pid = introspect.CommString(c[:]), int(int32(binary.LittleEndian.Uint32(p[:])))
-		}
+	if p.Return {
+		return u.retEvent(p, r, regs, at)
 	}
+	comm, pid := u.task(r)
 	return u.env.eventFor(u.def, int(r.CPU), comm, pid, regs, nil, at, p.Addr,
 		func(c *probedef.Context) { c.Mem = r })
+}
+
+// task is the pid and comm the stub captured ("", -1 if it did not).
+func (u *fastUser) task(r fastpath.Record) (string, int) {
+	l := u.env.layout
+	if l == nil {
+		return "", -1
+	}
+	var p [4]byte
+	var c [introspect.TaskCommLen]byte
+	if r.ReadVirt(r.Current+l.PID, p[:]) != nil || r.ReadVirt(r.Current+l.Comm, c[:]) != nil {
+		return "", -1
+	}
+	return introspect.CommString(c[:]), int(int32(binary.LittleEndian.Uint32(p[:])))
+}
+
+// retEvent is a return record's event, as the int3 kretprobe's: $argN
+// from the registers the entry stub kept, $retval and the rest at the
+// return, the call's real return address and duration.
+func (u *fastUser) retEvent(p *kprobes.FastProbe, r fastpath.Record, regs vmm.Regs, at time.Time) probedef.Event {
+	d, ok := r.Return()
+	if !ok {
+		return u.env.eventFor(u.def, int(r.CPU), "", -1, regs, errors.New("a return record without its call's data"), at, p.Addr, nil)
+	}
+	entry := regs
+	entry.RDI, entry.RSI, entry.RDX, entry.RCX, entry.R8, entry.R9 = d.Args[0], d.Args[1], d.Args[2], d.Args[3], d.Args[4], d.Args[5]
+	regs.RIP = d.Ret
+	comm, pid := u.task(r)
+	ev := u.env.eventFor(u.def, int(r.CPU), comm, pid, regs, nil, at, d.Ret,
+		func(c *probedef.Context) { c.Mem, c.Entry = r, &entry })
+	ev.Func = p.Symbol
+	f := &u.env.s.fast
+	f.mu.Lock()
+	ev.Duration = f.tscSpan(d.EntryTSC, r.TSC)
+	f.mu.Unlock()
+	return ev
 }
 
 // Flush drains the exit-less rings now: every hit recorded before the

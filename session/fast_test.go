@@ -10,34 +10,9 @@ import (
 	"github.com/hvprobe/hvprobe/introspect"
 	"github.com/hvprobe/hvprobe/kprobes/fastpath"
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/kprobes/probedef/probedeftest"
 	"github.com/hvprobe/hvprobe/vmm"
 )
-
-// flatMem is guest-virtual memory for tests: pages at given addresses,
-// everything else unmapped.
-type flatMem map[uint64][]byte // page VA -> 4096 bytes
-
-func (m flatMem) ReadVirt(va uint64, p []byte) error {
-	for i := range p {
-		a := va + uint64(i)
-		pg, ok := m[a&^4095]
-		if !ok {
-			return fmt.Errorf("%#x not mapped", a)
-		}
-		p[i] = pg[a&4095]
-	}
-	return nil
-}
-
-func (m flatMem) put(va uint64, b []byte) {
-	for i, c := range b {
-		a := va + uint64(i)
-		if m[a&^4095] == nil {
-			m[a&^4095] = make([]byte, 4096)
-		}
-		m[a&^4095][a&4095] = c
-	}
-}
 
 type testSyms map[string]uint64
 
@@ -51,7 +26,7 @@ func (s testSyms) Format(addr uint64) string { return fmt.Sprintf("%#x", addr) }
 
 // simulate does what the stub does for cs at a hit with regs over mem
 // (the vmm KVM test checks the stub itself against the same semantics).
-func simulate(cs []fastpath.Capture, regs vmm.Regs, current uint64, mem flatMem) fastpath.Record {
+func simulate(cs []fastpath.Capture, regs vmm.Regs, current uint64, mem probedeftest.PageMem) fastpath.Record {
 	rec := fastpath.Record{Current: current}
 	read := func(va uint64, n int, str bool) (fastpath.Captured, bool) {
 		c := fastpath.Captured{VA: va, Asked: n}
@@ -105,15 +80,15 @@ func TestFastCaptures(t *testing.T) {
 		hole = 0xffff888000300ff8 // 8 bytes before an unmapped page
 		addr = 0xffffffff81001000
 	)
-	mem := flatMem{}
+	mem := probedeftest.PageMem{}
 	le := binary.LittleEndian
-	mem.put(obj, le.AppendUint64(le.AppendUint64(le.AppendUint64(nil, str), 0x8877665544332211), hole))
-	mem.put(str, []byte("/etc/passwd\x00"))
-	mem.put(hole, []byte("no NUL.."))
-	mem.put(0xffffffff82000000, le.AppendUint64(nil, 12345)) // jiffies
-	mem.put(0xffffffff82000100, le.AppendUint64(nil, str))   // saved_command_line
+	mem.Put(obj, le.AppendUint64(le.AppendUint64(le.AppendUint64(nil, str), 0x8877665544332211), hole))
+	mem.Put(str, []byte("/etc/passwd\x00"))
+	mem.Put(hole, []byte("no NUL.."))
+	mem.Put(0xffffffff82000000, le.AppendUint64(nil, 12345)) // jiffies
+	mem.Put(0xffffffff82000100, le.AppendUint64(nil, str))   // saved_command_line
 	stack := uint64(0xffffc90000013f00)
-	mem.put(stack, le.AppendUint64(le.AppendUint64(le.AppendUint64(nil, addr+0x40), obj), 7))
+	mem.Put(stack, le.AppendUint64(le.AppendUint64(le.AppendUint64(nil, addr+0x40), obj), 7))
 	regs := vmm.Regs{RDI: obj, RSI: str, RDX: 3, RSP: stack, RIP: addr, RFLAGS: 0x246}
 	syms := testSyms{"jiffies": 0xffffffff82000000, "saved_command_line": 0xffffffff82000100}
 	for line, why := range map[string]string{
@@ -164,11 +139,27 @@ func TestFastCaptures(t *testing.T) {
 		t.Error("a stack trace went exit-less")
 	}
 
+	// r lines read memory at the return: not through entry arguments.
+	for line, why := range map[string]string{
+		`r:a f x=$arg1 y=$retval`:  "",
+		`r:a f s=+0(%ax):string`:   "",
+		`r:a f s=+0($arg1):string`: "reads memory through an entry argument",
+		`r:a f a7=$arg7`:           "reads memory through an entry argument",
+	} {
+		d, err := probedef.Parse(line)
+		if err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		if _, got := fastCaptures(d, syms, addr, nil); (why == "") != (got == "") || !strings.Contains(got, why) {
+			t.Errorf("%s: %q, want %q", line, got, why)
+		}
+	}
+
 	// With a task layout, the task's pid and comm are read at the hit.
 	const task = 0xffff888000400000
 	tl := introspect.TaskLayout{PID: 0x500, Comm: 0x700}
-	mem.put(task+tl.PID, le.AppendUint32(nil, 42))
-	mem.put(task+tl.Comm, []byte("kworker/0:1\x00"))
+	mem.Put(task+tl.PID, le.AppendUint32(nil, 42))
+	mem.Put(task+tl.Comm, []byte("kworker/0:1\x00"))
 	d, _ = probedef.Parse(`p:a f x=+8(%di):u64`)
 	cs, why := fastCaptures(d, syms, addr, &tl)
 	if why != "" || len(cs) != 3 || !cs[0].Current || !cs[1].Current {

@@ -21,10 +21,13 @@ type Probe struct {
 	Kprobe    *kprobes.Kprobe
 	Jprobe    *kprobes.Jprobe
 	Kretprobe *kprobes.Kretprobe
-	// Fast is an exit-less probe (session/fast.go); int3 is the Kprobe it
-	// becomes where the instruction cannot take the jmp.
+	// Fast is an exit-less probe (session/fast.go); int3 is the Kprobe
+	// or Kretprobe it becomes where the instruction cannot take the jmp.
 	Fast *kprobes.FastProbe
-	int3 *kprobes.Kprobe
+	int3 struct {
+		k *kprobes.Kprobe
+		r *kprobes.Kretprobe
+	}
 }
 
 func (p *Probe) register(m *kprobes.Manager) error {

@@ -529,3 +529,182 @@ func TestFastpathCaptures(t *testing.T) {
 		}
 	}
 }
+
+// A loop calling a function, for exit-less return probes: r12 calls of
+// fpFn(r12), the returns summed in r13.
+//
+//	+0  mov %r12,%rdi; call fpFn; add %rax,%r13; dec %r12; jnz +0
+//	+16 out %al,$tinyPort; hlt
+//	fpFn: nopl 0(%rax,%rax,1) (the site); lea 1(%rdi,%rdi,2),%rax; ret
+const (
+	fpFn      = fpCode + 0x80
+	fpTramp   = fpStub + 0x800
+	fpPool    = 0x104000
+	fpRetSite = fpCode + 8 // the call's return address
+)
+
+func fpCallLoop() []byte {
+	code := make([]byte, 0x90)
+	copy(code, []byte{
+		0x4c, 0x89, 0xe7, // mov %r12,%rdi
+		0xe8, 0, 0, 0, 0, // call fpFn
+		0x49, 0x01, 0xc5, // add %rax,%r13
+		0x49, 0xff, 0xcc, // dec %r12
+		0x75, 0xf0, // jnz +0
+		0xe6, tinyPort, 0xf4,
+	})
+	binary.LittleEndian.PutUint32(code[4:], uint32(fpFn-fpRetSite))
+	copy(code[fpFn-fpCode:], []byte{0x0f, 0x1f, 0x44, 0x00, 0x00, 0x48, 0x8d, 0x44, 0x7f, 0x01, 0xc3})
+	return code
+}
+
+func TestFastpathReturn(t *testing.T) {
+	const iters = 40
+	vm := newFastpathVM(t)
+	v := vm.vcpus[0]
+	mem := vm.Memory()
+	if err := mem.WritePhys(fpCode, fpCallLoop()); err != nil {
+		t.Fatal(err)
+	}
+	start := fpStart(iters)
+	want, _, _ := fpRun(t, v, start)
+	if want.R13 != 3*iters*(iters+1)/2+iters {
+		t.Fatalf("unprobed loop summed %d", want.R13)
+	}
+	const maxActive = 4
+	arm := func(t *testing.T, l fastpath.Layout) {
+		t.Helper()
+		p := fastpath.RetParams{
+			StubParams: fastpath.StubParams{Layout: l, Probe: 2, CPUNumberOff: fpCPUNum, CurrentOff: fpCurrent,
+				StubAddr: fpStub, ProbeAddr: fpFn, Displaced: []byte{0x0f, 0x1f, 0x44, 0x00, 0x00},
+				Captures: []fastpath.Capture{{Reg: x86asm.RSP, Size: 8}}, DirectMap: fpDirect, PhysLimit: tinyMem},
+			Trampoline: fpTramp, Pool: fpDirect + fpPool, MaxActive: maxActive,
+		}
+		entry, err := fastpath.RetEntry(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tramp, err := fastpath.RetTrampoline(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jmp, err := fastpath.Entry(fpFn, fpStub, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range []struct {
+			gpa uint64
+			b   []byte
+		}{{fpStub, entry}, {fpTramp, tramp}, {fpPool, make([]byte, maxActive*fastpath.InstanceSize)}, {fpFn, jmp}} {
+			if err := mem.WritePhys(w.gpa, w.b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	layout := func() fastpath.Layout {
+		l := fpLayout(64)
+		l.Data = fastpath.RetDataSize + 32
+		return l
+	}
+	pool := func(t *testing.T) []uint64 {
+		t.Helper()
+		var st []uint64
+		for i := range maxActive {
+			s, _ := mem.LoadPhys(fpPool+uint64(i*fastpath.InstanceSize), 8)
+			st = append(st, s)
+		}
+		return st
+	}
+
+	t.Run("returns", func(t *testing.T) {
+		l := layout()
+		d, err := fastpath.NewDrainer(mem, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		arm(t, l)
+		got, _, _ := fpRun(t, v, start)
+		if got != want {
+			t.Errorf("the guest ended with\n%+v, want (unprobed)\n%+v", got, want)
+		}
+		res, err := d.Drain(0, nil)
+		if err != nil || len(res.Records) != iters {
+			t.Fatalf("drained %d records, %v; want %d", len(res.Records), err, iters)
+		}
+		for k, rec := range res.Records {
+			x := uint64(iters - k)
+			rd, ok := rec.Return()
+			sp := make([]byte, 8)
+			capErr := rec.ReadVirt(fpStackTop, sp)
+			if !ok || rec.Probe != 2 || rd.Ret != fpRetSite || rd.Args[0] != x || rec.Regs.RAX != 3*x+1 ||
+				rd.Task != fpCurTask || rec.Regs.RSP != fpStackTop || rd.EntryTSC >= rec.TSC || capErr != nil {
+				t.Fatalf("record %d: %+v, return %+v (%v), $stack0 capture %v", k, rec, rd, ok, capErr)
+			}
+		}
+		counts, _ := d.Counts()
+		if counts[2] != 0 || !slices.Equal(pool(t), make([]uint64, maxActive)) {
+			t.Errorf("missed %d, pool states %v; want none missed, every instance free", counts[2], pool(t))
+		}
+	})
+
+	t.Run("dead frame at the slot", func(t *testing.T) {
+		l := layout()
+		d, err := fastpath.NewDrainer(mem, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		arm(t, l)
+		// Every instance armed: one for the slot the loop's call uses (a
+		// frame that died there), the rest elsewhere (live frames).
+		for i := range maxActive {
+			slot := uint64(0x170000 + 8*i)
+			if i == 0 {
+				slot = fpStackTop - 8
+			}
+			in := le64(1, slot, 0xdead)
+			if err := mem.WritePhys(fpPool+uint64(i*fastpath.InstanceSize), in); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, _, _ := fpRun(t, v, start)
+		if got != want {
+			t.Errorf("the guest ended with\n%+v, want\n%+v", got, want)
+		}
+		res, _ := d.Drain(0, nil)
+		counts, _ := d.Counts()
+		if len(res.Records) != iters || counts[2] != 0 || !slices.Equal(pool(t), []uint64{0, 1, 1, 1}) {
+			t.Fatalf("%d records, %d missed, pool %v; want %d, 0, the dead frame's instance reused", len(res.Records), counts[2], pool(t), iters)
+		}
+	})
+
+	t.Run("pool exhausted", func(t *testing.T) {
+		l := layout()
+		d, err := fastpath.NewDrainer(mem, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		arm(t, l)
+		for i := range maxActive {
+			if err := mem.WritePhys(fpPool+uint64(i*fastpath.InstanceSize), le64(1, uint64(0x170000+8*i), 0xdead)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, _, _ := fpRun(t, v, start)
+		if got != want {
+			t.Errorf("the guest ended with\n%+v, want\n%+v", got, want)
+		}
+		res, _ := d.Drain(0, nil)
+		counts, _ := d.Counts()
+		if len(res.Records) != 0 || counts[2] != iters {
+			t.Fatalf("%d records, %d missed; want none recorded, %d missed", len(res.Records), counts[2], iters)
+		}
+	})
+}
+
+func le64(vs ...uint64) []byte {
+	var b []byte
+	for _, v := range vs {
+		b = binary.LittleEndian.AppendUint64(b, v)
+	}
+	return b
+}

@@ -62,7 +62,7 @@ func cmdRun(args []string) error {
 	interval := fs.Duration("interval", 0, "with --hist: also print the hist tables every interval (they always print at exit)")
 	stacktrace := fs.Bool("stacktrace", false, "for --probe/--probes: each event carries the guest kernel stack of its hit (ftrace's stacktrace option)")
 	stealth := fs.Bool("stealth", false, "arm --probe/--probes p: lines in the vCPUs' debug registers (at most 4), so the guest reading its text sees no int3; refused where KVM does not deliver hardware breakpoints")
-	fast := fs.Bool("fast", false, "arm --probe/--probes p: lines exit-less where they can be: a jmp to a stub that records the registers into a per-vCPU ring in guest memory, with no VM exit per hit (a 5-byte or longer instruction that runs anywhere, fetch args from registers); the others, and each one's reason, take the int3 path")
+	fast := fs.Bool("fast", false, "arm --probe/--probes p: and r: lines exit-less where they can be: a jmp to a stub that records the registers and the memory the fetch args read into a per-vCPU ring in guest memory, with no VM exit per hit (a 5-byte or longer instruction that runs anywhere; for r: lines, the function's first such, and a return trampoline); the others, and each one's reason, take the int3 path")
 	fastRecords := fs.Int("fast-records", session.DefaultFastRecords, "with --fast: records per vCPU ring (a power of two); hits that find it full are counted as lost events")
 	keepGoing := fs.Bool("keep-going", false, "when a probe cannot be armed once the guest runs, report it and carry on (default: report it and stop the guest, exit status 6)")
 	fs.Parse(args)
@@ -584,7 +584,7 @@ func stealthDefs(defs []*probedef.Def, flagProbes int) []string {
 	return bad
 }
 
-// fastDefs marks the p: lines for the exit-less path, refusing what
+// fastDefs marks the p: and r: lines for the exit-less path, refusing what
 // cannot be checked before boot: --stealth beside it, a bad ring size.
 func fastDefs(defs []*probedef.Def, stealth bool, records int) []string {
 	var bad []string
@@ -595,7 +595,7 @@ func fastDefs(defs []*probedef.Def, stealth bool, records int) []string {
 		bad = append(bad, fmt.Sprintf("hvprobe: --fast-records %d: want a power of two from 1 to %d", records, fastpath.MaxRecords))
 	}
 	for _, d := range defs {
-		if d.Kind == probedef.Probe {
+		if d.Kind == probedef.Probe || d.Kind == probedef.Retprobe {
 			d.Fast = true
 		}
 	}

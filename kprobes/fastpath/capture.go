@@ -26,10 +26,10 @@ type Capture struct {
 	Reg     x86asm.Reg
 	Current bool
 	Imm     uint64
-	Derefs []int32
-	Off    int32
-	Size   int
-	String bool
+	Derefs  []int32
+	Off     int32
+	Size    int
+	String  bool
 }
 
 // CaptureHeader is each capture's header in the record's data: u64 va,
@@ -115,21 +115,21 @@ const (
 )
 
 // captures emits the capture code, from after the record's frame copy
-// (rdi past the frame, rdx head) to before head is published (rdx head
-// again), and returns the subroutines to place after the stub's exit.
-func captures(e *emitter, p StubParams) func() {
+// (rdi at RecNCapOff, rdx head) to before head is published (rdx head
+// again), writing the captures from the record's dataOff on; frameTop
+// is the distance from %rsp to the probe's %rsp. It returns the
+// subroutines to place after the stub's exit, or nil.
+func captures(e *emitter, p StubParams, dataOff, frameTop int32) func() {
 	var (
 		rax, rcx, rdx, rsi, rbp, rsp = x86asm.RAX, x86asm.RCX, x86asm.RDX, x86asm.RSI, x86asm.RBP, x86asm.RSP
 		r8, r12, r13, r14, r15       = x86asm.R8, x86asm.R12, x86asm.R13, x86asm.R14, x86asm.R15
 	)
-	// rep movsq left rdi at the capture count, after the frame.
-	e.storeImm(false, m(x86asm.RDI, 0), 0)
 	if len(p.Captures) == 0 {
 		return nil
 	}
 	e.lea(r12, m(x86asm.RDI, -RecNCapOff))
 	e.mov(rdx, rbp)
-	e.lea(r13, m(r12, RecDataOff))
+	e.lea(r13, m(r12, dataOff))
 	e.movabs(r14, p.DirectMap)
 	e.movabs(r15, pteAddrMask)
 	for i, c := range p.Captures {
@@ -138,7 +138,7 @@ func captures(e *emitter, p StubParams) func() {
 		case c.Current:
 			e.load(nil, true, rsi, m(r12, RecCurrentOff))
 		case c.Reg == rsp:
-			e.lea(rsi, m(rsp, frameBytes))
+			e.lea(rsi, m(rsp, frameTop))
 		case c.Reg != 0:
 			e.load(nil, true, rsi, m(rsp, frameSlot(c.Reg)))
 		default:

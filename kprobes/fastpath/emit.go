@@ -228,6 +228,15 @@ func (e *emitter) test(src, dst x86asm.Reg) { e.op(nil, true, []byte{0x85}, num(
 func (e *emitter) cmp(src, dst x86asm.Reg)  { e.op(nil, true, []byte{0x39}, num(src), r(dst)) }
 func (e *emitter) and(src, dst x86asm.Reg)  { e.op(nil, true, []byte{0x21}, num(src), r(dst)) }
 
+// cmp r64, m64 (REX.W 39 /r: flags of m - r); lock cmpxchg r64, m64
+// (F0 REX.W 0F B1 /r); dec r32 (FF /1); ud2 (0F 0B).
+func (e *emitter) cmpMem(src x86asm.Reg, dst operand) { e.op(nil, true, []byte{0x39}, num(src), dst) }
+func (e *emitter) lockCmpxchg(src x86asm.Reg, dst operand) {
+	e.op([]byte{0xf0}, true, []byte{0x0f, 0xb1}, num(src), dst)
+}
+func (e *emitter) dec32(dst x86asm.Reg) { e.op(nil, false, []byte{0xff}, 1, r(dst)) }
+func (e *emitter) ud2()                 { e.start(); e.b = append(e.b, 0x0f, 0x0b) }
+
 // test $imm32, r/m: F7 /0 id.
 func (e *emitter) testImm(w bool, dst operand, v int32) {
 	e.op(nil, w, []byte{0xf7}, 0, dst)

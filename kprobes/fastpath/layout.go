@@ -24,7 +24,8 @@ const (
 	RecRSPOff     = 24 // u64 %rsp at the probe (before the stub pushed anything)
 	RecFrameOff   = 32 // 16 u64: the stub's saved frame, lowest address first (FrameRegs)
 	FrameQwords   = 16
-	RecNCapOff    = RecFrameOff + 8*FrameQwords // u32: captures the stub wrote; then u32 zero
+	RecNCapOff    = RecFrameOff + 8*FrameQwords // u32: captures the stub wrote
+	RecKindOff    = RecNCapOff + 4              // u32: KindHit, or KindReturn (a RetData first in the data)
 	RecordFixed   = RecNCapOff + 8              // 168
 	RecDataOff    = RecordFixed
 )
@@ -138,6 +139,11 @@ type Record struct {
 	TSC     uint64
 	Current uint64
 	Regs    Regs
+	// Kind is KindHit, or KindReturn for a return probe's record, whose
+	// Data opens with a RetData (Record.Return).
+	Kind uint32
+	// Data is the record's data area, as the guest left it.
+	Data []byte
 	// Captures are the guest memory the stub read at the hit (Capture).
 	Captures []Captured
 }
@@ -155,7 +161,7 @@ type Regs struct {
 func decodeRecord(l Layout, b []byte) Record {
 	le := binary.LittleEndian
 	q := func(i int) uint64 { return le.Uint64(b[RecFrameOff+8*i:]) }
-	return Record{
+	rec := Record{
 		Probe:   le.Uint32(b[RecProbeOff:]),
 		CPU:     le.Uint32(b[RecCPUOff:]),
 		TSC:     le.Uint64(b[RecTSCOff:]),
@@ -165,6 +171,13 @@ func decodeRecord(l Layout, b []byte) Record {
 			RDI: q(8), RSI: q(9), RBP: q(10), RBX: q(11), RDX: q(12), RCX: q(13), RAX: q(14), RFLAGS: q(15),
 			RSP: le.Uint64(b[RecRSPOff:]),
 		},
-		Captures: decodeCaptures(le.Uint32(b[RecNCapOff:]), b[RecDataOff:RecDataOff+l.Data]),
+		Kind: le.Uint32(b[RecKindOff:]),
+		Data: b[RecDataOff : RecDataOff+l.Data : RecDataOff+l.Data],
 	}
+	caps := rec.Data
+	if rec.Kind == KindReturn {
+		caps = caps[min(RetDataSize, len(caps)):]
+	}
+	rec.Captures = decodeCaptures(le.Uint32(b[RecNCapOff:]), caps)
+	return rec
 }

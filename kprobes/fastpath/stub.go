@@ -183,11 +183,7 @@ func stub(p StubParams) ([]byte, []int, error) {
 	if err := checkCaptures(p); err != nil {
 		return nil, nil, err
 	}
-	const gs = 0x65
-	var (
-		rax, rbx, rcx, rdx, rdi, rsp = x86asm.RAX, x86asm.RBX, x86asm.RCX, x86asm.RDX, x86asm.RDI, x86asm.RSP
-		e                            = newEmitter()
-	)
+	rax, e := x86asm.RAX, newEmitter()
 	if p.CountOnly {
 		// lock inc sets the flags: they are saved around it.
 		e.pushfq()
@@ -198,11 +194,40 @@ func stub(p StubParams) ([]byte, []int, error) {
 		e.popfq()
 		return finishStub(e, p, inst, nil)
 	}
+	e.saveAll()
+	var tail func()
+	record(e, p, cpuOff, curOff, frameBytes, 0, func() { tail = captures(e, p, RecDataOff, frameBytes) })
+	e.restoreAll()
+	return finishStub(e, p, inst, tail)
+}
+
+// saveAll pushes the flags and the 15 GPRs, interrupts off; restoreAll
+// pops them.
+func (e *emitter) saveAll() {
 	e.pushfq()
 	e.cli()
 	for _, x := range saved {
 		e.push(x)
 	}
+}
+
+func (e *emitter) restoreAll() {
+	for i := len(saved) - 1; i >= 0; i-- {
+		e.pop(saved[i])
+	}
+	e.popfq()
+}
+
+// record writes one record of probe p.Probe into this CPU's ring (or
+// counts it lost), with everything saved by saveAll; frameTop is the
+// distance from %rsp to the probe's %rsp (the record's RSP), kind the
+// record's kind (RecKindOff). fill runs after the frame copy, with rdi
+// at the record's RecNCapOff, rbx the ring header and rdx head, which it
+// must keep. It ends at labelOut, every register but rsp clobbered.
+func record(e *emitter, p StubParams, cpuOff, curOff, frameTop int32, kind int32, fill func()) {
+	const gs = 0x65
+	l := p.Layout
+	rax, rbx, rcx, rdx, rdi, rsp := x86asm.RAX, x86asm.RBX, x86asm.RCX, x86asm.RDX, x86asm.RDI, x86asm.RSP
 	// The ring: rbx = base + cpu*stride, if cpu < CPUs.
 	e.load([]byte{gs}, false, rax, abs(cpuOff)) // mov %gs:cpu_number, %eax (zero-extends)
 	e.aluImm(false, 7, r(rax), int32(l.CPUs))   // cmp $CPUs, %eax
@@ -235,7 +260,7 @@ func stub(p StubParams) ([]byte, []int, error) {
 	e.store(true, rax, m(rdi, RecTSCOff))
 	e.load([]byte{gs}, true, rax, abs(curOff))
 	e.store(true, rax, m(rdi, RecCurrentOff))
-	e.lea(rax, m(rsp, frameBytes))
+	e.lea(rax, m(rsp, frameTop))
 	e.store(true, rax, m(rdi, RecRSPOff))
 	// The frame: rep movsq from the stack (one instruction for sixteen
 	// loads and stores; DF is the guest's until popfq, so cld first).
@@ -245,7 +270,12 @@ func stub(p StubParams) ([]byte, []int, error) {
 	e.movImm32(rcx, FrameQwords)
 	e.cld()
 	e.repMovsq()
-	tail := captures(e, p)
+	// rep movsq left rdi at the capture count, after the frame.
+	e.storeImm(true, m(rdi, 0), 0)
+	if kind != 0 {
+		e.storeImm(false, m(rdi, RecKindOff-RecNCapOff), kind)
+	}
+	fill()
 	// Publish: the record's stores, rep movsq's included, are ordered
 	// before head's (x86 TSO; stores across a string operation are not
 	// reordered: Intel SDM vol. 3, "Fast-String Operation and Out-of-Order
@@ -260,11 +290,6 @@ func stub(p StubParams) ([]byte, []int, error) {
 	e.movabs(rax, l.LostVA(p.Probe))
 	e.lockInc(m(rax, 0))
 	e.bind(labelOut)
-	for i := len(saved) - 1; i >= 0; i-- {
-		e.pop(saved[i])
-	}
-	e.popfq()
-	return finishStub(e, p, inst, tail)
 }
 
 // finishStub appends the displaced instruction, the jmp back, and tail

@@ -64,20 +64,20 @@ func TestStubDecodesBack(t *testing.T) {
 		// the ring of this CPU (cpu >= CPUs: lost)
 		"mov %gs:0x1f0a0,%eax",
 		"cmp $0x2,%eax",
-		"jae 0xffffffffc00010e8",
+		"jae 0xffffffffc00010e9",
 		"imul $0x2e0,%rax,%rbx",
 		"mov $-0x777f80200000,%rdx",
 		"add %rdx,%rbx",
 		// reentrance guard
 		"cmpq $0x0,0x10(%rbx)",
-		"jne 0xffffffffc00010e8",
+		"jne 0xffffffffc00010e9",
 		"movq $0x1,0x10(%rbx)",
 		// full if head - tail >= Records
 		"mov (%rbx),%rcx",
 		"mov %rcx,%rdx",
 		"sub 0x8(%rbx),%rdx",
 		"cmp $0x4,%rdx",
-		"jae 0xffffffffc00010e0",
+		"jae 0xffffffffc00010e1",
 		// the record: header + (head & 3) * 168
 		"mov %rcx,%rdi",
 		"and $0x3,%rdi",
@@ -101,13 +101,13 @@ func TestStubDecodesBack(t *testing.T) {
 		"mov $0x10,%ecx",
 		"cld",
 		"rep movsq %ds:(%rsi),%es:(%rdi)",
-		// no memory captures
-		"movl $0x0,(%rdi)",
+		// no memory captures, a hit record
+		"movq $0x0,(%rdi)",
 		// publish head, clear busy
 		"inc %rdx",
 		"mov %rdx,(%rbx)",
 		"movq $0x0,0x10(%rbx)",
-		"jmpq 0xffffffffc00010f6",
+		"jmpq 0xffffffffc00010f7",
 		"movq $0x0,0x10(%rbx)",
 		// lost: (full: busy cleared first) lock inc the probe's counter
 		"mov $-0x777f801ffa28,%rax",

@@ -8,35 +8,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hvprobe/hvprobe/kprobes/probedef/probedeftest"
 	"github.com/hvprobe/hvprobe/vmm"
 )
 
-// fakeMem is guest memory mapped page by page: a page exists once
-// something is written to it, unwritten bytes of it read as zero, and
-// reads touching an absent page fault.
-type fakeMem map[uint64]*[4096]byte
+// fakeMem is probedeftest.PageMem with the writers these tests use.
+type fakeMem struct{ probedeftest.PageMem }
 
-func (m fakeMem) ReadVirt(va uint64, p []byte) error {
-	for i := range p {
-		a := va + uint64(i)
-		pg, ok := m[a&^4095]
-		if !ok {
-			return fmt.Errorf("page fault at %#x", a)
-		}
-		p[i] = pg[a&4095]
-	}
-	return nil
-}
-
-func (m fakeMem) put(va uint64, b []byte) {
-	for i, c := range b {
-		a := va + uint64(i)
-		if m[a&^4095] == nil {
-			m[a&^4095] = new([4096]byte)
-		}
-		m[a&^4095][a&4095] = c
-	}
-}
+func (m fakeMem) put(va uint64, b []byte) { m.Put(va, b) }
 
 func (m fakeMem) u64(va, v uint64) {
 	var b [8]byte
@@ -84,7 +63,7 @@ const (
 )
 
 func testContext() (*Context, fakeMem) {
-	mem := fakeMem{}
+	mem := fakeMem{probedeftest.PageMem{}}
 	// struct filename { const char *name; ... } at RSI+8 holds a pointer.
 	mem.u64(0xffff888000100008, filename)
 	mem.str(filename, "/etc/passwd")

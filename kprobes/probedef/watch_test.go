@@ -3,6 +3,8 @@ package probedef
 import (
 	"strings"
 	"testing"
+
+	"github.com/hvprobe/hvprobe/kprobes/probedef/probedeftest"
 )
 
 // w lines as ftrace's wprobetrace.rst writes them, with hvprobe's default
@@ -76,7 +78,7 @@ func TestEvaluateWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem := fakeMem{}
+	mem := fakeMem{probedeftest.PageMem{}}
 	mem.put(0x1000, []byte{0x78, 0x56, 0x34, 0x12})
 	vals, err := Evaluate(d, &Context{Mem: mem, WatchAddr: 0x1000, WatchOld: []byte{1, 0, 0, 0}})
 	if err != nil {

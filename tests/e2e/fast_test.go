@@ -221,6 +221,71 @@ func TestFastCaptures(t *testing.T) {
 	}
 }
 
+// retLine is a return probe on hvwl_target_fentry: its jmp goes on the
+// nop after the frame setup, and the trampoline records each return.
+const retLine = `r:fp/ret hvwl_target_fentry a=$arg1:s64 b=$arg2:s64 ret=$retval:s64`
+
+// retView is what must agree between the int3 and exit-less kretprobes.
+func retView(ev probedef.Event) string {
+	var vs []string
+	for _, v := range ev.Values {
+		vs = append(vs, v.Name+"="+probedef.FormatValue(v))
+	}
+	return fmt.Sprintf("%s/%d (%s <- %s) %s", ev.Comm, ev.PID, ev.Where, ev.Func, strings.Join(vs, " "))
+}
+
+// TestFastReturns: an r line exit-less (entry stub and return
+// trampoline, no exit) gives the int3 kretprobe's events for the same
+// calls: arguments, return values, return addresses, tasks; on 1 vCPU
+// in order, on 2 per thread, text byte-identical after.
+func TestFastReturns(t *testing.T) {
+	for _, c := range []struct {
+		name, scenario string
+		guest          func(*testing.T) *guest
+		calls          func(*testing.T, []string) int64
+	}{
+		{"1 vCPU", "fentry:25", miniGuest, func(t *testing.T, out []string) int64 { return num(t, report(t, out, "fentry"), "n") }},
+		{"2 vCPUs", "fthreads:4:40", twoCPUGuest, func(t *testing.T, out []string) int64 { return num(t, report(t, out, "threads"), "total") }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := c.guest(t)
+			text := g.text(t)
+			int3, out, _ := runFastLine(t, g, retLine, c.scenario, false, 0)
+			fast, fout, fastExits := runFastLine(t, g, retLine, c.scenario, true, 1)
+			if n, fn := c.calls(t, out), c.calls(t, fout); int64(len(int3)) != n || int64(len(fast)) != fn {
+				t.Fatalf("%d int3 and %d exit-less return events for %d and %d calls", len(int3), len(fast), n, fn)
+			}
+			// Per task (threads interleave differently, pids differ in
+			// the two runs): the sequence of returns each task saw.
+			byTask := func(evs []probedef.Event) map[string][]string {
+				m := map[string][]string{}
+				for _, ev := range evs {
+					if ev.Values[2].S64 != ev.Values[0].S64+ev.Values[1].S64 || ev.Duration <= 0 || !strings.HasPrefix(ev.Where, "hvwl_") {
+						t.Errorf("return event %s: want ret = a+b, a duration (%v), a return into the workload", retView(ev), ev.Duration)
+					}
+					v := retView(ev)
+					_, v, _ = strings.Cut(v, " ") // the pid differs between runs
+					m[ev.Comm] = append(m[ev.Comm], v)
+				}
+				return m
+			}
+			a, b := byTask(int3), byTask(fast)
+			for task, seq := range a {
+				if !slices.Equal(seq, b[task]) {
+					n := min(len(seq), len(b[task]), 3)
+					t.Errorf("task %s: int3 %q..., exit-less %q...", task, seq[:n], b[task][:min(n, len(b[task]))])
+				}
+			}
+			if len(a) != len(b) || fastExits != 0 {
+				t.Errorf("%d tasks on the int3 path, %d exit-less; %d debug exits exit-less", len(a), len(b), fastExits)
+			}
+			if after := g.text(t); !bytes.Equal(after, text) {
+				t.Fatal("kernel text differs after the exit-less return probe was removed")
+			}
+		})
+	}
+}
+
 // TestFastFallback: a line whose instruction is too short, or whose
 // fetch args the stub cannot read, takes the int3 path and still counts.
 func TestFastFallback(t *testing.T) {

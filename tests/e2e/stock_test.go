@@ -123,6 +123,10 @@ const (
 	// a recording stub; %di is still the initcall. The stub also reads
 	// the kernel's command line through the saved_command_line pointer.
 	fastProbe = "p:fastinit do_one_initcall+7 fn=%di:symbol cmdline=+0(@saved_command_line):string"
+	// fastRetProbe is an exit-less kretprobe (entry stub on the fentry
+	// nop, return trampoline) on the callback initcall_debug gives every
+	// initcall's end: its entry arguments are the initcall and its result.
+	fastRetProbe = "r:fastret trace_initcall_finish_cb fn=$arg2:symbol ret=$arg3:s32"
 )
 
 // Sample sizes of the random probe set.
@@ -139,9 +143,10 @@ func stockProbes(t *testing.T, k *kguest.Kernel) []*probedef.Def {
 	}
 	t.Logf("random probe sample: HVPROBE_SEED=%d", seed)
 	sample := randomSample(t, k, rand.New(rand.NewPCG(uint64(seed), 0)), sampleBody, sampleEntry, sampleRet)
-	defs := parseDefs(t, initcallsProbe, initTextProbe, initStackProbe, sysStateWatch, fastProbe)
+	defs := parseDefs(t, initcallsProbe, initTextProbe, initStackProbe, sysStateWatch, fastProbe, fastRetProbe)
 	defs[2].Stack = true
 	defs[4].Fast = true
+	defs[5].Fast = true
 	caps, err := vmm.DetectWatchCaps("/dev/kvm")
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +163,8 @@ func stockProbes(t *testing.T, k *kguest.Kernel) []*probedef.Def {
 	// An int3 where the exit-less probe's jmp goes would send it to the
 	// int3 path.
 	sample = slices.DeleteFunc(sample, func(d *probedef.Def) bool {
-		return d.Symbol == "initcall_blacklisted" && d.Offset == 0 || d.Symbol == "do_one_initcall" && d.Offset == 7
+		return d.Symbol == "initcall_blacklisted" && d.Offset == 0 || d.Symbol == "do_one_initcall" && d.Offset == 7 ||
+			d.Symbol == "trace_initcall_finish_cb"
 	})
 	return append(defs, sample...)
 }
@@ -191,14 +197,51 @@ func checkStealthAndWatch(t *testing.T, events []probedef.Event, stealth bool) {
 	t.Logf("system_state stores %v; stealth probe %d hits for %d initcalls", states, stealthHits, initcalls)
 }
 
+// checkFastReturns: the exit-less kretprobe on trace_initcall_finish_cb
+// returned once per initcall, its entry arguments the initcall and the
+// result the int3 kretprobe on do_one_initcall saw, in the same order and
+// task, with nothing missed or lost.
+func checkFastReturns(t *testing.T, events []probedef.Event, dp *session.DefProbes) {
+	t.Helper()
+	var p *kprobes.FastProbe
+	for _, f := range dp.FastProbes() {
+		if f.Return {
+			p = f
+		}
+	}
+	if p == nil {
+		t.Errorf("%s did not go exit-less", fastRetProbe)
+		return
+	}
+	var rets, fast []string
+	for _, ev := range events {
+		switch ev.Def.Event {
+		case "initcalls", "fastret":
+			c := fmt.Sprintf("%s/%d %s=%d", ev.Comm, ev.PID, ev.Values[0].Str, ev.Values[1].S64)
+			if ev.Def.Event == "fastret" {
+				fast = append(fast, c)
+			} else {
+				rets = append(rets, c)
+			}
+		}
+	}
+	if !slices.Equal(fast, rets) || p.Lost() != 0 || p.NMissed() != 0 {
+		n := min(len(fast), len(rets), 3)
+		t.Errorf("exit-less kretprobe: %d returns (%q...), %d lost, %d missed; the int3 kretprobe saw %d initcalls (%q...)",
+			len(fast), fast[:n], p.Lost(), p.NMissed(), len(rets), rets[:n])
+	}
+	t.Logf("exit-less kretprobe %s: %d returns, the int3 kretprobe's %d initcalls and results, in order; %d lost, %d missed",
+		fastRetProbe, len(fast), len(rets), p.Lost(), p.NMissed())
+}
+
 // checkFastInitcalls: the exit-less probe took its path and saw every
 // initcall the kretprobe saw, the same functions in the same order, in
 // the same task; the command line its stub read is the one the kernel
 // printed, cut at the exit-less path's 127 bytes.
 func checkFastInitcalls(t *testing.T, lines []session.Line, events []probedef.Event, dp *session.DefProbes) {
 	t.Helper()
-	if len(dp.FastProbes()) != 1 {
-		t.Errorf("%d exit-less probes in the stock boot, want 1 (%s)", len(dp.FastProbes()), fastProbe)
+	if len(dp.FastProbes()) != 2 {
+		t.Errorf("%d exit-less probes in the stock boot, want 2 (%s, %s)", len(dp.FastProbes()), fastProbe, fastRetProbe)
 		return
 	}
 	var cmdline string
@@ -219,12 +262,12 @@ func checkFastInitcalls(t *testing.T, lines []session.Line, events []probedef.Ev
 	var rets, fast []call
 	badCmdline := 0
 	for _, ev := range events {
-		c := call{ev.Values[0].U64, fmt.Sprintf("%s/%d", ev.Comm, ev.PID)}
+		c := func() call { return call{ev.Values[0].U64, fmt.Sprintf("%s/%d", ev.Comm, ev.PID)} }
 		switch ev.Def.Event {
 		case "initcalls":
-			rets = append(rets, c)
+			rets = append(rets, c())
 		case "fastinit":
-			fast = append(fast, c)
+			fast = append(fast, c())
 			if v := ev.Values[1]; v.Fault || v.Str != cmdline {
 				if badCmdline++; badCmdline == 1 {
 					t.Errorf("exit-less probe read the command line as %q (fault %v), the kernel printed %q", v.Str, v.Fault, cmdline)
@@ -233,6 +276,9 @@ func checkFastInitcalls(t *testing.T, lines []session.Line, events []probedef.Ev
 		}
 	}
 	p := dp.FastProbes()[0]
+	if p.Return {
+		p = dp.FastProbes()[1]
+	}
 	if !slices.Equal(fast, rets) || p.Lost() != 0 {
 		n := min(len(fast), len(rets), 3)
 		t.Errorf("exit-less probe: %d initcalls (%v...), %d lost; the kretprobe saw %d (%v...)", len(fast), fast[:n], p.Lost(), len(rets), rets[:n])
@@ -323,7 +369,7 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 	s.AtAttach(func(a *session.Attached) error {
 		dp, addErr = s.AddDefs(a, defs, func(ev probedef.Event) {
 			switch ev.Def.Event {
-			case "initcalls", "inittext", "initstack", "sysstate", "stealthbl", "fastinit":
+			case "initcalls", "inittext", "initstack", "sysstate", "stealthbl", "fastinit", "fastret":
 				mu.Lock()
 				events = append(events, ev)
 				mu.Unlock()
@@ -378,6 +424,7 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 	checkInitcallStacks(t, events)
 	checkStealthAndWatch(t, events, slices.ContainsFunc(defs, func(d *probedef.Def) bool { return d.Stealth }))
 	checkFastInitcalls(t, s.Lines(), events, dp)
+	checkFastReturns(t, events, dp)
 	deferred, armed, retired := 0, 0, 0
 	for _, n := range notices {
 		switch n.Kind {
