@@ -504,3 +504,32 @@ func BenchmarkEmulateLoad(b *testing.B) {
 		}
 	}
 }
+
+// TestStepEndedByGuard: when the single-step trap never comes (PVM loses
+// it after an instruction that exits for port I/O), the vCPU runs on to
+// the int3 after the instruction in its slot; the engine ends the step
+// there: post handler, the instruction's effect, the guest back after
+// the probed instruction with single-step off.
+func TestStepEndedByGuard(t *testing.T) {
+	e := newEnv(t)
+	// Neither boosted (its slot ends in int3s) nor emulated: stepped.
+	f := e.fn("cmos", 0xe6, 0x70, 0xc3) // out %al,$0x70; ret
+	posts := 0
+	if err := e.m.Register(&Kprobe{Symbol: "cmos", PostHandler: func(c *Context) { posts++ }}); err != nil {
+		t.Fatal(err)
+	}
+	r := &e.cpu.regs
+	r.RIP = f
+	r.RFLAGS |= vmm.FlagIF
+	e.stepGuest() // the int3: to the slot, single-step on
+	slot := e.m.byVA[f].slotVA
+	if r.RIP != slot || !e.cpu.ss {
+		t.Fatalf("after the hit: rip %#x (slot %#x), single-step %v", r.RIP, slot, e.cpu.ss)
+	}
+	e.cpu.ss = false // the trap is lost
+	e.stepGuest()    // the out, no step event
+	e.stepGuest()    // the int3 after it
+	if st := e.m.Stats(); r.RIP != f+2 || e.cpu.ss || r.RFLAGS&vmm.FlagIF == 0 || posts != 1 || st.GuardSteps != 1 || st.Stepped != 1 || st.LostSteps != 0 {
+		t.Fatalf("rip %#x (want %#x) single-step %v rflags %#x posts %d stats %+v", r.RIP, f+2, e.cpu.ss, r.RFLAGS, posts, st)
+	}
+}

@@ -74,6 +74,14 @@ func (m *Manager) onBreakpoint(cpu vmm.CPU, rip uint64) bool {
 		return m.onReturn(cpu, now)
 	}
 	st := m.cpuState(cpu.ID())
+	if (st.status == statusHitSS || st.status == statusReenter) && rip == st.site.slotVA+uint64(len(st.site.in.raw)) {
+		// The int3 after the stepped instruction in its slot: the step's
+		// trap never came (PVM loses it when the instruction exits for
+		// port I/O, docs/QUIRKS.md #47) and the vCPU ran on to it. The
+		// instruction has run; this is the step's end.
+		m.st.guardSteps.Add(1)
+		return m.onStep(cpu)
+	}
 	m.mu.RLock()
 	s := m.byVA[rip]
 	if s == nil {

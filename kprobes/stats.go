@@ -13,6 +13,7 @@ import (
 type globalCounters struct {
 	hits, skipped, emulated, emulatedBranches, boosted, stepped atomic.Uint64
 	reentered, repIterations, faults, lostSteps, raced          atomic.Uint64
+	guardSteps                                                  atomic.Uint64
 	exits1, exits2, exitsMore, errors                           atomic.Uint64
 	returns, orphanReturns, recoveredReturns, reclaimed         atomic.Uint64
 	jprobeRestores                                              atomic.Uint64
@@ -54,6 +55,9 @@ type Stats struct {
 	Reentered     uint64 // hit while the vCPU was mid-step (handlers not run)
 	Faults        uint64 // out-of-line instruction faulted; frame redirected
 	LostSteps     uint64 // step ended where the engine could not account for
+	// GuardSteps: steps whose trap never came, ended by the int3 after
+	// the instruction in its slot (PVM after port I/O, docs/QUIRKS.md #47).
+	GuardSteps uint64
 	// Raced: an int3 removed by Unregister after a vCPU had hit it; the
 	// vCPU re-executed the original instruction.
 	Raced uint64
@@ -92,6 +96,7 @@ func (m *Manager) Stats() Stats {
 		Reentered:        g.reentered.Load(),
 		Faults:           g.faults.Load(),
 		LostSteps:        g.lostSteps.Load(),
+		GuardSteps:       g.guardSteps.Load(),
 		Raced:            g.raced.Load(),
 		Returns:          g.returns.Load(),
 		OrphanReturns:    g.orphanReturns.Load(),

@@ -212,6 +212,19 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 		}
 		lines = append(lines, c)
 	}
+	// A return probe on the same function, as an int3 kretprobe (an
+	// exit at entry and one at the return) and exit-less.
+	const retLine = "r:bench/ret hvwl_target_fentry a=$arg1 ret=$retval"
+	for _, fast := range []bool{false, true} {
+		name := "kretprobe line on hvwl_target_fentry (int3 entry + return)"
+		if fast {
+			name = "exit-less kretprobe line on hvwl_target_fentry (entry stub + trampoline)"
+		}
+		if c, err = defCase(name, fentry, retLine, func(d *probedef.Def) { d.Fast = fast }); err != nil {
+			return res, err
+		}
+		lines = append(lines, c)
+	}
 	cases = append(cases, lines...)
 	base := map[string]struct {
 		t     time.Duration

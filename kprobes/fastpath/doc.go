@@ -40,6 +40,9 @@
 // A CountOnly stub is just pushfq; push %rax; lock incq count[probe];
 // pop %rax; popfq; the displaced instruction; jmp back.
 //
+// Return probes (kretprobes) have an entry stub and a trampoline of
+// their own, and a pool of instances: ret.go.
+//
 // # Ring layout (Layout)
 //
 // Little-endian, at Layout.GPA for the host and Layout.VA for the stub
@@ -63,7 +66,8 @@
 //	  +24 u64 %rsp at the probe (before the stub's pushes)
 //	  +32 16 × u64: r15 r14 r13 r12 r11 r10 r9 r8 rdi rsi rbp rbx rdx rcx rax rflags
 //	      (the stub's stack frame, lowest address first: FrameRegs)
-//	  +160 u32 captures written, u32 zero
+//	  +160 u32 captures written, u32 kind (KindHit; KindReturn: RetData
+//	      opens the data, the captures follow it)
 //	  +168 Data bytes: the captures, each u64 va, u32 bytes read, u32 bytes
 //	      asked (bit 31: faulted), the bytes padded to 8
 //
@@ -81,7 +85,9 @@
 // inside the ring, never sizes an allocation from the head (at most one
 // ring), reports a head more than a ring away (ahead or behind) as
 // Overrun and resynchronises, and drops records whose probe id or cpu is
-// out of range (Invalid); FuzzDrain checks this. Captures are data too:
+// out of range (Invalid); FuzzDrain checks this. A return probe's pool
+// is guest memory as well: a guest that rewrites it can make its own
+// returns go astray or hit the trampoline's ud2. Captures are data too:
 // Record.ReadVirt answers only from inside them. The stub's page walk
 // reads the guest's own tables, so a guest that points them outside RAM
 // can fault itself there, as it could anywhere. The honest stub never
