@@ -29,7 +29,7 @@ const (
 	stackSize = 0x4000
 	slotAVA   = 0xffffffffa0000000
 	slotAGPA  = 0x400000
-	slotASize = 0x1000
+	slotASize = 0x4000
 	idtVA     = 0xffffffff83000000
 	idtGPA    = 0x500000
 	memSize   = 0x600000

@@ -147,7 +147,7 @@ func (m *Manager) EnableFast(cfg FastConfig) error {
 	if err := l.Check(); err != nil {
 		return fmt.Errorf("enabling exit-less probes: %w", err)
 	}
-	first, ok := m.slots.allocRun((l.Size() + slotSize - 1) / slotSize)
+	first, ok := m.slots.allocPages(l.Size())
 	if !ok {
 		return fmt.Errorf("enabling exit-less probes: %w: %d bytes of rings do not fit the slot area", ErrNoSlots, l.Size())
 	}
@@ -358,7 +358,7 @@ func (m *Manager) placeReturn(p *FastProbe, params fastpath.StubParams, retOff i
 		return 0, notFast(name, "%v", err)
 	}
 	size := uint64(n * fastpath.InstanceSize)
-	first, ok := m.slots.allocRun((size + slotSize - 1) / slotSize)
+	first, ok := m.slots.allocPages(size)
 	if !ok {
 		return 0, probeErr(name, ErrNoSlots, "slot area (%d slots) exhausted", m.slots.n)
 	}

@@ -229,3 +229,22 @@ func TestFastReturnRegister(t *testing.T) {
 		t.Fatalf("unregistering: %v; bytes % x", err, e.textAt(fn+4, 5))
 	}
 }
+
+// TestAllocPages: data the guest writes gets whole pages of its own,
+// away from code in the slots before and after it.
+func TestAllocPages(t *testing.T) {
+	a := newSlotAlloc(SlotArea{VA: slotAVA, GPA: slotAGPA, Size: 4 * pageSize})
+	if _, ok := a.allocRun(3); !ok { // code
+		t.Fatal("allocRun")
+	}
+	first, ok := a.allocPages(100)
+	if !ok || a.gpa(first)%pageSize != 0 || a.gpa(first) != slotAGPA+pageSize || a.next*slotSize != 2*pageSize {
+		t.Fatalf("100 bytes at slot %d (gpa %#x), next slot %d: want the second page to itself", first, a.gpa(first), a.next)
+	}
+	if _, ok := a.allocPages(3 * pageSize); ok {
+		t.Fatal("3 pages fit in the 2 left")
+	}
+	if first, ok := a.allocPages(2 * pageSize); !ok || a.gpa(first) != slotAGPA+2*pageSize {
+		t.Fatalf("2 pages at %#x, %v", a.gpa(first), ok)
+	}
+}

@@ -203,9 +203,9 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 	const memLine = "p:bench/fstr hvwl_target_fstr+4 i=+0(%di):s64 name=+0(+8(%di)):string"
 	fstr := fmt.Sprintf("fstr:%d", n)
 	for _, fast := range []bool{false, true} {
-		name := "kprobe on the fentry nop reading a struct and a string (int3)"
+		name := "kprobe reading a struct and a string (int3)"
 		if fast {
-			name = "exit-less kprobe on the fentry nop reading a struct and a string (stub's page walks)"
+			name = "exit-less kprobe reading a struct and a string (page walks)"
 		}
 		if c, err = defCase(name, fstr, memLine, func(d *probedef.Def) { d.Fast = fast }); err != nil {
 			return res, err
@@ -218,7 +218,7 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 	for _, fast := range []bool{false, true} {
 		name := "kretprobe line on hvwl_target_fentry (int3 entry + return)"
 		if fast {
-			name = "exit-less kretprobe line on hvwl_target_fentry (entry stub + trampoline)"
+			name = "exit-less kretprobe line (entry stub + trampoline)"
 		}
 		if c, err = defCase(name, fentry, retLine, func(d *probedef.Def) { d.Fast = fast }); err != nil {
 			return res, err

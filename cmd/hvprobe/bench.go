@@ -50,7 +50,7 @@ func cmdBench(args []string) error {
 	fmt.Fprintf(w, "unprobed call:         %v\n", res.PerCall)
 	fmt.Fprintf(w, "%-60s %12s %14s %12s\n", "probe", "cost/hit", "÷ bare exit", "exits/hit")
 	for _, c := range res.Cases {
-		fmt.Fprintf(w, "%-60s %12v %14.2f %12.2f\n", c.Name, c.PerHit, float64(c.PerHit)/float64(res.BareExit), c.ExitsPerHit)
+		fmt.Fprintf(w, "%-60s %12v %14.2f %12.2f\n", c.Name, c.PerHit, float64(c.PerHit)/float64(res.BareExit), noNegZero(c.ExitsPerHit))
 	}
 	if len(res.Parallel) == 0 {
 		return nil
@@ -58,7 +58,16 @@ func cmdBench(args []string) error {
 	fmt.Fprintf(w, "\nall %d vCPUs hitting at once (%d calls each; cost/hit is per call of one vCPU):\n", res.CPUs, res.Calls)
 	fmt.Fprintf(w, "%-60s %12s %14s %12s\n", "probe", "cost/hit", "÷ 1 vCPU", "exits/hit")
 	for i, c := range res.Parallel {
-		fmt.Fprintf(w, "%-60s %12v %14.2f %12.2f\n", c.Name, c.PerHit, float64(c.PerHit)/float64(res.Cases[i].PerHit), c.ExitsPerHit)
+		fmt.Fprintf(w, "%-60s %12v %14.2f %12.2f\n", c.Name, c.PerHit, float64(c.PerHit)/float64(res.Cases[i].PerHit), noNegZero(c.ExitsPerHit))
 	}
 	return nil
+}
+
+// noNegZero prints a count that stray exits in the unprobed run pushed
+// just below zero as 0.00, not -0.00.
+func noNegZero(x float64) float64 {
+	if x < 0 && x > -0.005 {
+		return 0
+	}
+	return x
 }
