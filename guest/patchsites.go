@@ -123,10 +123,14 @@ func (s PatchSite) End() uint64 { return s.Addr + s.Len }
 // patch sites, exception-table fixups and text freed after boot. It is
 // immutable and safe for concurrent use.
 type PatchSites struct {
-	sites     []PatchSite // by Addr, then Class
-	maxLen    uint64      // the longest site, to bound Overlapping's search
-	counts    [numPatchClasses]int
-	fixups    []uint64 // __ex_table instruction addresses, ascending
+	sites  []PatchSite // by Addr, then Class
+	maxLen uint64      // the longest site, to bound Overlapping's search
+	counts [numPatchClasses]int
+	fixups []uint64 // __ex_table instruction addresses, ascending
+	// entries are where the kernel's tables send control other than by
+	// the code's own branches: exception fixups and jump-label targets,
+	// ascending.
+	entries   []uint64
 	discarded []namedRange
 }
 
@@ -243,7 +247,8 @@ func ReadPatchSites(img *kimage.Image, syms *SymbolTable) (*PatchSites, error) {
 			return nil, err
 		}
 	}
-	p := &PatchSites{sites: sortSites(r.sites), fixups: r.fixups}
+	p := &PatchSites{sites: sortSites(r.sites), fixups: r.fixups, entries: r.entries}
+	slices.Sort(p.entries)
 	for _, s := range p.sites {
 		p.maxLen = max(p.maxLen, s.Len)
 		p.counts[s.Class]++
@@ -338,6 +343,14 @@ func (p *PatchSites) HasFixup(addr uint64) bool {
 	return ok
 }
 
+// Entered reports whether the kernel's tables send control into (addr,
+// addr+n) other than through addr: an exception fixup or a jump label's
+// target lands there.
+func (p *PatchSites) Entered(addr, n uint64) bool {
+	i, _ := slices.BinarySearch(p.entries, addr+1)
+	return i < len(p.entries) && p.entries[i] < addr+n
+}
+
 // Discarded reports whether addr is in text the kernel frees after boot
 // (.init.text, .exit.text, ...), naming the section; a probe there can
 // only fire during boot, and its int3 must not outlive the memory.
@@ -352,11 +365,12 @@ func (p *PatchSites) Discarded(addr uint64) (string, bool) {
 
 // siteReader accumulates what ReadPatchSites finds.
 type siteReader struct {
-	img    *kimage.Image
-	syms   *SymbolTable // unslid, or nil
-	sites  []PatchSite
-	fixups []uint64
-	keys   map[uint64]string // keyName's cache
+	img     *kimage.Image
+	syms    *SymbolTable // unslid, or nil
+	sites   []PatchSite
+	fixups  []uint64
+	entries []uint64
+	keys    map[uint64]string // keyName's cache
 }
 
 // table returns a table's link-time address and bytes; ok is false when
@@ -588,6 +602,7 @@ func (r *siteReader) jumpTable() error {
 	t := tabJumpTable
 	return r.each(t, func(i int, va uint64, e []byte) error {
 		addr := rel(va, e, 0)
+		r.entries = append(r.entries, rel(va, e, 4)) // where the enabled jump goes
 		n, op, err := r.insn(t, i, addr)
 		if err != nil {
 			return err
@@ -622,6 +637,7 @@ func (r *siteReader) mcount() error {
 func (r *siteReader) exTable() error {
 	return r.each(tabExTable, func(i int, va uint64, e []byte) error {
 		r.fixups = append(r.fixups, rel(va, e, 0))
+		r.entries = append(r.entries, rel(va, e, 4))
 		return nil
 	})
 }

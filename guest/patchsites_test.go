@@ -730,3 +730,19 @@ func FuzzReadPatchSites(f *testing.F) {
 		}
 	})
 }
+
+// TestEntered: only a landing strictly inside (addr, addr+n) counts;
+// one at addr is the start of the range, one at its end is past it.
+func TestEntered(t *testing.T) {
+	p := &PatchSites{entries: []uint64{0x1000, 0x1008, 0x2000}}
+	for _, c := range []struct {
+		addr, n uint64
+		want    bool
+	}{
+		{0x1000, 8, false}, {0x1001, 8, true}, {0x1008, 8, false}, {0x1ff0, 0x11, true}, {0x3000, 5, false},
+	} {
+		if got := p.Entered(c.addr, c.n); got != c.want {
+			t.Errorf("Entered(%#x, %d) = %v, want %v", c.addr, c.n, got, c.want)
+		}
+	}
+}

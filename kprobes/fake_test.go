@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"slices"
 	"sync"
 	"testing"
 
@@ -77,6 +78,8 @@ type fakeKernel struct {
 	// exception-table entry.
 	reserved func(va, n uint64) error
 	fixups   map[uint64]bool
+	// entries are where exception fixups and jump labels land (Entered).
+	entries []uint64
 	// readOnly pages (by VA) refuse StoreVirt, as a walk without R/W.
 	readOnly map[uint64]bool
 	// stores logs every StoreVirt, virtWrites counts WriteVirt calls
@@ -196,7 +199,8 @@ type fakeVM struct {
 	mem    *fakeMem
 	hook   vmm.DebugHook
 	n      int
-	pauses int // WithAllPaused calls (fast_test.go)
+	pauses int      // WithAllPaused calls (fast_test.go)
+	rips   []uint64 // where WithAllPausedAt says the vCPUs stand
 }
 
 func (v *fakeVM) Mem() vmm.PhysMem             { return v.mem }
@@ -969,3 +973,7 @@ func (k *fakeKernel) Reserved(va, n uint64) error {
 }
 
 func (k *fakeKernel) HasFixup(va uint64) bool { return k.fixups[va] }
+
+func (k *fakeKernel) Entered(va, n uint64) bool {
+	return slices.ContainsFunc(k.entries, func(t uint64) bool { return t > va && t < va+n })
+}

@@ -3,11 +3,15 @@ package kprobes
 import (
 	"bytes"
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/arch/x86/x86asm"
 
 	"github.com/hvprobe/hvprobe/kprobes/fastpath"
 )
@@ -63,7 +67,7 @@ func (p *FastProbe) Insn() string {
 	if p.site == nil {
 		return ""
 	}
-	return p.site.in.String()
+	return p.site.desc
 }
 
 // fastSite is one patched instruction.
@@ -71,8 +75,10 @@ type fastSite struct {
 	p      *FastProbe
 	addr   uint64
 	gpas   []physRange // where the instruction's bytes are, page by page
-	in     *insn
-	entry  []byte // the jmp and its int3 padding, as written
+	in     *insn       // the first instruction displaced
+	raw    []byte      // every displaced byte: in's, or a run's (fastRun)
+	desc   string      // what was displaced, for notices
+	entry  []byte      // the jmp and its int3 padding, as written
 	stubVA uint64
 	// pending: being patched or unpatched (under Manager.mu; the bytes
 	// may be either).
@@ -232,16 +238,21 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 	if m.k.HasFixup(addr) {
 		return notFast(name, "%s has an exception-table entry: a fault must be at its own address", in)
 	}
-	if _, err := fastpath.CheckDisplaced(in.raw); err != nil {
+	raw, desc, interior := in.raw, in.String(), []uint64(nil)
+	if len(raw) < fastpath.JmpLen && !p.Return {
+		if raw, desc, interior, err = m.fastRun(in, addr, name); err != nil {
+			return err
+		}
+	} else if _, err := fastpath.CheckDisplaced(raw); err != nil {
 		return notFast(name, "%v", err)
 	}
-	gpas, err := m.physRanges(addr, len(in.raw))
+	gpas, err := m.physRanges(addr, len(raw))
 	if err != nil {
 		return fmt.Errorf("registering %s: %w", name, err)
 	}
 	// f.nextID is taken below, under mu throughout.
 	params := fastpath.StubParams{Layout: f.layout, Probe: f.nextID, CPUNumberOff: f.cfg.CPUNumberOff,
-		CurrentOff: f.cfg.CurrentOff, StubAddr: m.slots.va(m.slots.next), ProbeAddr: addr, Displaced: in.raw,
+		CurrentOff: f.cfg.CurrentOff, StubAddr: m.slots.va(m.slots.next), ProbeAddr: addr, Displaced: raw,
 		Captures: p.Captures, DirectMap: f.directMap, PhysLimit: f.cfg.PhysLimit, LA57: f.cfg.LA57}
 	var stubVA uint64
 	if p.Return {
@@ -255,11 +266,11 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 	if err != nil {
 		return err
 	}
-	entry, err := fastpath.Entry(addr, stubVA, len(in.raw))
+	entry, err := fastpath.Entry(addr, stubVA, len(raw))
 	if err != nil {
 		return notFast(name, "%v", err)
 	}
-	s := &fastSite{p: p, addr: addr, gpas: gpas, in: in, entry: entry, stubVA: stubVA, pending: true}
+	s := &fastSite{p: p, addr: addr, gpas: gpas, in: in, raw: raw, desc: desc, entry: entry, stubVA: stubVA, pending: true}
 	// The site is listed (so nothing else claims the address) but
 	// patched without mu: a vCPU taking an int3 hit needs mu to get
 	// there and park.
@@ -271,7 +282,11 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 	f.byID = append(f.byID, p) // the id is taken even if patching fails
 	f.nextID++
 	m.mu.Unlock()
-	err = m.vm.(Pauser).WithAllPaused(func() error { return m.patch(s, in.raw, entry) })
+	if interior == nil {
+		err = m.vm.(Pauser).WithAllPaused(func() error { return m.patch(s, raw, entry) })
+	} else {
+		err = m.patchRun(s, interior, name)
+	}
 	m.mu.Lock()
 	s.pending = false
 	if err != nil {
@@ -284,6 +299,130 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 		return errors.Join(fmt.Errorf("registering %s: %w", name, ErrClosed), m.unregisterFastLocked(p))
 	}
 	return nil
+}
+
+// fastRun is the run of instructions from first (at addr, shorter than
+// the jmp) that the jmp displaces, as Linux's optprobes do: each one
+// must run unchanged elsewhere, and nothing may enter the run past its
+// first byte. The function is decoded whole and refused if a branch in
+// it targets the run or it has an indirect jmp (a jump table's targets
+// are unknown); the kernel's tables may not land there (Entered). Where
+// vCPUs and interrupted tasks stand is checked at the patch (patchRun).
+// It returns the bytes, their description and the interior boundaries.
+func (m *Manager) fastRun(first *insn, addr uint64, name string) ([]byte, string, []uint64, error) {
+	sym, off, size, ok := m.k.SymbolAt(addr)
+	if !ok || size == 0 {
+		return nil, "", nil, notFast(name, "no symbol bounds %#x: the function cannot be decoded whole", addr)
+	}
+	fn, end := addr-off, addr-off+size
+	raw, desc := bytes.Clone(first.raw), []string{first.String()}
+	var interior []uint64
+	for next := addr + uint64(len(raw)); len(raw) < fastpath.JmpLen; next = addr + uint64(len(raw)) {
+		if next >= end {
+			return nil, "", nil, notFast(name, "%s ends %d bytes after %#x, before the %d bytes of the jmp", sym, end-addr, addr, fastpath.JmpLen)
+		}
+		in, _, _, err := check(m.k, m.readText, next, name)
+		if err != nil {
+			return nil, "", nil, notFast(name, "the jmp would displace the instruction at %#x too: %v", next, err)
+		}
+		if m.k.HasFixup(next) || m.byVA[next] != nil || m.fastInside(next) != nil {
+			return nil, "", nil, notFast(name, "the jmp would displace %s at %#x, which has an exception-table entry or a probe", in, next)
+		}
+		interior = append(interior, next)
+		raw = append(raw, in.raw...)
+		desc = append(desc, in.String())
+	}
+	if _, err := fastpath.CheckRun(raw); err != nil {
+		return nil, "", nil, notFast(name, "%v", err)
+	}
+	text, err := m.readText(fn, int(size))
+	if err != nil {
+		return nil, "", nil, notFast(name, "reading %s: %v", sym, err)
+	}
+	runEnd := addr + uint64(len(raw))
+	for pos := 0; pos < len(text); {
+		if bytes.HasPrefix(text[pos:], endbr64) || bytes.HasPrefix(text[pos:], endbr32) {
+			pos += len(endbr64)
+			continue
+		}
+		inst, err := x86asm.Decode(text[pos:], 64)
+		if err != nil {
+			return nil, "", nil, notFast(name, "%s+%#x does not decode (% x): its branches cannot all be seen", sym, pos, text[pos:min(pos+4, len(text))])
+		}
+		at := fn + uint64(pos)
+		pos += inst.Len
+		if inst.Op == x86asm.JMP {
+			if _, rel := inst.Args[0].(x86asm.Rel); !rel {
+				return nil, "", nil, notFast(name, "%s has an indirect jmp at %#x (a jump table?): its targets cannot be known", sym, at)
+			}
+		}
+		rel, ok := inst.Args[0].(x86asm.Rel)
+		if !ok {
+			continue
+		}
+		target := at + uint64(inst.Len) + uint64(int64(rel))
+		if target > addr && target < runEnd {
+			return nil, "", nil, notFast(name, "%s at %#x branches into the run of %s, at %#x", x86asm.GNUSyntax(inst, at, nil), at, strings.Join(desc, "; "), target)
+		}
+		if t, _, _, ok := m.k.SymbolAt(target); ok && inst.Op == x86asm.JMP && strings.HasPrefix(t, "__x86_indirect_") {
+			return nil, "", nil, notFast(name, "%s jumps through %s at %#x (a jump table?): its targets cannot be known", sym, t, at)
+		}
+	}
+	if m.k.Entered(addr, uint64(len(raw))) {
+		return nil, "", nil, notFast(name, "an exception fixup or a jump label lands inside the run of %s", strings.Join(desc, "; "))
+	}
+	return raw, strings.Join(desc, "; "), interior, nil
+}
+
+// PauserAt is a Pauser that also tells where every vCPU will resume
+// (vmm.VM.WithAllPausedAt); a run of several instructions is patched
+// only with it.
+type PauserAt interface {
+	WithAllPausedAt(f func(rips []uint64) error) error
+}
+
+// patchRun patches a run with every vCPU paused, if none of them, and no
+// interrupted task, is inside it: a vCPU's rip at an interior boundary,
+// or that address anywhere in guest RAM as an aligned qword (the iret
+// frame of a task interrupted or preempted there) refuses the patch. A
+// stale qword on some stack refuses it too: the check errs on the safe
+// side. It runs without mu, as patch does for RegisterFast.
+func (m *Manager) patchRun(s *fastSite, interior []uint64, name string) error {
+	pa, ok := m.vm.(PauserAt)
+	limit := m.fast.cfg.PhysLimit
+	if !ok || limit == 0 {
+		return notFast(name, "the VM cannot tell where its vCPUs stand, or guest RAM's end is unknown: a run of instructions is not patched")
+	}
+	return pa.WithAllPausedAt(func(rips []uint64) error {
+		for cpu, rip := range rips {
+			if slices.Contains(interior, rip) {
+				return notFast(name, "vCPU %d is inside the run, at %#x", cpu, rip)
+			}
+		}
+		if gpa, found := m.scanRAM(limit, interior); found {
+			return notFast(name, "guest RAM holds an address inside the run at gpa %#x (a task interrupted there?)", gpa)
+		}
+		return m.patch(s, s.raw, s.entry)
+	})
+}
+
+// scanRAM looks for any of vals as an aligned qword in guest RAM below
+// limit.
+func (m *Manager) scanRAM(limit uint64, vals []uint64) (uint64, bool) {
+	const chunk = 1 << 20
+	buf := make([]byte, chunk)
+	for base := uint64(0); base < limit; base += chunk {
+		b := buf[:min(chunk, limit-base)]
+		if err := m.mem.ReadPhys(base, b); err != nil {
+			continue // a hole: nothing of the guest's is there
+		}
+		for i := 0; i+8 <= len(b); i += 8 {
+			if slices.Contains(vals, binary.LittleEndian.Uint64(b[i:])) {
+				return base + uint64(i), true
+			}
+		}
+	}
+	return 0, false
 }
 
 // fastInsn is the instruction the jmp replaces, at *addr: the probed
@@ -459,7 +598,7 @@ func (m *Manager) unregisterFastLocked(p *FastProbe) error {
 	s := p.site
 	s.pending = true
 	m.mu.Unlock() // as in RegisterFast
-	err := m.vm.(Pauser).WithAllPaused(func() error { return m.patch(s, s.entry, s.in.raw) })
+	err := m.vm.(Pauser).WithAllPaused(func() error { return m.patch(s, s.entry, s.raw) })
 	m.mu.Lock()
 	delete(m.fast.sites, s.addr)
 	p.site = nil
@@ -540,7 +679,7 @@ func (m *Manager) fastOriginal(va uint64, b []byte) {
 		return
 	}
 	for _, s := range m.fast.sites {
-		for i, c := range s.in.raw {
+		for i, c := range s.raw {
 			if a := s.addr + uint64(i); a >= va && a-va < uint64(len(b)) {
 				b[a-va] = c
 			}
@@ -584,7 +723,7 @@ func (m *Manager) recheckFast(written map[uint64]bool) []TextChange {
 		delete(m.fast.sites, s.addr)
 		s.p.site = nil
 		name := inputName(s.p.Symbol, s.p.Offset, s.p.Addr)
-		out = append(out, TextChange{Addr: s.addr, Probes: []string{name}, Owners: []any{s.p}, Old: s.in.String(),
+		out = append(out, TextChange{Addr: s.addr, Probes: []string{name}, Owners: []any{s.p}, Old: s.desc,
 			New: fmt.Sprintf("% x", cur), Err: &FastTextError{Addr: s.addr, Want: s.entry, Found: cur}})
 	}
 	slices.SortFunc(out, func(a, b TextChange) int { return cmp.Compare(a.Addr, b.Addr) })

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -17,6 +18,12 @@ import (
 func (v *fakeVM) WithAllPaused(f func() error) error {
 	v.pauses++
 	return f()
+}
+
+// WithAllPausedAt makes it a PauserAt, its vCPUs at v.rips.
+func (v *fakeVM) WithAllPausedAt(f func([]uint64) error) error {
+	v.pauses++
+	return f(v.rips)
 }
 
 func enableFast(t *testing.T, e *env) fastpath.Layout {
@@ -246,5 +253,63 @@ func TestAllocPages(t *testing.T) {
 	}
 	if first, ok := a.allocPages(2 * pageSize); !ok || a.gpa(first) != slotAGPA+2*pageSize {
 		t.Fatalf("2 pages at %#x, %v", a.gpa(first), ok)
+	}
+}
+
+// TestFastRun: an instruction shorter than the jmp takes the run of
+// instructions up to 5 bytes with it, unless something may enter the
+// run past its start: a branch of the function, an indirect jmp, an
+// exception fixup or jump label, a vCPU, or an interrupted task (its
+// address in guest RAM). A refusal changes nothing.
+func TestFastRun(t *testing.T) {
+	// push %rbp; mov %rsp,%rbp; lea (%rdi,%rsi),%rax; pop %rbp; ret
+	body := []byte{0x55, 0x48, 0x89, 0xe5, 0x48, 0x8d, 0x04, 0x37, 0x5d, 0xc3}
+	for _, c := range []struct {
+		name  string
+		code  []byte
+		setup func(e *env, fn uint64)
+		want  string // "" when it is armed
+	}{
+		{"armed", body, nil, ""},
+		{"a branch into the run", append(slices.Clone(body), 0xeb, 0xf5), nil, "branches into the run"}, // jmp fn+1
+		{"an indirect jmp", append(slices.Clone(body), 0xff, 0xe0), nil, "indirect jmp"},                // jmp *%rax
+		{"a fixup target", body, func(e *env, fn uint64) { e.k.entries = []uint64{fn + 4} }, "lands inside the run"},
+		{"a vCPU inside", body, func(e *env, fn uint64) { e.vm.rips = []uint64{fn + 1} }, "vCPU 0 is inside the run"},
+		{"a task interrupted inside", body, func(e *env, fn uint64) { writeU64(e.k, dataVA+64, fn+4) }, "guest RAM holds an address inside the run"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			if err := e.m.EnableFast(FastConfig{Records: 2, Probes: 4, CPUNumberOff: 0x10, CurrentOff: 0x20,
+				DirectMap: func(gpa uint64) (uint64, error) { return slotAVA + gpa - slotAGPA, nil }, PhysLimit: memSize}); err != nil {
+				t.Fatal(err)
+			}
+			fn := e.fn("runfn", c.code...)
+			if c.setup != nil {
+				c.setup(e, fn)
+			}
+			before := e.textAt(fn, len(c.code))
+			p := &FastProbe{Symbol: "runfn"}
+			err := e.m.RegisterFast(p)
+			if c.want != "" {
+				if !errors.Is(err, ErrNotFast) || !strings.Contains(err.Error(), c.want) {
+					t.Fatalf("RegisterFast = %v, want ErrNotFast saying %q", err, c.want)
+				}
+				if !bytes.Equal(e.textAt(fn, len(c.code)), before) {
+					t.Fatal("a refused run changed the text")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := e.textAt(fn, 9)
+			if got[0] != 0xe9 || !bytes.Equal(got[5:8], []byte{opInt3, opInt3, opInt3}) || got[8] != 0x5d ||
+				p.Insn() != "push %rbp (55); mov %rsp,%rbp (48 89 e5); lea (%rdi,%rsi),%rax (48 8d 04 37)" {
+				t.Fatalf("patched % x (%q): want a jmp and 3 int3s over the first 8 bytes", got, p.Insn())
+			}
+			if err := e.m.UnregisterFast(p); err != nil || !bytes.Equal(e.textAt(fn, len(c.code)), before) {
+				t.Fatalf("unregistering: %v; text % x", err, e.textAt(fn, len(c.code)))
+			}
+		})
 	}
 }

@@ -42,6 +42,11 @@ type Kernel interface {
 	// entry: a fault there is handled by looking va up, so the instruction
 	// must fault at va, never in a slot.
 	HasFixup(va uint64) bool
+	// Entered reports whether the kernel's tables send control into
+	// (va, va+n) other than through va: an exception fixup or a jump
+	// label's target lands there. Code replacing several instructions
+	// at va must not be entered in its middle.
+	Entered(va, n uint64) bool
 }
 
 // SlotArea is the guest region reserved for hvprobe's instruction slots:

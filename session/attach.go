@@ -98,6 +98,10 @@ func (k *RunningKernel) Reserved(va, n uint64) error { return k.policy.reserved(
 // HasFixup looks va up in the kernel's exception table.
 func (k *RunningKernel) HasFixup(va uint64) bool { return k.policy.hasFixup(va) }
 
+// Entered says whether an exception fixup or a jump label lands inside
+// (va, va+n).
+func (k *RunningKernel) Entered(va, n uint64) bool { return k.policy.entered(va, n) }
+
 // hookMux is the VM's one debug hook, installed before the guest runs so
 // that the VM intercepts int3 from the start; it forwards to the engine
 // once attached.
@@ -125,6 +129,9 @@ func (a vmAdapter) NumCPUs() int     { return a.vm.NumCPUs() }
 
 // WithAllPaused makes the adapter a kprobes.Pauser (exit-less probes).
 func (a vmAdapter) WithAllPaused(f func() error) error { return a.vm.WithAllPaused(f) }
+
+// WithAllPausedAt makes it a kprobes.PauserAt (exit-less runs).
+func (a vmAdapter) WithAllPausedAt(f func([]uint64) error) error { return a.vm.WithAllPausedAt(f) }
 func (a vmAdapter) SetDebugHook(h vmm.DebugHook) {
 	a.mux.engine.Store(&engineBox{h})
 }

@@ -184,46 +184,31 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 		}
 		lines = append(lines, c)
 	}
-	// The same p line on the 5-byte nop at hvwl_target_fentry+4 (ftrace's
-	// fentry site on a distro kernel), as an int3 and exit-less.
-	const nopLine = "p:bench/nop hvwl_target_fentry+4 a=%di b=%si"
-	fentry := fmt.Sprintf("fentry:%d", n)
-	c, err := defCase("kprobe on the 5-byte fentry nop (int3)", fentry, nopLine, func(*probedef.Def) {})
-	if err != nil {
-		return res, err
-	}
-	lines = append(lines, c)
-	if c, err = defCase("exit-less kprobe on the 5-byte fentry nop (jmp, recording stub)", fentry, nopLine,
-		func(d *probedef.Def) { d.Fast = true }); err != nil {
-		return res, err
-	}
-	lines = append(lines, c)
-	// With fetch args that read memory (a struct field, a string through
-	// it): the stub walks the page tables for each page it reads.
-	const memLine = "p:bench/fstr hvwl_target_fstr+4 i=+0(%di):s64 name=+0(+8(%di)):string"
-	fstr := fmt.Sprintf("fstr:%d", n)
-	for _, fast := range []bool{false, true} {
-		name := "kprobe reading a struct and a string (int3)"
-		if fast {
-			name = "exit-less kprobe reading a struct and a string (page walks)"
+	// Lines measured on both paths, int3 then exit-less: the 5-byte nop
+	// at hvwl_target_fentry+4 (ftrace's fentry site on a distro kernel);
+	// fetch args that read a struct field and a string through it (the
+	// stub walks the page tables for each page it reads); a return probe
+	// (an int3 kretprobe exits at entry and at the return).
+	fentry, fstr := fmt.Sprintf("fentry:%d", n), fmt.Sprintf("fstr:%d", n)
+	for _, l := range []struct{ int3, fast, scenario, line string }{
+		{"kprobe on the 5-byte fentry nop (int3)", "exit-less kprobe on the 5-byte fentry nop (jmp, recording stub)",
+			fentry, "p:bench/nop hvwl_target_fentry+4 a=%di b=%si"},
+		{"kprobe reading a struct and a string (int3)", "exit-less kprobe reading a struct and a string (page walks)",
+			fstr, "p:bench/fstr hvwl_target_fstr+4 i=+0(%di):s64 name=+0(+8(%di)):string"},
+		{"kretprobe line on hvwl_target_fentry (int3 entry + return)", "exit-less kretprobe line (entry stub + trampoline)",
+			fentry, "r:bench/ret hvwl_target_fentry a=$arg1 ret=$retval"},
+	} {
+		for _, fast := range []bool{false, true} {
+			name := l.int3
+			if fast {
+				name = l.fast
+			}
+			c, err := defCase(name, l.scenario, l.line, func(d *probedef.Def) { d.Fast = fast })
+			if err != nil {
+				return res, err
+			}
+			lines = append(lines, c)
 		}
-		if c, err = defCase(name, fstr, memLine, func(d *probedef.Def) { d.Fast = fast }); err != nil {
-			return res, err
-		}
-		lines = append(lines, c)
-	}
-	// A return probe on the same function, as an int3 kretprobe (an
-	// exit at entry and one at the return) and exit-less.
-	const retLine = "r:bench/ret hvwl_target_fentry a=$arg1 ret=$retval"
-	for _, fast := range []bool{false, true} {
-		name := "kretprobe line on hvwl_target_fentry (int3 entry + return)"
-		if fast {
-			name = "exit-less kretprobe line (entry stub + trampoline)"
-		}
-		if c, err = defCase(name, fentry, retLine, func(d *probedef.Def) { d.Fast = fast }); err != nil {
-			return res, err
-		}
-		lines = append(lines, c)
 	}
 	cases = append(cases, lines...)
 	base := map[string]struct {

@@ -75,6 +75,10 @@ func (ik *ImageKernel) Reserved(va, n uint64) error { return ik.policy.reserved(
 // HasFixup looks va up in the image's exception table.
 func (ik *ImageKernel) HasFixup(va uint64) bool { return ik.policy.hasFixup(va) }
 
+// Entered says whether an exception fixup or a jump label lands inside
+// (va, va+n).
+func (ik *ImageKernel) Entered(va, n uint64) bool { return ik.policy.entered(va, n) }
+
 // Checked is the verdict on one probe before boot.
 type Checked struct {
 	Probe   string

@@ -81,6 +81,8 @@ func (p *textPolicy) judge(s guest.PatchSite, a, n uint64) error {
 
 func (p *textPolicy) hasFixup(va uint64) bool { return p.sites.HasFixup(va - p.slide) }
 
+func (p *textPolicy) entered(va, n uint64) bool { return p.sites.Entered(va-p.slide, n) }
+
 // inInit reports whether va is in .init.text.
 func (p *textPolicy) inInit(va uint64) bool {
 	sec, ok := p.sites.Discarded(va - p.slide)

@@ -616,6 +616,21 @@ func TestFastpathReturn(t *testing.T) {
 		return st
 	}
 
+	// armed fills the pool with armed instances of live frames (slots
+	// away from the loop's), the first at slot0.
+	armed := func(t *testing.T, slot0 uint64) {
+		t.Helper()
+		for i := range maxActive {
+			slot := slot0
+			if i > 0 {
+				slot = uint64(0x170000 + 8*i)
+			}
+			if err := mem.WritePhys(fpPool+uint64(i*fastpath.InstanceSize), le64(1, slot, 0xdead)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
 	t.Run("returns", func(t *testing.T) {
 		l := layout()
 		d, err := fastpath.NewDrainer(mem, l)
@@ -656,16 +671,7 @@ func TestFastpathReturn(t *testing.T) {
 		arm(t, l)
 		// Every instance armed: one for the slot the loop's call uses (a
 		// frame that died there), the rest elsewhere (live frames).
-		for i := range maxActive {
-			slot := uint64(0x170000 + 8*i)
-			if i == 0 {
-				slot = fpStackTop - 8
-			}
-			in := le64(1, slot, 0xdead)
-			if err := mem.WritePhys(fpPool+uint64(i*fastpath.InstanceSize), in); err != nil {
-				t.Fatal(err)
-			}
-		}
+		armed(t, fpStackTop-8)
 		got, _, _ := fpRun(t, v, start)
 		if got != want {
 			t.Errorf("the guest ended with\n%+v, want\n%+v", got, want)
@@ -684,11 +690,7 @@ func TestFastpathReturn(t *testing.T) {
 			t.Fatal(err)
 		}
 		arm(t, l)
-		for i := range maxActive {
-			if err := mem.WritePhys(fpPool+uint64(i*fastpath.InstanceSize), le64(1, uint64(0x170000+8*i), 0xdead)); err != nil {
-				t.Fatal(err)
-			}
-		}
+		armed(t, 0x170000)
 		got, _, _ := fpRun(t, v, start)
 		if got != want {
 			t.Errorf("the guest ended with\n%+v, want\n%+v", got, want)

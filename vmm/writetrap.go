@@ -317,6 +317,21 @@ func (vm *VM) WithAllPaused(f func() error) error {
 	return vm.withAllStopped(func(int, *VCPU) error { return nil }, f)
 }
 
+// WithAllPausedAt is WithAllPaused that also gives f the rip each vCPU
+// will resume at (nil when none runs), for patches that must not land
+// under one.
+func (vm *VM) WithAllPausedAt(f func(rips []uint64) error) error {
+	if !vm.ran || vm.allExited() {
+		return f(nil)
+	}
+	rips := make([]uint64, len(vm.vcpus))
+	return vm.withAllStopped(func(i int, v *VCPU) error {
+		r, err := v.Regs()
+		rips[i] = r.RIP // each vCPU its own index; f reads after all are done
+		return err
+	}, func() error { return f(rips) })
+}
+
 func (vm *VM) allExited() bool {
 	for _, v := range vm.vcpus {
 		if v.State() != VCPUExited {

@@ -102,6 +102,17 @@ HVWL_TARGET long hvwl_target_fentry(long a, long b)
 }
 
 /*
+ * As hvwl_target_add, called by nothing but the run:N scenario: the
+ * exit-less run test arms it before it has ever run, so no task can have
+ * been interrupted inside it.
+ */
+HVWL_TARGET long hvwl_target_run(long a, long b)
+{
+	HVWL_FRAME();
+	return a + b;
+}
+
+/*
  * Like hvwl_target_fentry, with its argument in memory: exit-less probes
  * whose fetch args dereference (+0(%di), +0(+8(%di)):string) read it.
  */
@@ -276,6 +287,15 @@ static void hvwl_args8(long n)
 		0x600 + i, 0x700 + i, 0x800 + i, ret);
 }
 
+static void hvwl_run(long n)
+{
+	long i, sum = 0;
+
+	for (i = 0; i < n; i++)
+		sum += hvwl_target_run(i, 1000 + i);
+	pr_info("run n=%ld sum=%ld\n", n, sum);
+}
+
 static void hvwl_fstr(long n)
 {
 	char buf[32] = "";
@@ -325,14 +345,17 @@ static void hvwl_ret(long n)
 struct hvwl_block {
 	long ms;
 	long ret;
+	u64 ns;		/* the call's duration as the guest's clock saw it */
 	struct completion done;
 };
 
 static int hvwl_block_fn(void *data)
 {
 	struct hvwl_block *b = data;
+	u64 t0 = ktime_get_ns();
 
 	b->ret = hvwl_target_block(b->ms);
+	b->ns = ktime_get_ns() - t0;
 	complete(&b->done);
 	return 0;
 }
@@ -349,7 +372,7 @@ static void hvwl_block_scenario(long ms)
 		return;
 	}
 	wait_for_completion(&b.done);
-	pr_info("block ms=%ld ret=%ld\n", ms, b.ret);
+	pr_info("block ms=%ld ret=%ld ns=%llu\n", ms, b.ret, b.ns);
 }
 
 static int hvwl_exit_fn(void *data)
@@ -811,6 +834,8 @@ static void hvwl_run_one(char *cmd, bool may_serve)
 		hvwl_fentry(a[0]);
 	else if (!strcmp(name, "fstr") && n == 1)
 		hvwl_fstr(a[0]);
+	else if (!strcmp(name, "run") && n == 1)
+		hvwl_run(a[0]);
 	else if (!strcmp(name, "fileread") && n == 1)
 		hvwl_fileread(a[0]);
 	else if (!strcmp(name, "text") && n == 0)

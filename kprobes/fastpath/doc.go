@@ -11,7 +11,9 @@
 // The probed instruction, 5 bytes or longer (ftrace's fentry nop, or any
 // instruction CheckDisplaced accepts: no %rip-relative operand, no
 // relative or indirect control transfer, nothing that traps or changes IF
-// by design), is replaced by Entry: jmp rel32 to the stub, int3 over the
+// by design), or a run of such instructions that reaches 5 bytes
+// (CheckRun; where else the run can be entered is kprobes.Manager's to
+// check), is replaced by Entry: jmp rel32 to the stub, int3 over the
 // rest of its bytes. The stub (Stub) does:
 //
 //	pushfq; cli; push rax … r15              (15 GPRs; 128 bytes of stack)
@@ -26,7 +28,7 @@
 //	head++ (after the record's stores: x86 TSO); busy = 0
 //	lost: lock incq lost[probe]
 //	pop r15 … rax; popfq
-//	the displaced instruction (omitted when it is a nop); jmp probe+len
+//	the displaced instructions (nops omitted); jmp probe+len
 //
 // A capture loads through no pointer the guest gave it: the stub walks
 // the page tables at %cr3 itself (call copy → xlate → walk, reading each

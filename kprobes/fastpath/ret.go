@@ -145,20 +145,11 @@ func RetEntry(p RetParams) ([]byte, error) {
 	e.cmp(r9, r8)
 	e.jcc(ccE, "missed")
 	// Dead frames at this slot.
-	e.movabs(rbx, p.Pool)
-	e.movImm32(rcx, int32(p.MaxActive))
-	e.bind("kill")
-	e.aluImm(true, 7, m(rbx, instState), stateArmed)
-	e.jcc(ccNE, "kill_next")
-	e.cmpMem(r10, m(rbx, instSlot))
-	e.jcc(ccNE, "kill_next")
-	e.movImm32(rax, stateArmed)
-	e.movImm32(rsi, stateFree)
-	e.lockCmpxchg(rsi, m(rbx, instState))
-	e.bind("kill_next")
-	e.aluImm(true, 0, r(rbx), InstanceSize)
-	e.dec32(rcx)
-	e.jcc(ccNE, "kill")
+	e.poolScan(p, rbx, stateArmed, "kill", func() {
+		e.movImm32(rax, stateArmed)
+		e.movImm32(rsi, stateFree)
+		e.lockCmpxchg(rsi, m(rbx, instState))
+	})
 	// A free instance.
 	e.movabs(rbx, p.Pool)
 	e.movImm32(rcx, int32(p.MaxActive))
@@ -192,7 +183,7 @@ func RetEntry(p RetParams) ([]byte, error) {
 	e.storeImm(true, m(rbx, instState), stateArmed)
 	e.bind(labelOut)
 	e.restoreAll()
-	code, _, err := finishStub(e, p.StubParams, inst, nil)
+	code, _, err := finishStub(e, p.StubParams, []x86asm.Inst{inst}, nil)
 	return code, err
 }
 
@@ -213,21 +204,12 @@ func RetTrampoline(p RetParams) ([]byte, error) {
 	e.saveAll()
 	const top = frameBytes + 8 // to %rsp as the function's ret left it
 	e.lea(r10, m(rsp, frameBytes))
-	e.movabs(r15, p.Pool)
-	e.movImm32(rcx, int32(p.MaxActive))
-	e.bind("find")
-	e.aluImm(true, 7, m(r15, instState), stateArmed)
-	e.jcc(ccNE, "find_next")
-	e.cmpMem(r10, m(r15, instSlot))
-	e.jcc(ccNE, "find_next")
-	e.movImm32(rax, stateArmed)
-	e.movImm32(rsi, stateReturning)
-	e.lockCmpxchg(rsi, m(r15, instState))
-	e.jcc(ccE, "found")
-	e.bind("find_next")
-	e.aluImm(true, 0, r(r15), InstanceSize)
-	e.dec32(rcx)
-	e.jcc(ccNE, "find")
+	e.poolScan(p, r15, stateArmed, "find", func() {
+		e.movImm32(rax, stateArmed)
+		e.movImm32(rsi, stateReturning)
+		e.lockCmpxchg(rsi, m(r15, instState))
+		e.jcc(ccE, "found")
+	})
 	e.ud2()
 	e.bind("found")
 	e.load(nil, true, rax, m(r15, instRet))
@@ -246,19 +228,10 @@ func RetTrampoline(p RetParams) ([]byte, error) {
 	// its slot (every register is clobbered; only this CPU returns
 	// through this slot, so one instance is returning there).
 	e.lea(r10, m(rsp, frameBytes))
-	e.movabs(r15, p.Pool)
-	e.movImm32(rcx, int32(p.MaxActive))
-	e.bind("free")
-	e.aluImm(true, 7, m(r15, instState), stateReturning)
-	e.jcc(ccNE, "free_next")
-	e.cmpMem(r10, m(r15, instSlot))
-	e.jcc(ccNE, "free_next")
-	e.storeImm(true, m(r15, instState), stateFree)
-	e.jmp("freed")
-	e.bind("free_next")
-	e.aluImm(true, 0, r(r15), InstanceSize)
-	e.dec32(rcx)
-	e.jcc(ccNE, "free")
+	e.poolScan(p, r15, stateReturning, "free", func() {
+		e.storeImm(true, m(r15, instState), stateFree)
+		e.jmp("freed")
+	})
 	e.bind("freed")
 	e.restoreAll()
 	e.ret()
@@ -273,6 +246,25 @@ func RetTrampoline(p RetParams) ([]byte, error) {
 		return nil, err
 	}
 	return code, nil
+}
+
+// poolScan emits a walk of the pool (in, counted down in rcx) that runs
+// match on each instance in state state whose slot is r10; the loop is
+// labelled label, and match may leave it.
+func (e *emitter) poolScan(p RetParams, in x86asm.Reg, state int32, label string, match func()) {
+	next := label + "_next"
+	e.movabs(in, p.Pool)
+	e.movImm32(x86asm.RCX, int32(p.MaxActive))
+	e.bind(label)
+	e.aluImm(true, 7, m(in, instState), state)
+	e.jcc(ccNE, next)
+	e.cmpMem(x86asm.R10, m(in, instSlot))
+	e.jcc(ccNE, next)
+	match()
+	e.bind(next)
+	e.aluImm(true, 0, r(in), InstanceSize)
+	e.dec32(x86asm.RCX)
+	e.jcc(ccNE, label)
 }
 
 // RetData is what a return record says of its call.

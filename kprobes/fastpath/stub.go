@@ -83,26 +83,61 @@ func simm32(v uint64, what string) (int32, error) {
 	return int32(v), nil
 }
 
+// MaxRun is the most bytes a jmp displaces: instructions shorter than
+// the jmp, then the one that reaches JmpLen bytes.
+const MaxRun = JmpLen - 1 + 15
+
 // CheckDisplaced decodes the probed instruction and refuses what cannot
 // run unchanged at another address, or does not leave room for the jmp:
 // anything with a %rip-relative operand or a relative target, control
 // transfers, and instructions that trap or change privilege by design.
 func CheckDisplaced(code []byte) (x86asm.Inst, error) {
+	inst, err := checkOne(code, true)
+	if err == nil && inst.Len < JmpLen {
+		err = refused("%s is %d bytes, shorter than the %d-byte jmp", text(inst), inst.Len, JmpLen)
+	}
+	return inst, err
+}
+
+// CheckRun decodes code as the run of instructions a jmp displaces (at
+// least JmpLen bytes, at most MaxRun, the last one reaching JmpLen), each
+// of which must run unchanged elsewhere as CheckDisplaced requires. Where
+// else the run may be entered is the caller's to check.
+func CheckRun(code []byte) ([]x86asm.Inst, error) {
+	if len(code) < JmpLen || len(code) > MaxRun {
+		return nil, refused("a run of %d bytes: want %d to %d", len(code), JmpLen, MaxRun)
+	}
+	var insts []x86asm.Inst
+	for at := 0; at < len(code); {
+		if at >= JmpLen {
+			return nil, refused("% x: the run goes on past the %d bytes the jmp needs", code, JmpLen)
+		}
+		inst, err := checkOne(code[at:], false)
+		if err != nil {
+			return nil, err
+		}
+		insts = append(insts, inst)
+		at += inst.Len
+	}
+	return insts, nil
+}
+
+// checkOne decodes one displaced instruction at the start of code (all
+// of code if whole).
+func checkOne(code []byte, whole bool) (x86asm.Inst, error) {
 	inst, err := x86asm.Decode(code, 64)
 	switch {
 	case err != nil || inst.Op == 0:
 		return inst, refused("undecodable instruction bytes % x", code)
-	case inst.Len != len(code):
+	case whole && inst.Len != len(code):
 		return inst, refused("% x is %d bytes of instruction and %d more", code, inst.Len, len(code)-inst.Len)
-	case inst.Len < JmpLen:
-		return inst, refused("%s is %d bytes, shorter than the %d-byte jmp", text(inst), inst.Len, JmpLen)
 	case inst.PCRel != 0:
 		return inst, refused("%s is %%rip-relative", text(inst))
 	}
-	// It must decode the same followed by the stub's jmp back.
-	if again, err := x86asm.Decode(append(bytes.Clone(code), 0xe9, 0, 0, 0, 0), 64); err != nil ||
+	// It must decode the same followed by other bytes (the stub's jmp).
+	if again, err := x86asm.Decode(append(bytes.Clone(code[:inst.Len]), 0xe9, 0, 0, 0, 0), 64); err != nil ||
 		again.Op != inst.Op || again.Len != inst.Len || again.Args != inst.Args {
-		return inst, refused("% x decodes differently when followed by other bytes", code)
+		return inst, refused("% x decodes differently when followed by other bytes", code[:inst.Len])
 	}
 	for _, a := range inst.Args {
 		switch a := a.(type) {
@@ -176,7 +211,7 @@ func stub(p StubParams) ([]byte, []int, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	inst, err := CheckDisplaced(p.Displaced)
+	insts, err := CheckRun(p.Displaced)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -192,13 +227,13 @@ func stub(p StubParams) ([]byte, []int, error) {
 		e.lockInc(m(rax, 0))
 		e.pop(rax)
 		e.popfq()
-		return finishStub(e, p, inst, nil)
+		return finishStub(e, p, insts, nil)
 	}
 	e.saveAll()
 	var tail func()
 	record(e, p, cpuOff, curOff, frameBytes, 0, func() { tail = captures(e, p, RecDataOff, frameBytes) })
 	e.restoreAll()
-	return finishStub(e, p, inst, tail)
+	return finishStub(e, p, insts, tail)
 }
 
 // saveAll pushes the flags and the 15 GPRs, interrupts off; restoreAll
@@ -292,15 +327,19 @@ func record(e *emitter, p StubParams, cpuOff, curOff, frameTop int32, kind int32
 	e.bind(labelOut)
 }
 
-// finishStub appends the displaced instruction, the jmp back, and tail
+// finishStub appends the displaced instructions, the jmp back, and tail
 // (the capture subroutines) if any.
-func finishStub(e *emitter, p StubParams, inst x86asm.Inst, tail func()) ([]byte, []int, error) {
-	// A nop's effect is nothing: it is not copied (ftrace's 5-byte fentry
-	// nop is the common site).
-	if inst.Op != x86asm.NOP {
-		e.raw(p.Displaced)
+func finishStub(e *emitter, p StubParams, insts []x86asm.Inst, tail func()) ([]byte, []int, error) {
+	at := 0
+	for _, inst := range insts {
+		// A nop's effect is nothing: it is not copied (ftrace's 5-byte
+		// fentry nop is the common site).
+		if inst.Op != x86asm.NOP {
+			e.raw(p.Displaced[at : at+inst.Len])
+		}
+		at += inst.Len
 	}
-	if err := e.jmpAbs(p.StubAddr, p.ProbeAddr+uint64(inst.Len)); err != nil {
+	if err := e.jmpAbs(p.StubAddr, p.ProbeAddr+uint64(at)); err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrRefused, err)
 	}
 	if tail != nil {
@@ -336,7 +375,7 @@ func selfCheck(code []byte, starts []int) error {
 // (length bytes long): jmp rel32 to the stub, then int3 over the rest of
 // the instruction's bytes, which nothing executes.
 func Entry(probeAddr, stubAddr uint64, length int) ([]byte, error) {
-	if length < JmpLen || length > 15 {
+	if length < JmpLen || length > MaxRun {
 		return nil, refused("a %d-byte instruction cannot hold the %d-byte jmp", length, JmpLen)
 	}
 	rel, ok := rel32(probeAddr+JmpLen, stubAddr)

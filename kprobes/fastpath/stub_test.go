@@ -179,6 +179,29 @@ func TestStubCaptures(t *testing.T) {
 	}
 }
 
+// TestStubRun: several displaced instructions (push %rbp; mov
+// %rsp,%rbp; lea (%rdi,%rsi),%rax) are copied after the restore, and the
+// jmp goes back after the last.
+func TestStubRun(t *testing.T) {
+	p := testParams
+	p.Displaced = []byte{0x55, 0x48, 0x89, 0xe5, 0x48, 0x8d, 0x04, 0x37}
+	code, err := Stub(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := disassemble(t, code, p.StubAddr)
+	want := []string{"popfq", "push %rbp", "mov %rsp,%rbp", "lea (%rdi,%rsi),%rax", "jmpq 0xffffffff81234568"}
+	if tail := got[len(got)-5:]; !slices.Equal(tail, want) {
+		t.Errorf("stub ends with %q, want %q", tail, want)
+	}
+	if insts, err := CheckRun(p.Displaced); err != nil || len(insts) != 3 {
+		t.Errorf("CheckRun = %d instructions, %v", len(insts), err)
+	}
+	if _, err := CheckDisplaced(p.Displaced); !errors.Is(err, ErrRefused) {
+		t.Errorf("CheckDisplaced took a run: %v", err)
+	}
+}
+
 // TestStubLargeLayout: offsets past disp8 and imm8 take the long forms and
 // still decode back (Stub's self-check and the decoded text).
 func TestStubLargeLayout(t *testing.T) {
@@ -210,7 +233,8 @@ func TestStubRefuses(t *testing.T) {
 		{"indirect call", []byte{0xff, 0x14, 0x25, 0, 0x10, 0, 0}}, // call *0x1000
 		{"indirect jmp", []byte{0xff, 0x24, 0x25, 0, 0x10, 0, 0}},
 		{"short", []byte{0x55}}, // push %rbp
-		{"trailing bytes", []byte{0x90, 0x90, 0x90, 0x90, 0x90}},
+		{"a run past the jmp's bytes", []byte{0x90, 0x90, 0x90, 0x90, 0x90, 0x90}},
+		{"a run with a call", []byte{0x55, 0xe8, 0, 0, 0, 0}},
 		{"undecodable", []byte{0x0f, 0x0b, 0x0f, 0xff, 0xff}}, // ud2 + junk: length mismatch
 		{"ud2-like", []byte{0x0f, 0xb9, 0x04, 0x25, 0, 0, 0, 0}},
 		{"empty", nil},

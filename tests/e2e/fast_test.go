@@ -286,20 +286,54 @@ func TestFastReturns(t *testing.T) {
 	}
 }
 
-// TestFastFallback: a line whose instruction is too short, or whose
-// fetch args the stub cannot read, takes the int3 path and still counts.
+// TestFastFallback: a line whose instructions cannot be displaced, or
+// whose fetch args the stub cannot read, takes the int3 path and still
+// counts.
 func TestFastFallback(t *testing.T) {
 	g := miniGuest(t)
-	for _, line := range []string{
-		`p:fp/short hvwl_target_fentry a=%di:s64`,                   // push %rbp: one byte
-		`p:fp/array hvwl_target_fentry+4 a=%di:s64 m=+0(%sp):x8[4]`, // arrays are not captured
+	for _, c := range []struct{ line, scenario, report string }{
+		// push %rbp; mov %rsp,%rbp; then a %rip-relative load: no run.
+		{`p:fp/short hvwl_target_mix a=%di:s64`, "mix:3", "mix"},
+		// Arrays are not captured.
+		{`p:fp/array hvwl_target_fentry+4 a=%di:s64 m=+0(%sp):x8[4]`, "fentry:3", "fentry"},
 	} {
 		for _, fast := range []bool{false, true} {
-			evs, out, _ := runFastLine(t, g, line, "fentry:3", fast, 0)
-			if int64(len(evs)) != num(t, report(t, out, "fentry"), "n") {
-				t.Errorf("%s (fast=%v): %d events", line, fast, len(evs))
+			evs, out, _ := runFastLine(t, g, c.line, c.scenario, fast, 0)
+			if int64(len(evs)) != num(t, report(t, out, c.report), "n") {
+				t.Errorf("%s (fast=%v): %d events", c.line, fast, len(evs))
 			}
 		}
+	}
+}
+
+// TestFastRun: at hvwl_target_run's push %rbp (one byte) the jmp
+// displaces the run push %rbp; mov %rsp,%rbp; lea (%rdi,%rsi),%rax, as
+// an optprobe does. It is armed before the function has ever run (no
+// task can be stopped inside it), then the int3 path runs the same
+// calls: the events are the same, the exit-less run takes no exit, and
+// the text is byte-identical after.
+func TestFastRun(t *testing.T) {
+	g := miniGuest(t)
+	text := g.text(t)
+	const line = `p:fp/run hvwl_target_run a=%di:s64 b=%si:s64 sp=$stack`
+	fast, fout, fastExits := runFastLine(t, g, line, "run:25", true, 1)
+	int3, out, _ := runFastLine(t, g, line, "run:25", false, 0)
+	for _, r := range []map[string]string{report(t, out, "run"), report(t, fout, "run")} {
+		if num(t, r, "n") != 25 || num(t, r, "sum") != 25*24+1000*25 {
+			t.Fatalf("workload: %v", r)
+		}
+	}
+	for i, ev := range fastEvents(t, fast) {
+		if ev.a != int64(i) || ev.b != 1000+int64(i) || !strings.HasPrefix(ev.where, "hvwl_target_run+0x0/") {
+			t.Errorf("exit-less event %d: %v, want a=%d b=%d", i, ev, i, 1000+i)
+		}
+	}
+	checkSame(t, int3, fast)
+	if fastExits != 0 {
+		t.Errorf("%d debug exits on the exit-less path", fastExits)
+	}
+	if after := g.text(t); !bytes.Equal(after, text) {
+		t.Fatal("kernel text differs after the exit-less run was removed")
 	}
 }
 
