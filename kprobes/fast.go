@@ -232,7 +232,7 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 	switch {
 	case m.byVA[addr] != nil:
 		return notFast(name, "an int3 probe is armed at %#x", addr)
-	case f.sites[addr] != nil:
+	case m.fastInside(addr) != nil: // a run's interior is a boundary too
 		return notFast(name, "another exit-less probe patches %#x", addr)
 	}
 	if m.k.HasFixup(addr) {
@@ -441,7 +441,7 @@ func (m *Manager) fastInsn(p *FastProbe, addr *uint64, name string) (*insn, int3
 	}
 	retOff := int32(0)
 	// What may come first: endbr64, then push %rbp; mov %rsp,%rbp.
-	for _, pre := range [][]byte{{0xf3, 0x0f, 0x1e, 0xfa}, {0x55}, {0x48, 0x89, 0xe5}} {
+	for _, pre := range [][]byte{endbr64, {0x55}, {0x48, 0x89, 0xe5}} {
 		if len(in.raw) >= fastpath.JmpLen || !bytes.Equal(in.raw, pre) {
 			continue
 		}

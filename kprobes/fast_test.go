@@ -307,6 +307,15 @@ func TestFastRun(t *testing.T) {
 				p.Insn() != "push %rbp (55); mov %rsp,%rbp (48 89 e5); lea (%rdi,%rsi),%rax (48 8d 04 37)" {
 				t.Fatalf("patched % x (%q): want a jmp and 3 int3s over the first 8 bytes", got, p.Insn())
 			}
+			// The run's interior boundaries are taken.
+			for _, va := range []uint64{fn + 1, fn + 4} {
+				if err := e.m.RegisterFast(&FastProbe{Addr: va}); !errors.Is(err, ErrNotFast) {
+					t.Errorf("exit-less probe at %#x inside the run: %v, want ErrNotFast", va, err)
+				}
+				if err := e.m.Register(&Kprobe{Addr: va}); err == nil {
+					t.Errorf("int3 probe at %#x inside the run was armed", va)
+				}
+			}
 			if err := e.m.UnregisterFast(p); err != nil || !bytes.Equal(e.textAt(fn, len(c.code)), before) {
 				t.Fatalf("unregistering: %v; text % x", err, e.textAt(fn, len(c.code)))
 			}

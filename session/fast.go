@@ -126,45 +126,47 @@ type chain struct {
 
 // load is the capture of size bytes at the chain's value plus off.
 func (c chain) load(off int64, size int, str bool) ([]fastpath.Capture, error) {
-	if off != int64(int32(off)) {
-		return nil, fmt.Errorf("offset %d does not fit 32 bits", off)
+	o, err := off32(off)
+	if err != nil {
+		return nil, err
 	}
-	return []fastpath.Capture{{Reg: c.reg, Imm: c.imm, Derefs: c.derefs, Off: int32(off), Size: size, String: str}}, nil
+	return []fastpath.Capture{{Reg: c.reg, Imm: c.imm, Derefs: c.derefs, Off: o, Size: size, String: str}}, nil
+}
+
+func off32(off int64) (int32, error) {
+	if off != int64(int32(off)) {
+		return 0, fmt.Errorf("offset %d does not fit 32 bits", off)
+	}
+	return int32(off), nil
 }
 
 // captureArg mirrors probedef's evaluator (Evaluate): the same loads,
 // which the stub makes at the hit instead.
 func captureArg(a probedef.Arg, syms probedef.Symbols, addr uint64) ([]fastpath.Capture, error) {
 	f, t := a.Fetch, a.Type
+	memory := f.Kind == probedef.FetchMem || f.Kind == probedef.FetchSymMem || f.Kind == probedef.FetchDeref
 	switch {
 	case f.Kind == probedef.FetchComm || f.Kind == probedef.FetchImmString:
-		return nil, nil // from the task at the drain, or the line itself
+		return nil, nil // the task's comm is captured anyway; a string in the line is the line's
 	case t.Array > 0:
 		return nil, errors.New("arrays are not captured")
-	case t.Base == probedef.String || t.Base == probedef.UString:
-		if f.Kind == probedef.FetchImm {
-			return chain{imm: f.Imm}.load(0, fastString, true)
-		}
+	case (t.Base == probedef.String || t.Base == probedef.UString) && f.Kind == probedef.FetchImm:
+		return chain{imm: f.Imm}.load(0, fastString, true)
+	case t.Base == probedef.String || t.Base == probedef.UString, memory && t.Base != probedef.SymStr:
+		// The last load is the string's, or the type's size.
 		c, off, err := addrChain(f, syms, addr)
 		if err != nil {
 			return nil, err
 		}
-		return c.load(off, fastString, true)
-	case t.Base != probedef.SymStr && f.Kind != probedef.FetchMem && f.Kind != probedef.FetchSymMem && f.Kind != probedef.FetchDeref:
-		// A value, loaded from memory only if the fetch ends in a load.
-	default:
-		if t.Base != probedef.SymStr {
-			c, off, err := addrChain(f, syms, addr)
-			if err != nil {
-				return nil, err
-			}
-			return c.load(off, t.Size(), false)
+		if t.Base == probedef.String || t.Base == probedef.UString {
+			return c.load(off, fastString, true)
 		}
-	}
-	switch f.Kind {
-	case probedef.FetchReg, probedef.FetchStackPtr, probedef.FetchRetval, probedef.FetchImm:
+		return c.load(off, t.Size(), false)
+	case f.Kind == probedef.FetchReg, f.Kind == probedef.FetchStackPtr, f.Kind == probedef.FetchRetval, f.Kind == probedef.FetchImm:
 		return nil, nil // in the record's registers
 	}
+	// A value ($stackN, $argN past six, a symstr's pointer): memory only
+	// if it is reached through a load, the last of 8 bytes.
 	c, err := valueChain(f, syms, addr)
 	if err != nil || len(c.derefs) == 0 {
 		return nil, err
@@ -196,11 +198,9 @@ func valueChain(f *probedef.Fetch, syms probedef.Symbols, addr uint64) (chain, e
 		return chain{}, fmt.Errorf("%s is not resolved", f)
 	}
 	deref := func(c chain, off int64) (chain, error) {
-		if off != int64(int32(off)) {
-			return chain{}, fmt.Errorf("offset %d does not fit 32 bits", off)
-		}
-		c.derefs = append(slices.Clip(c.derefs), int32(off))
-		return c, nil
+		o, err := off32(off)
+		c.derefs = append(slices.Clip(c.derefs), o)
+		return c, err
 	}
 	switch f.Kind {
 	case probedef.FetchReg:

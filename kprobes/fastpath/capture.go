@@ -19,7 +19,7 @@ import (
 //
 // The stub's loads cannot fault: each page is looked up by a software
 // walk of the page tables at %cr3 (read through the direct map), must be
-// present, below Params.PhysLimit, and present again at its direct-map
+// present, below StubParams.PhysLimit, and present again at its direct-map
 // address, which is where the byte is read. A load that fails this ends
 // its capture (faulted) and the rest of the fetch.
 type Capture struct {
