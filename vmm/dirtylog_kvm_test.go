@@ -1,3 +1,5 @@
+//go:build kvm
+
 package vmm
 
 import (

@@ -99,7 +99,8 @@ type exitHandler struct {
 	symbolize func(uint64) string
 	stats     *ExitStats
 	doorbell  atomic.Pointer[int3Doorbell]
-	writes    watchState // write traps and hardware breakpoints (writetrap.go, hwbreak.go)
+	fault     atomic.Pointer[TripleFault] // the first triple fault seen
+	writes    watchState                  // write traps and hardware breakpoints (writetrap.go, hwbreak.go)
 }
 
 // handle processes one exit. A non-zero StopReason ends the vCPU's loop.
@@ -136,6 +137,7 @@ func (h *exitHandler) handle(c cpuOps, e *exitInfo) (StopReason, error) {
 	case exitHLT:
 		return StopHalted, nil
 	case exitShutdown:
+		h.fault.CompareAndSwap(nil, h.tripleFault(c))
 		return StopReset, nil // a triple fault resets a PC
 	case exitSystemEvent:
 		if e.system.Type == systemEventReset {
@@ -241,4 +243,65 @@ func emulationInsn(in internalExit) []byte {
 		return nil
 	}
 	return raw[9 : 9+n]
+}
+
+// TripleFault is where a vCPU stood when the guest triple-faulted
+// (KVM_EXIT_SHUTDOWN): a reset that printed nothing is otherwise
+// undiagnosable.
+type TripleFault struct {
+	CPU                int
+	RIP, RSP, RFLAGS   uint64
+	CR0, CR2, CR3, CR4 uint64
+	CS, SS             uint16
+	IDTBase            uint64
+	IDTLimit           uint16
+	Symbol             string // RIP's symbol+offset, when a symbolizer is configured
+	Pending            string // the exception or interrupt KVM had in hand
+	Err                error  // reading the state failed
+}
+
+func (f *TripleFault) String() string {
+	if f.Err != nil {
+		return fmt.Sprintf("triple fault on vCPU %d (state unreadable: %v)", f.CPU, f.Err)
+	}
+	return fmt.Sprintf("triple fault on vCPU %d at rip=%#x%s rsp=%#x rflags=%#x cs=%#x ss=%#x cr0=%#x cr2=%#x cr3=%#x cr4=%#x idt=%#x/%#x%s",
+		f.CPU, f.RIP, cond(f.Symbol != "", " ("+f.Symbol+")"), f.RSP, f.RFLAGS, f.CS, f.SS, f.CR0, f.CR2, f.CR3, f.CR4, f.IDTBase, f.IDTLimit,
+		cond(f.Pending != "", " "+f.Pending))
+}
+
+func cond(ok bool, s string) string {
+	if ok {
+		return s
+	}
+	return ""
+}
+
+func (h *exitHandler) tripleFault(c cpuOps) *TripleFault {
+	f := &TripleFault{CPU: c.ID()}
+	regs, err := c.Regs()
+	if err != nil {
+		f.Err = err
+		return f
+	}
+	sr, err := c.Sregs()
+	if err != nil {
+		f.Err = err
+		return f
+	}
+	f.RIP, f.RSP, f.RFLAGS = regs.RIP, regs.RSP, regs.RFLAGS
+	f.CR0, f.CR2, f.CR3, f.CR4 = sr.CR0, sr.CR2, sr.CR3, sr.CR4
+	f.CS, f.SS = sr.CS.Selector, sr.SS.Selector
+	f.IDTBase, f.IDTLimit = sr.IDT.Base, sr.IDT.Limit
+	if h.symbolize != nil {
+		f.Symbol = h.symbolize(regs.RIP)
+	}
+	if ev, err := c.events(); err == nil {
+		switch {
+		case ev.Exception.Injected != 0 || ev.Exception.Pending != 0:
+			f.Pending = fmt.Sprintf("exception %d (error code %#x)", ev.Exception.Nr, ev.Exception.ErrorCode)
+		case ev.Interrupt.Injected != 0:
+			f.Pending = fmt.Sprintf("interrupt %d", ev.Interrupt.Nr)
+		}
+	}
+	return f
 }

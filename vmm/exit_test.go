@@ -216,6 +216,26 @@ func TestStopExits(t *testing.T) {
 	}
 }
 
+// TestTripleFaultState: a shutdown exit keeps where the vCPU stood and
+// what KVM had in hand, for the reset's report; the first one wins.
+func TestTripleFaultState(t *testing.T) {
+	h := newTestHandler(nil, nil, nil)
+	c := &fakeCPU{regs: Regs{RIP: 0xffffffff81001234, RSP: 0xffffc90000003f00, RFLAGS: 0x46}}
+	c.sregs.CR2, c.sregs.IDT.Base, c.sregs.CS.Selector = 0xdead000, 0xfffffe0000000000, 0x10
+	c.ev.Exception.Injected, c.ev.Exception.Nr, c.ev.Exception.ErrorCode = 1, 14, 2
+	h.handle(c, &exitInfo{reason: exitShutdown})
+	c.regs.RIP = 1
+	h.handle(c, &exitInfo{reason: exitShutdown})
+	f := h.fault.Load()
+	if f == nil {
+		t.Fatal("no triple fault kept")
+	}
+	want := "triple fault on vCPU 0 at rip=0xffffffff81001234 (somefunc+0x4) rsp=0xffffc90000003f00 rflags=0x46 cs=0x10 ss=0x0 cr0=0x0 cr2=0xdead000 cr3=0x0 cr4=0x0 idt=0xfffffe0000000000/0x0 exception 14 (error code 0x2)"
+	if got := f.String(); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
+
 func TestInt3Doorbell(t *testing.T) {
 	const stackVA, stackPA = 0xffffc90000003f00, 0x3f00
 	const entry, handler, bp = 0xffffffffa0001000, 0xffffffff81c00ba0, 0xffffffff81001234

@@ -60,6 +60,8 @@ type Result struct {
 	Panicked bool
 	// Tail is the last console lines, for error reports.
 	Tail []string
+	// Fault is set when the reset was a triple fault.
+	Fault *TripleFault
 }
 
 // Errors for bad configuration.
@@ -575,7 +577,7 @@ func (vm *VM) Run(ctx context.Context) Result {
 		}
 	}
 	vm.console.flush()
-	return Result{Reason: first.reason, Err: first.err, Panicked: vm.console.panicked(), Tail: vm.console.tail()}
+	return Result{Reason: first.reason, Err: first.err, Panicked: vm.console.panicked(), Tail: vm.console.tail(), Fault: vm.handler.fault.Load()}
 }
 
 // Close stops the guest if it runs, waits for every call in flight

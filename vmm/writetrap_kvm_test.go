@@ -1,3 +1,5 @@
+//go:build kvm
+
 package vmm
 
 import (
@@ -7,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -51,26 +52,6 @@ func runHandledOnThread(vm *VM, v *VCPU) error {
 		}
 	}
 	return errors.New("the guest never reached its port write")
-}
-
-// recordWrites is a WriteHook that keeps every event.
-type recordWrites struct {
-	mu  sync.Mutex
-	evs []WriteEvent
-}
-
-func (r *recordWrites) HandleWrite(_ CPU, ev WriteEvent) {
-	r.mu.Lock()
-	r.evs = append(r.evs, ev)
-	r.mu.Unlock()
-}
-
-func (r *recordWrites) take() []WriteEvent {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	e := r.evs
-	r.evs = nil
-	return e
 }
 
 // Real-mode code for the write-trap tests (DS base tinyWatch).

@@ -3,6 +3,7 @@ package vmm
 import (
 	"bytes"
 	"slices"
+	"sync"
 	"testing"
 )
 
@@ -116,4 +117,24 @@ func TestCompleteWriteSynthetic(t *testing.T) {
 	if ex, ev := h.writes.exits.Load(), h.writes.events.Load(); ex != 2 || ev != 1 {
 		t.Errorf("exits %d events %d, want 2 and 1 (the store outside RAM is not one)", ex, ev)
 	}
+}
+
+// recordWrites is a WriteHook that keeps every event.
+type recordWrites struct {
+	mu  sync.Mutex
+	evs []WriteEvent
+}
+
+func (r *recordWrites) HandleWrite(_ CPU, ev WriteEvent) {
+	r.mu.Lock()
+	r.evs = append(r.evs, ev)
+	r.mu.Unlock()
+}
+
+func (r *recordWrites) take() []WriteEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.evs
+	r.evs = nil
+	return e
 }

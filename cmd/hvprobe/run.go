@@ -389,7 +389,11 @@ func endOf(res vmm.Result, ctx context.Context, lines []session.Line) error {
 				return nil
 			}
 		}
-		return exitError{code: 5, msg: "the guest reset without announcing a restart or power-off (early crash?)" + tail()}
+		msg := "the guest reset without announcing a restart or power-off (early crash?)"
+		if res.Fault != nil {
+			msg += ": " + res.Fault.String()
+		}
+		return exitError{code: 5, msg: msg + tail()}
 	}
 	return exitError{code: 1, msg: "guest stopped: " + res.Reason.String() + tail()}
 }

@@ -13,6 +13,11 @@
 #   --mem SIZE      L1 memory (QEMU -m syntax), default 4G
 #   --cpus N        L1 vCPUs (MTTCG threads), default 2
 #   --timeout SECS  kill L1 after SECS (exit 124); default 3600, 0 = none
+#   --stall SECS    kill L1 when neither COMMAND's output, L1's console nor a
+#                   --watch directory has changed for SECS (exit 123);
+#                   default 300, 0 = never
+#   --watch DIR     a directory whose files count as progress (repeatable:
+#                   where COMMAND's guests write their consoles)
 #   --share DIR     also share DIR at the same path (repeatable)
 #   --env NAME      also pass host variable NAME through (repeatable)
 #   --console       copy L1's kernel console to stderr (it always goes to
@@ -26,8 +31,9 @@
 # directory, else in /. COMMAND must be a static binary or a busybox sh
 # script: L1 has busybox and nothing else (no libc).
 #
-# Exit status: COMMAND's; 124 on timeout; 125 when L1 failed before COMMAND
-# could report a status (see the console log).
+# Exit status: COMMAND's; 123 when COMMAND stalled (--stall) while L1 was
+# alive; 124 on timeout; 125 when L1 failed before COMMAND could report a
+# status (see the console log), or stalled itself.
 #
 # COMMAND's stdin is /dev/null.
 #
@@ -52,6 +58,8 @@ WANT_MODULES="virtio_pci 9pnet_virtio 9p virtio_rng kvm_amd"
 MEM=4G
 CPUS=2
 TIMEOUT=3600
+STALL=300
+WATCH=()
 CONSOLE=0
 PREPARE=0
 SHARES=("$ROOT")
@@ -65,6 +73,8 @@ while [ $# -gt 0 ]; do
 	--mem) MEM=$2; shift 2 ;;
 	--cpus) CPUS=$2; shift 2 ;;
 	--timeout) TIMEOUT=$2; shift 2 ;;
+	--stall) STALL=$2; shift 2 ;;
+	--watch) WATCH+=("$2"); shift 2 ;;
 	--share) SHARES+=("$(cd "$2" && pwd)"); shift 2 ;;
 	--env) EXTRA_ENV+=("$2"); shift 2 ;;
 	--console) CONSOLE=1; shift ;;
@@ -158,6 +168,8 @@ while read -r tag path; do
 	mkdir -p "$path" && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose "$tag" "$path" ||
 		say "cannot mount $tag at $path"
 done < /run/hvctl/mounts
+# A heartbeat tells a stalled COMMAND (or L2) from a stalled L1.
+( while :; do cut -d" " -f1 /proc/uptime > /run/hvctl/heartbeat; sleep 10; done ) &
 for t in /dev/ttyS1 /dev/ttyS2; do stty -F $t raw -echo 2>/dev/null; done
 echo 1 > /proc/sys/kernel/printk
 say "running command at $(cut -d" " -f1 /proc/uptime)s"
@@ -239,8 +251,10 @@ mkdir -p "$CACHE/runs"
 RUN=$(mktemp -d "$CACHE/runs/run.XXXXXX")
 CATS=()
 QPID=
+WPID=
 cleanup() {
 	[ -n "$QPID" ] && kill "$QPID" 2>/dev/null
+	[ -n "$WPID" ] && kill "$WPID" 2>/dev/null
 	local p
 	for p in "${CATS[@]}"; do kill "$p" 2>/dev/null || true; done
 	rm -rf "$RUN"
@@ -283,8 +297,9 @@ done
 
 # COMMAND's stdout/stderr come out of L1's ttyS1/ttyS2 into these FIFOs.
 mkfifo "$RUN/out" "$RUN/err"
-cat "$RUN/out" & CATS+=($!)
-cat "$RUN/err" >&2 & CATS+=($!)
+# Copies of both count as progress for the stall check.
+tee "$RUN/out.log" < "$RUN/out" & CATS+=($!)
+tee "$RUN/err.log" < "$RUN/err" >&2 & CATS+=($!)
 # L1's kernel console goes to $RUN/console.log, kept as last-console.log.
 CONSOLE_LOG="$CACHE/last-console.log"
 if [ "$CONSOLE" = 1 ]; then
@@ -316,9 +331,30 @@ else
 	"${QEMU[@]}" < /dev/null &
 fi
 QPID=$!
+# The stall check: a hash of the sizes and times of everything that shows
+# progress, every 10 s; a run whose hash stays put for STALL seconds is
+# stopped (a stalled L2 or L1 would otherwise hold the stage to its
+# timeout, docs/QUIRKS.md #23, #43).
+if [ "$STALL" != 0 ]; then
+	(
+		last= quiet=0
+		while sleep 10; do
+			sig=$({ stat -c '%s %Y' "$RUN/out.log" "$RUN/err.log" "$RUN/console.log"
+				for d in "${WATCH[@]}"; do find "$d" -maxdepth 1 -type f -printf '%s %T@\n'; done; } 2>/dev/null | sort | md5sum)
+			if [ "$sig" = "$last" ]; then quiet=$((quiet + 10)); else quiet=0 last=$sig; fi
+			if [ "$quiet" -ge "$STALL" ]; then
+				: > "$RUN/stalled"
+				kill "$QPID" 2>/dev/null
+				exit 0
+			fi
+		done
+	) &
+	WPID=$!
+fi
 qrc=0
 wait "$QPID" || qrc=$?
 QPID=
+if [ -n "$WPID" ]; then kill "$WPID" 2>/dev/null || true; wait "$WPID" 2>/dev/null || true; WPID=; fi
 # The readers end at EOF once QEMU has closed the FIFOs; one still blocked in
 # open() (QEMU never started) is ended after a grace period.
 for _ in $(seq 50); do
@@ -331,6 +367,14 @@ for p in "${CATS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null |
 CATS=()
 mv -f "$RUN/console.log" "$CONSOLE_LOG" 2>/dev/null || true
 
+if [ -f "$RUN/stalled" ]; then
+	beat=$(( $(date +%s) - $(stat -c %Y "$RUN/heartbeat" 2>/dev/null || echo 0) ))
+	log "stalled: no output from COMMAND, L1's console${WATCH[*]:+ or ${WATCH[*]}} for ${STALL}s; L1 stopped after $(( $(date +%s) - START ))s; L1's last heartbeat ${beat}s before; last L1 console lines ($CONSOLE_LOG):"
+	tail -n 20 "$CONSOLE_LOG" >&2 2>/dev/null || true
+	# L1's own heartbeat stopped too: L1 failed, not COMMAND.
+	[ "$beat" -gt 60 ] && exit 125
+	exit 123
+fi
 if [ -f "$RUN/status" ]; then
 	rc=$(cat "$RUN/status")
 	exit "$rc"

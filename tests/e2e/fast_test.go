@@ -236,53 +236,51 @@ func retView(ev probedef.Event) string {
 
 // TestFastReturns: an r line exit-less (entry stub and return
 // trampoline, no exit) gives the int3 kretprobe's events for the same
-// calls: arguments, return values, return addresses, tasks; on 1 vCPU
-// in order, on 2 per thread, text byte-identical after.
+// calls: arguments, return values, return addresses, tasks, in order;
+// text byte-identical after.
 func TestFastReturns(t *testing.T) {
-	for _, c := range []struct {
-		name, scenario string
-		guest          func(*testing.T) *guest
-		calls          func(*testing.T, []string) int64
-	}{
-		{"1 vCPU", "fentry:25", miniGuest, func(t *testing.T, out []string) int64 { return num(t, report(t, out, "fentry"), "n") }},
-		{"2 vCPUs", "fthreads:4:40", twoCPUGuest, func(t *testing.T, out []string) int64 { return num(t, report(t, out, "threads"), "total") }},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			g := c.guest(t)
-			text := g.text(t)
-			int3, out, _ := runFastLine(t, g, retLine, c.scenario, false, 0)
-			fast, fout, fastExits := runFastLine(t, g, retLine, c.scenario, true, 1)
-			if n, fn := c.calls(t, out), c.calls(t, fout); int64(len(int3)) != n || int64(len(fast)) != fn {
-				t.Fatalf("%d int3 and %d exit-less return events for %d and %d calls", len(int3), len(fast), n, fn)
+	checkFastReturns(t, miniGuest(t), "fentry:25", func(t *testing.T, out []string) int64 { return num(t, report(t, out, "fentry"), "n") })
+}
+
+// TestFastReturnsSMP is TestFastReturns with 2 vCPUs, per thread.
+func TestFastReturnsSMP(t *testing.T) {
+	checkFastReturns(t, twoCPUGuest(t), "fthreads:4:40", func(t *testing.T, out []string) int64 { return num(t, report(t, out, "threads"), "total") })
+}
+
+func checkFastReturns(t *testing.T, g *guest, scenario string, calls func(*testing.T, []string) int64) {
+	t.Helper()
+	text := g.text(t)
+	int3, out, _ := runFastLine(t, g, retLine, scenario, false, 0)
+	fast, fout, fastExits := runFastLine(t, g, retLine, scenario, true, 1)
+	if n, fn := calls(t, out), calls(t, fout); int64(len(int3)) != n || int64(len(fast)) != fn {
+		t.Fatalf("%d int3 and %d exit-less return events for %d and %d calls", len(int3), len(fast), n, fn)
+	}
+	// Per task (threads interleave differently, pids differ in
+	// the two runs): the sequence of returns each task saw.
+	byTask := func(evs []probedef.Event) map[string][]string {
+		m := map[string][]string{}
+		for _, ev := range evs {
+			if ev.Values[2].S64 != ev.Values[0].S64+ev.Values[1].S64 || ev.Duration <= 0 || !strings.HasPrefix(ev.Where, "hvwl_") {
+				t.Errorf("return event %s: want ret = a+b, a duration (%v), a return into the workload", retView(ev), ev.Duration)
 			}
-			// Per task (threads interleave differently, pids differ in
-			// the two runs): the sequence of returns each task saw.
-			byTask := func(evs []probedef.Event) map[string][]string {
-				m := map[string][]string{}
-				for _, ev := range evs {
-					if ev.Values[2].S64 != ev.Values[0].S64+ev.Values[1].S64 || ev.Duration <= 0 || !strings.HasPrefix(ev.Where, "hvwl_") {
-						t.Errorf("return event %s: want ret = a+b, a duration (%v), a return into the workload", retView(ev), ev.Duration)
-					}
-					v := retView(ev)
-					_, v, _ = strings.Cut(v, " ") // the pid differs between runs
-					m[ev.Comm] = append(m[ev.Comm], v)
-				}
-				return m
-			}
-			a, b := byTask(int3), byTask(fast)
-			for task, seq := range a {
-				if !slices.Equal(seq, b[task]) {
-					n := min(len(seq), len(b[task]), 3)
-					t.Errorf("task %s: int3 %q..., exit-less %q...", task, seq[:n], b[task][:min(n, len(b[task]))])
-				}
-			}
-			if len(a) != len(b) || fastExits != 0 {
-				t.Errorf("%d tasks on the int3 path, %d exit-less; %d debug exits exit-less", len(a), len(b), fastExits)
-			}
-			if after := g.text(t); !bytes.Equal(after, text) {
-				t.Fatal("kernel text differs after the exit-less return probe was removed")
-			}
-		})
+			v := retView(ev)
+			_, v, _ = strings.Cut(v, " ") // the pid differs between runs
+			m[ev.Comm] = append(m[ev.Comm], v)
+		}
+		return m
+	}
+	a, b := byTask(int3), byTask(fast)
+	for task, seq := range a {
+		if !slices.Equal(seq, b[task]) {
+			n := min(len(seq), len(b[task]), 3)
+			t.Errorf("task %s: int3 %q..., exit-less %q...", task, seq[:n], b[task][:min(n, len(b[task]))])
+		}
+	}
+	if len(a) != len(b) || fastExits != 0 {
+		t.Errorf("%d tasks on the int3 path, %d exit-less; %d debug exits exit-less", len(a), len(b), fastExits)
+	}
+	if after := g.text(t); !bytes.Equal(after, text) {
+		t.Fatal("kernel text differs after the exit-less return probe was removed")
 	}
 }
 

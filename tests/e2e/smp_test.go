@@ -9,34 +9,7 @@ import (
 	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes"
-	"github.com/hvprobe/hvprobe/tests/kvmtest"
 )
-
-var (
-	smpOnce  sync.Once
-	smpGuest *guest
-	smpErr   error
-)
-
-// twoCPUGuest is a second shared guest with two vCPUs. (Its intermittent
-// reset of issue 8 was KVM_GET_REGS losing its result to a goroutine stack
-// copy, docs/QUIRKS.md #25; on PVM it boots only with the hypercall PV
-// features hidden, #29.)
-func twoCPUGuest(t *testing.T) *guest {
-	t.Helper()
-	kvmtest.RequireKVM(t)
-	smpOnce.Do(func() {
-		smpGuest, smpErr = bootMini(2)
-		if smpErr != nil { // docs/QUIRKS.md #23, as for the 1-vCPU guest
-			t.Logf("2-vCPU mini guest failed to boot, retrying once: %v", smpErr)
-			smpGuest, smpErr = bootMini(2)
-		}
-	})
-	if smpErr != nil {
-		t.Fatalf("booting the 2-vCPU mini guest: %v", smpErr)
-	}
-	return smpGuest
-}
 
 // TestSMPCountsRepeated: a kernel thread bound to each vCPU calls the
 // probed function concurrently; kprobe, jprobe and kretprobe counts equal
