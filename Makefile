@@ -63,7 +63,7 @@ unit-kvm: static
 # retry of minutes. The stock kernel (e2e-stock) and user space
 # (e2e-user) have stages of their own too.
 E2E_ALONE := TestStockKernelBootProbe|TestUserSpaceSyscalls
-E2E_RUN = cd tests/e2e && HVPROBE_E2E_LOGDIR=$(CURDIR)/$(OUT)/logs/$(1) $(CURDIR)/$(STAGE) $(1)
+E2E_RUN = mkdir -p $(CURDIR)/$(OUT)/logs/$(1) && cd tests/e2e && HVPROBE_E2E_LOGDIR=$(CURDIR)/$(OUT)/logs/$(1) $(CURDIR)/$(STAGE) $(1)
 e2e: images static
 	$(call E2E_RUN,e2e) ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 40m -test.skip 'SMP|$(E2E_ALONE)'
 

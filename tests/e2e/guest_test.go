@@ -149,6 +149,7 @@ func imagesDir() string {
 // temporary directory.
 func logDir() string {
 	if d := os.Getenv("HVPROBE_E2E_LOGDIR"); d != "" {
+		os.MkdirAll(d, 0o755) // a fresh stage's directory; a failure shows at the Create
 		return d
 	}
 	return os.TempDir()
