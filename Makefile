@@ -63,7 +63,7 @@ unit-kvm: static
 # retry of minutes. The stock kernel (e2e-stock) and user space
 # (e2e-user) have stages of their own too.
 E2E_ALONE := TestStockKernelBootProbe|TestUserSpaceSyscalls
-E2E_RUN = mkdir -p $(CURDIR)/$(OUT)/logs/$(1) && cd tests/e2e && HVPROBE_E2E_LOGDIR=$(CURDIR)/$(OUT)/logs/$(1) $(CURDIR)/$(STAGE) $(1)
+E2E_RUN = cd tests/e2e && HVPROBE_E2E_LOGDIR=$(CURDIR)/$(OUT)/logs/$(1) $(CURDIR)/$(STAGE) $(1)
 e2e: images static
 	$(call E2E_RUN,e2e) ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 40m -test.skip 'SMP|$(E2E_ALONE)'
 
@@ -85,7 +85,7 @@ e2e-user: images-stock images-user static
 	@echo "e2e-user: in the nested KVM (images/nested/run.sh); int3 is reflected there and taken by hvprobe's IDT doorbell"
 	$(call E2E_RUN,e2e-user) sh -c 'for n in 1 2; do \
 		HVPROBE_REQUIRE_KVM=1 HVPROBE_INT3=reflected HVPROBE_HWBP=none \
-		../../images/nested/retry.sh 3 --timeout 1500 --stall 300 --watch "$$HVPROBE_E2E_LOGDIR" -- \
+		../../images/nested/retry.sh 3 --timeout 1500 --watch "$$HVPROBE_E2E_LOGDIR" -- \
 			$(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 20m -test.run "^TestUserSpaceSyscalls$$/^$${n}cpu$$" || exit 1; \
 	done'
 

@@ -19,9 +19,5 @@ export HVPROBE_INT3=reflected
 # Nor does it fire debug registers (#18): no scratch guest to find out.
 export HVPROBE_HWBP=none
 watch=()
-if [ -n "${HVPROBE_E2E_LOGDIR:-}" ]; then
-	mkdir -p "$HVPROBE_E2E_LOGDIR"
-	watch=(--watch "$HVPROBE_E2E_LOGDIR")
-fi
-exec "$HERE/retry.sh" "${HVPROBE_NESTED_ATTEMPTS:-3}" --timeout "${HVPROBE_NESTED_TIMEOUT:-4800}" \
-	--stall "${HVPROBE_NESTED_STALL:-300}" "${watch[@]}" -- "$@"
+[ -n "${HVPROBE_E2E_LOGDIR:-}" ] && watch=(--watch "$HVPROBE_E2E_LOGDIR")
+exec "$HERE/retry.sh" "${HVPROBE_NESTED_ATTEMPTS:-3}" --timeout "${HVPROBE_NESTED_TIMEOUT:-4800}" "${watch[@]}" -- "$@"
