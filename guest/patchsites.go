@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"github.com/hvprobe/hvprobe/internal/x86dec"
 	"github.com/hvprobe/hvprobe/vmm/kimage"
 )
 
@@ -110,6 +111,10 @@ type PatchSite struct {
 	// KeyName names Key through the symbol table ("__SCK__might_resched",
 	// "__tracepoint_sched_switch+0x8"); "" when unknown.
 	KeyName string
+	// Repl is an Alternative's replacement: apply_alternatives copies it
+	// over the site (relative branches in it retargeted) and pads the rest
+	// with nops.
+	Repl []byte
 	// Call is set for an Mcount site whose image bytes are a call (to
 	// __fentry__, nopped by ftrace_init at boot); clear when they are
 	// already a nop, rewritten only when ftrace is enabled there.
@@ -486,24 +491,16 @@ func (r *siteReader) code(addr uint64) []byte {
 	return nil
 }
 
-// endbr64 is not in x86asm's tables (it decodes as a bare rep prefix).
-var endbr64 = []byte{0xf3, 0x0f, 0x1e, 0xfa}
-
 // decodeInsn returns the length and opcode of the instruction at the
-// start of code; endbr64 has length 4 and op 0.
+// start of code.
 func decodeInsn(code []byte) (int, x86asm.Op, error) {
 	switch {
 	case len(code) >= 5 && code[0] == 0xe8:
 		return 5, x86asm.CALL, nil
 	case len(code) >= 5 && code[0] == 0xe9:
 		return 5, x86asm.JMP, nil
-	case len(code) >= 4 && [4]byte(code) == [4]byte(endbr64):
-		return 4, 0, nil
 	}
-	inst, err := x86asm.Decode(code, 64)
-	if err == nil && inst.Op == 0 {
-		err = errors.New("unknown instruction")
-	}
+	inst, err := x86dec.Decode(code)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -513,11 +510,15 @@ func decodeInsn(code []byte) (int, x86asm.Op, error) {
 func (r *siteReader) alternatives() error {
 	t := tabAlternatives
 	return r.each(t, func(i int, va uint64, e []byte) error {
-		n := uint64(e[10]) // instrlen
+		n, rn := uint64(e[10]), int(e[11]) // instrlen, replacementlen
 		if n == 0 {
 			return nil // nothing to replace
 		}
-		return r.add(t, i, PatchSite{Class: Alternative, Addr: rel(va, e, 0), Len: n})
+		repl, ok := r.img.ReadVirt(rel(va, e, 4), rn)
+		if !ok || uint64(rn) > n {
+			return entryErr(t, i, "replacement of %d bytes at %#x for a %d-byte site is not in the image", rn, rel(va, e, 4), n)
+		}
+		return r.add(t, i, PatchSite{Class: Alternative, Addr: rel(va, e, 0), Len: n, Repl: repl})
 	})
 }
 

@@ -187,11 +187,12 @@ func psSections() []memSec {
 	put(psReturnJmp, 0xe9, 0, 0, 0, 0)
 	put(psReturnJcc, 0x0f, 0x85, 0, 0, 0, 0)
 	put(psLock, 0xf0, 0x48, 0xff, 0x07)
-	put(psEndbr, endbr64...)
+	put(psEndbr, 0xf3, 0x0f, 0x1e, 0xfa)
 	put(psParavirt, 0xff, 0x15, 0, 0, 0, 0)
 	put(psRetpoline, 0xe8, 0, 0, 0, 0)
 	put(psStatic, 0xe8, 0, 0, 0, 0)
 	put(psAlt, 0x90, 0x90, 0x90)
+	put(0x1f0, 0x0f, 0x01, 0xca) // its replacement: clac
 	put(psUaccess, 0x48, 0x8b, 0x07)
 	put(psJumpJmp8, 0xeb, 0x00)
 	put(psMcountNop, 0x0f, 0x1f, 0x44, 0, 0)
@@ -278,7 +279,7 @@ func TestReadPatchSites(t *testing.T) {
 		{Class: Paravirt, Addr: b + psParavirt, Len: 6},
 		{Class: Retpoline, Addr: b + psRetpoline, Len: 5},
 		{Class: StaticCall, Addr: b + psStatic, Len: 5, Key: d + psKeyFoo, KeyName: "__SCK__foo"},
-		{Class: Alternative, Addr: b + psAlt, Len: 3},
+		{Class: Alternative, Addr: b + psAlt, Len: 3, Repl: []byte{0x0f, 0x01, 0xca}},
 		{Class: JumpLabel, Addr: b + psJumpJmp8, Len: 2, Key: d + psKeyPlain, KeyName: "plain_key"},
 		{Class: Mcount, Addr: b + psMcountNop, Len: 5},
 		{Class: StaticCallTrampoline, Addr: b + psTrampSig, Len: 8, Key: d + psKeyFoo, KeyName: "__SCK__foo"},
@@ -724,7 +725,7 @@ func FuzzReadPatchSites(f *testing.F) {
 				t.Fatalf("site %+v after %#x", s, prev)
 			}
 			prev = s.Addr
-			if !slices.Contains(ps.Overlapping(s.Addr+s.Len-1, 1), s) {
+			if !slices.ContainsFunc(ps.Overlapping(s.Addr+s.Len-1, 1), func(o PatchSite) bool { return reflect.DeepEqual(o, s) }) {
 				t.Fatalf("Overlapping(%#x, 1) misses %+v", s.Addr+s.Len-1, s)
 			}
 		}

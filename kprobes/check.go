@@ -47,6 +47,19 @@ func Check(k Kernel, addr uint64, name string) (Verdict, error) {
 	return v, nil
 }
 
+// CheckCode judges the instruction at the start of code alone, as Check
+// judges the one at a probe's address: it returns the instruction (GNU
+// syntax and bytes), or an error whose kind is ErrUndecodable or
+// ErrUnsafeInstruction (a *ReservedError). It is how text that does not exist yet — what
+// the kernel will patch in at boot — is judged before boot.
+func CheckCode(code []byte) (string, error) {
+	in, r := analyze(code)
+	if r != nil {
+		return "", Reserved(r.kind, "%s", r.reason)
+	}
+	return in.String(), nil
+}
+
 // CheckEntry is Check for jprobes and kretprobes, which go on a
 // function's first instruction.
 func CheckEntry(k Kernel, addr uint64, name string) (Verdict, error) {
@@ -98,7 +111,7 @@ func check(k Kernel, read textReader, addr uint64, name string) (*insn, string, 
 
 // kindOf keeps a Reserved error's sentinel for the ProbeError.
 func kindOf(err error) error {
-	for _, k := range []error{ErrNotYetPatched, ErrPatchedText} {
+	for _, k := range []error{ErrNotYetPatched, ErrPatchedText, ErrUndecodable, ErrUnsafeInstruction} {
 		if errors.Is(err, k) {
 			return k
 		}

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"github.com/hvprobe/hvprobe/internal/x86dec"
 	"github.com/hvprobe/hvprobe/kprobes/fastpath"
 )
 
@@ -341,11 +342,7 @@ func (m *Manager) fastRun(first *insn, addr uint64, name string) ([]byte, string
 	}
 	runEnd := addr + uint64(len(raw))
 	for pos := 0; pos < len(text); {
-		if bytes.HasPrefix(text[pos:], endbr64) || bytes.HasPrefix(text[pos:], endbr32) {
-			pos += len(endbr64)
-			continue
-		}
-		inst, err := x86asm.Decode(text[pos:], 64)
+		inst, err := x86dec.Decode(text[pos:])
 		if err != nil {
 			return nil, "", nil, notFast(name, "%s+%#x does not decode (% x): its branches cannot all be seen", sym, pos, text[pos:min(pos+4, len(text))])
 		}
@@ -362,7 +359,7 @@ func (m *Manager) fastRun(first *insn, addr uint64, name string) ([]byte, string
 		}
 		target := at + uint64(inst.Len) + uint64(int64(rel))
 		if target > addr && target < runEnd {
-			return nil, "", nil, notFast(name, "%s at %#x branches into the run of %s, at %#x", x86asm.GNUSyntax(inst, at, nil), at, strings.Join(desc, "; "), target)
+			return nil, "", nil, notFast(name, "%s at %#x branches into the run of %s, at %#x", x86dec.Syntax(inst), at, strings.Join(desc, "; "), target)
 		}
 		if t, _, _, ok := m.k.SymbolAt(target); ok && inst.Op == x86asm.JMP && strings.HasPrefix(t, "__x86_indirect_") {
 			return nil, "", nil, notFast(name, "%s jumps through %s at %#x (a jump table?): its targets cannot be known", sym, t, at)
@@ -441,7 +438,7 @@ func (m *Manager) fastInsn(p *FastProbe, addr *uint64, name string) (*insn, int3
 	}
 	retOff := int32(0)
 	// What may come first: endbr64, then push %rbp; mov %rsp,%rbp.
-	for _, pre := range [][]byte{endbr64, {0x55}, {0x48, 0x89, 0xe5}} {
+	for _, pre := range [][]byte{{0xf3, 0x0f, 0x1e, 0xfa}, {0x55}, {0x48, 0x89, 0xe5}} {
 		if len(in.raw) >= fastpath.JmpLen || !bytes.Equal(in.raw, pre) {
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/hvprobe/hvprobe/internal/x86dec"
 	"golang.org/x/arch/x86/x86asm"
 )
 
@@ -21,24 +22,10 @@ const (
 	stackSnap = 64 // the seeds' MIN_STACK_SIZE for jprobes
 )
 
-// endbr64 and endbr32 are unknown to x86asm (it decodes them as a lone
-// prefix), so they are the one encoding matched by bytes here. Both are
-// no-ops outside an indirect-branch target check.
-var (
-	endbr64 = []byte{0xf3, 0x0f, 0x1e, 0xfa}
-	endbr32 = []byte{0xf3, 0x0f, 0x1e, 0xfb}
-)
-
 // decode decodes the one 64-bit instruction at the start of code.
 func decode(code []byte) (x86asm.Inst, bool) {
-	if bytes.HasPrefix(code, endbr64) || bytes.HasPrefix(code, endbr32) {
-		return x86asm.Inst{Op: x86asm.NOP, Len: 4, Mode: 64}, true
-	}
-	inst, err := x86asm.Decode(code, 64)
-	if err != nil || inst.Op == 0 || inst.Len == 0 {
-		return x86asm.Inst{}, false
-	}
-	return inst, true
+	inst, err := x86dec.Decode(code)
+	return inst, err == nil
 }
 
 // fixup is how the state after an out-of-line step is corrected: the
@@ -129,7 +116,7 @@ func (in *insn) emulated(hasPost bool) bool {
 }
 
 func (in *insn) String() string {
-	return fmt.Sprintf("%s (% x)", x86asm.GNUSyntax(in.inst, 0, nil), in.raw)
+	return fmt.Sprintf("%s (% x)", x86dec.Syntax(in.inst), in.raw)
 }
 
 // refusal is why analyze rejects an instruction; the caller names the probe.
@@ -196,7 +183,11 @@ func (in *insn) refuse() *refusal {
 		return unsafe("changes privilege level")
 	case x86asm.LCALL, x86asm.LJMP, x86asm.LRET:
 		return unsafe("far control transfer reloads CS")
-	case x86asm.HLT, x86asm.MWAIT:
+	case x86dec.VMRUN:
+		return unsafe("enters a guest of the guest's own hypervisor, where the step's trap would land")
+	case x86dec.SKINIT:
+		return unsafe("reinitializes the CPU")
+	case x86asm.HLT, x86asm.MWAIT, x86dec.MWAITX:
 		return unsafe("stops the CPU; stepped with interrupts disabled it would never wake")
 	case x86asm.RSM, x86asm.XBEGIN, x86asm.XABORT:
 		return unsafe("not steppable out of line")
@@ -295,6 +286,10 @@ var boostOps = map[x86asm.Op]bool{
 	x86asm.SETE: true, x86asm.SETG: true, x86asm.SETGE: true, x86asm.SETL: true,
 	x86asm.SETLE: true, x86asm.SETNE: true, x86asm.SETNO: true, x86asm.SETNP: true,
 	x86asm.SETNS: true, x86asm.SETO: true, x86asm.SETP: true, x86asm.SETS: true,
+	// Those x86asm does not know (x86dec's table): the SMAP alternatives'
+	// clac/stac, the entry code's rdpid, PKRU accesses, serialize.
+	x86dec.CLAC: true, x86dec.STAC: true, x86dec.RDPID: true,
+	x86dec.RDPKRU: true, x86dec.WRPKRU: true, x86dec.SERIALIZE: true,
 }
 
 // canBoost judges the instruction alone. Its memory operands may be

@@ -71,6 +71,13 @@ func TestAnalyze(t *testing.T) {
 		{code: b(0x9d), emul: emulPopf, ifMod: true},
 		{code: b(0xfa), emul: emulCli, ifMod: true},
 		{code: b(0xfb), ifMod: true}, // sti: stepped (its interrupt shadow)
+		{code: b(0x0f, 0x01, 0xca), boost: true},             // clac
+		{code: b(0x0f, 0x01, 0xcb), boost: true},             // stac
+		{code: b(0xf3, 0x41, 0x0f, 0xc7, 0xf9), boost: true}, // rdpid %r9
+		{code: b(0x0f, 0x01, 0xef), boost: true},             // wrpkru
+		{code: b(0x0f, 0x01, 0xe8), boost: true},             // serialize
+		{code: b(0x0f, 0x01, 0xc1)},                          // vmcall: stepped
+		{code: b(0x0f, 0x01, 0xf8)},                          // swapgs: stepped
 		{code: b(0xcc), refuse: ErrUnsafeInstruction},
 		{code: b(0xcd, 0x80), refuse: ErrUnsafeInstruction},
 		{code: b(0xf4), refuse: ErrUnsafeInstruction},
@@ -95,6 +102,39 @@ func TestAnalyze(t *testing.T) {
 		}
 		if in.emul != c.emul || in.boostable != c.boost || in.fix != c.fix || in.branch != c.branch || in.ifMod != c.ifMod || in.rep != c.rep {
 			t.Errorf("% x (%s): emul %d boost %v fix %d branch %v ifMod %v rep %v", c.code, in, in.emul, in.boostable, in.fix, in.branch, in.ifMod, in.rep)
+		}
+	}
+}
+
+// TestBootVariantsArm: what the kernel's boot-time patching other than
+// alternatives (whose replacements are read from the image and judged
+// one by one before boot) can put at a site is armable.
+func TestBootVariantsArm(t *testing.T) {
+	for _, v := range []struct {
+		what string
+		code []byte
+	}{
+		{"retpoline: call *%rax", b(0xff, 0xd0)},
+		{"retpoline: call *%r11", b(0x41, 0xff, 0xd3)},
+		{"retpoline: jmp *%rax; int3", b(0xff, 0xe0, 0xcc)},
+		{"retpoline: lfence; call *%rax", b(0x0f, 0xae, 0xe8, 0xff, 0xd0)},
+		{"retpoline: jcc over an indirect jmp", b(0x75, 0x03, 0x41, 0xff, 0xe3)},
+		{"return thunk: ret; int3", b(0xc3, 0xcc, 0xcc, 0xcc, 0xcc)},
+		{"paravirt: cli", b(0xfa)},
+		{"paravirt: sti", b(0xfb)},
+		{"paravirt: pushf; pop %rax", b(0x9c, 0x58)},
+		{"paravirt: push %rdi; popf", b(0x57, 0x9d)},
+		{"paravirt: mov %cr2,%rax", b(0x0f, 0x20, 0xd0)},
+		{"paravirt: mov %cr3,%rax", b(0x0f, 0x20, 0xd8)},
+		{"paravirt: mov %rdi,%cr3", b(0x0f, 0x22, 0xdf)},
+		{"paravirt: mov %rdi,%rax", b(0x48, 0x89, 0xf8)},
+		{"paravirt: direct call", b(0xe8, 0, 0, 0, 0)},
+		{"SMP lock prefix: ds inc", b(0x3e, 0x48, 0xff, 0x07)},
+		{"sealed endbr: nopl", b(0x0f, 0x1f, 0x40, 0xd6)},
+		{"ftrace mcount: nopl", b(0x0f, 0x1f, 0x44, 0x00, 0x00)},
+	} {
+		if _, err := CheckCode(v.code); err != nil {
+			t.Errorf("%s (% x): %v", v.what, v.code, err)
 		}
 	}
 }

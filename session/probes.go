@@ -1,7 +1,6 @@
 package session
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +8,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"github.com/hvprobe/hvprobe/internal/x86dec"
 	"github.com/hvprobe/hvprobe/kprobes"
 )
 
@@ -369,12 +369,8 @@ func (s *Session) bootPatchedStore(k *RunningKernel) (uint64, error) {
 		return 0, err
 	}
 	for pos := 0; pos < len(code); {
-		if bytes.HasPrefix(code[pos:], endbr64) {
-			pos += len(endbr64) // unknown to x86asm
-			continue
-		}
-		inst, err := x86asm.Decode(code[pos:], 64)
-		if err != nil || inst.Len == 0 {
+		inst, err := x86dec.Decode(code[pos:])
+		if err != nil {
 			return 0, fmt.Errorf("%s+%#x does not decode", bootPatchedFn, pos)
 		}
 		if m, ok := inst.Args[0].(x86asm.Mem); ok && inst.Op == x86asm.MOV && m.Base == x86asm.RIP {
@@ -388,8 +384,6 @@ func (s *Session) bootPatchedStore(k *RunningKernel) (uint64, error) {
 	}
 	return 0, fmt.Errorf("no store to %s in %s", bootPatchedVar, bootPatchedFn)
 }
-
-var endbr64 = []byte{0xf3, 0x0f, 0x1e, 0xfa}
 
 func (k *RunningKernel) readU32(sym string) (uint32, error) {
 	va, err := k.Resolve(sym, 0)

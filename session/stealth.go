@@ -15,6 +15,15 @@ import (
 // ErrStealth: a probe line cannot be armed as a stealth probe.
 var ErrStealth = errors.New("stealth probe")
 
+// StealthHost refuses stealth probes where this host's KVM does not
+// deliver hardware breakpoint exits: armed there, they would never fire.
+func StealthHost(caps vmm.WatchCaps) error {
+	if !caps.HWExecute {
+		return fmt.Errorf("%w: this host's KVM does not deliver hardware breakpoint exits (docs/QUIRKS.md #18, #37)", ErrStealth)
+	}
+	return nil
+}
+
 // MaxStealth is how many stealth probes fit: one debug register each.
 const MaxStealth = 4
 
@@ -136,6 +145,13 @@ func (d *drSlot) remove(u drUser) error {
 func (s *Session) addStealth(a *Attached, env *eventEnv, d *probedef.Def, emit func(probedef.Event)) (*Stealth, error) {
 	if d.Kind != probedef.Probe {
 		return nil, fmt.Errorf("%w: only p lines can be stealth probes (a %s line rewrites what the guest can read)", ErrStealth, d.Kind)
+	}
+	caps, err := s.VM.WatchCaps()
+	if err != nil {
+		return nil, err
+	}
+	if err := StealthHost(caps); err != nil {
+		return nil, fmt.Errorf("%s: %w", d, err)
 	}
 	va, err := defAddr(a.Kernel.Resolve, d)
 	if err != nil {

@@ -1,6 +1,8 @@
 package session
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"sync/atomic"
 
@@ -72,11 +74,37 @@ func (p *textPolicy) judge(s guest.PatchSite, a, n uint64) error {
 		return nil // a nop that only the guest's own ftrace use rewrites
 	case p.bootDone.Load():
 		return nil // patched for good; the bytes read now are final
-	case a == s.Addr || (s.Addr > a && s.Addr+s.Len <= a+n):
+	case a == s.Addr:
+		if err := p.judgeVariant(s); err != nil {
+			return err
+		}
+		return kprobes.Reserved(kprobes.ErrNotYetPatched, "a %s site the kernel rewrites at boot; armed once it has", where)
+	case s.Addr > a && s.Addr+s.Len <= a+n:
 		return kprobes.Reserved(kprobes.ErrNotYetPatched, "a %s site the kernel rewrites at boot; armed once it has", where)
 	}
 	return kprobes.Reserved(kprobes.ErrPatchedText, "inside a %s site at %#x+%d that the kernel rewrites at boot, so its instruction boundaries are not known yet; probe %#x",
 		where, s.Addr+p.slide, s.Len, s.Addr+p.slide)
+}
+
+// judgeVariant refuses a probe on an alternative's first byte before boot
+// if the replacement the kernel may patch in there cannot be armed, so
+// that no CPU's choice of variant makes the probe fail after boot. The
+// replacement is judged as apply_alternatives leaves it: copied over the
+// site, the rest padded with nops. The other boot-time classes patch in a
+// fixed set of instructions (indirect call or jmp through a register,
+// lfence, ret, int3, nops, a ds prefix, native cli/sti/pushf/popf/mov
+// %cr), each of which the engine executes (TestBootVariantsArm).
+func (p *textPolicy) judgeVariant(s guest.PatchSite) error {
+	if s.Class != guest.Alternative || len(s.Repl) == 0 {
+		return nil
+	}
+	code := append(bytes.Clone(s.Repl), bytes.Repeat([]byte{0x90}, int(s.Len)-len(s.Repl))...)
+	var re *kprobes.ReservedError
+	if _, err := kprobes.CheckCode(code); errors.As(err, &re) {
+		return kprobes.Reserved(re.Kind, "an alternative site at %#x+%d whose replacement (% x) the kernel patches in at boot on CPUs with the feature: %v",
+			s.Addr+p.slide, s.Len, s.Repl, re.Reason)
+	}
+	return nil
 }
 
 func (p *textPolicy) hasFixup(va uint64) bool { return p.sites.HasFixup(va - p.slide) }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/hvprobe/hvprobe/internal/x86dec"
 	"golang.org/x/arch/x86/x86asm"
 )
 
@@ -43,7 +44,7 @@ func (h *exitHandler) emulationFailure(c cpuOps, in internalExit) (StopReason, e
 		}
 		return 0, h.injectException(c, 3)
 	}
-	inst, err := x86asm.Decode(code, 64)
+	inst, err := x86dec.Decode(code)
 	if err != nil {
 		return fail("(undecodable)")
 	}

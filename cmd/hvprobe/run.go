@@ -578,11 +578,11 @@ func stealthDefs(defs []*probedef.Def, flagProbes int) []string {
 	}
 	if n > 0 {
 		caps, err := vmm.DetectWatchCaps("/dev/kvm")
-		switch {
-		case err != nil:
+		if err == nil {
+			err = session.StealthHost(caps)
+		}
+		if err != nil {
 			bad = append(bad, fmt.Sprintf("hvprobe: --stealth: %v", err))
-		case !caps.HWExecute:
-			bad = append(bad, "hvprobe: --stealth: this host's KVM does not deliver hardware breakpoint exits (docs/QUIRKS.md #18, #37)")
 		}
 	}
 	return bad

@@ -12,6 +12,9 @@
 # Usage: images/nested/run.sh [options] -- COMMAND ARGS...
 #   --mem SIZE      L1 memory (QEMU -m syntax), default 4G
 #   --cpus N        L1 vCPUs (MTTCG threads), default 2
+#   --pin CPUS      run COMMAND on these L1 CPUs only (taskset list),
+#                   default 0; "" = anywhere. Pinned, L1 survives hvprobe's
+#                   guests (docs/QUIRKS.md #49)
 #   --timeout SECS  kill L1 after SECS (exit 124); default 3600, 0 = none
 #   --stall SECS    kill L1 when neither COMMAND's output, L1's console nor a
 #                   --watch directory has changed for SECS (exit 123);
@@ -58,6 +61,7 @@ WANT_MODULES="virtio_pci 9pnet_virtio 9p virtio_rng kvm_amd"
 MEM=4G
 CPUS=2
 TIMEOUT=3600
+PIN=0
 STALL=300
 WATCH=()
 CONSOLE=0
@@ -72,6 +76,7 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--mem) MEM=$2; shift 2 ;;
 	--cpus) CPUS=$2; shift 2 ;;
+	--pin) PIN=$2; shift 2 ;;
 	--timeout) TIMEOUT=$2; shift 2 ;;
 	--stall) STALL=$2; shift 2 ;;
 	--watch) WATCH+=("$2"); shift 2 ;;
@@ -281,6 +286,7 @@ sq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
 	done
 	echo "cd $(sq "$cwd") || exit 125"
 	printf 'exec'
+	[ -n "$PIN" ] && printf ' taskset -c %s' "$(sq "$PIN")"
 	for a in "$@"; do printf ' %s' "$(sq "$a")"; done
 	echo
 } > "$RUN/cmd.sh"

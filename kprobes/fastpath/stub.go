@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/hvprobe/hvprobe/internal/x86dec"
 	"golang.org/x/arch/x86/x86asm"
 )
 
@@ -125,9 +126,9 @@ func CheckRun(code []byte) ([]x86asm.Inst, error) {
 // checkOne decodes one displaced instruction at the start of code (all
 // of code if whole).
 func checkOne(code []byte, whole bool) (x86asm.Inst, error) {
-	inst, err := x86asm.Decode(code, 64)
+	inst, err := x86dec.Decode(code)
 	switch {
-	case err != nil || inst.Op == 0:
+	case err != nil:
 		return inst, refused("undecodable instruction bytes % x", code)
 	case whole && inst.Len != len(code):
 		return inst, refused("% x is %d bytes of instruction and %d more", code, inst.Len, len(code)-inst.Len)
@@ -135,7 +136,7 @@ func checkOne(code []byte, whole bool) (x86asm.Inst, error) {
 		return inst, refused("%s is %%rip-relative", text(inst))
 	}
 	// It must decode the same followed by other bytes (the stub's jmp).
-	if again, err := x86asm.Decode(append(bytes.Clone(code[:inst.Len]), 0xe9, 0, 0, 0, 0), 64); err != nil ||
+	if again, err := x86dec.Decode(append(bytes.Clone(code[:inst.Len]), 0xe9, 0, 0, 0, 0)); err != nil ||
 		again.Op != inst.Op || again.Len != inst.Len || again.Args != inst.Args {
 		return inst, refused("% x decodes differently when followed by other bytes", code[:inst.Len])
 	}
@@ -363,7 +364,7 @@ func selfCheck(code []byte, starts []int) error {
 		if i+1 < len(starts) {
 			end = starts[i+1]
 		}
-		inst, err := x86asm.Decode(code[at:], 64)
+		inst, err := x86dec.Decode(code[at:])
 		if err != nil || inst.Len != end-at {
 			return fmt.Errorf("fastpath: generated instruction % x at +%#x does not decode back (%v, length %d)", code[at:end], at, err, inst.Len)
 		}
