@@ -169,10 +169,12 @@ func (vm *VM) WatchWrites(start, end uint64) error {
 // the vCPUs run (KVM_GET_DIRTY_LOG is a VM ioctl; calls are serialized).
 //
 // What a report means: "re-read this page". A write that races with the
-// call is reported by this call or the next. On hardware KVM a page can
-// also be reported that the guest only read or executed, when KVM first
-// maps it writable (it logs a page when it creates a writable mapping); a
-// page the guest wrote is never left out.
+// call is reported by this call or the next. A page can also be reported
+// that the guest only read or executed, on its first access since the
+// watch began, when KVM maps it writable then (it logs a page when it
+// creates a writable mapping: on hardware KVM for pages the host wrote,
+// in the nested KVM for others too, docs/QUIRKS.md #51); a page the guest
+// wrote is never left out.
 func (vm *VM) DirtyPages() ([]uint64, error) {
 	if !vm.life.enter() {
 		return nil, ErrClosed

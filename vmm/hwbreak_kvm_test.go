@@ -23,6 +23,7 @@ var hwExecLoop = []byte{
 // by stepping over it, changes no guest memory, and leaves the guest's own
 // debug registers as the guest set them.
 func TestHWExecBreakpointTinyGuest(t *testing.T) {
+	requireHWExec(t)
 	vm := newTinyVM(t, tinyMem)
 	copy(vm.mem.b[tinyCode:], hwExecLoop)
 	v := vm.vcpus[0]
@@ -81,6 +82,7 @@ func TestHWExecBreakpointTinyGuest(t *testing.T) {
 // (its DR1) still reaches the guest's #DB handler, with its DR6 bit, while
 // hvprobe holds DR0 on the same vCPU.
 func TestHWGuestBreakpointKeepsWorking(t *testing.T) {
+	requireHWExec(t)
 	vm := newTinyVM(t, tinyMem)
 	copy(vm.mem.b[tinyCode:], probeRealCode)
 	copy(vm.mem.b[4:], []byte{0x00, 0x05, 0x00, 0x00}) // IVT[1] = 0000:0500
@@ -111,6 +113,7 @@ func TestHWGuestBreakpointKeepsWorking(t *testing.T) {
 
 // TestHWExecBreakpointLongMode: the same in 64-bit mode at CPL 0.
 func TestHWExecBreakpointLongMode(t *testing.T) {
+	requireHWExec(t)
 	vm := newTinyVM(t, tinyMem)
 	setupLongMode(t, vm)
 	code := []byte{
