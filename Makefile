@@ -13,7 +13,7 @@ WITH_KVM := images/nested/with-kvm.sh
 DEMO_PROBES := --kprobe hvwl_target_add --kprobe hvwl_target_ret+0x1
 DEMO_WORKLOAD := hvprobe_wl=calls:5,ret:3,poweroff
 
-.PHONY: all build static demo test test-stages unit scan unit-kvm e2e e2e-smp e2e-stock e2e-user test-nokvm ci-nokvm bench clean
+.PHONY: all build static demo test test-stages unit fuzz scan unit-kvm e2e e2e-smp e2e-stock e2e-user test-nokvm ci-nokvm bench clean
 
 all: build
 
@@ -42,7 +42,7 @@ test:
 	@$(if $(filter environment,$(origin HVPROBE_STAGES)),,rm -f $(HVPROBE_STAGES))
 	@$(MAKE) --no-print-directory test-stages; rc=$$?; $(STAGE) --table; exit $$rc
 
-test-stages: unit images-all scan unit-kvm e2e e2e-smp e2e-stock e2e-user
+test-stages: unit fuzz images-all scan unit-kvm e2e e2e-smp e2e-stock e2e-user
 
 .PHONY: images-all
 images-all:
@@ -52,6 +52,12 @@ images-all:
 unit:
 	$(STAGE) unit sh -c '$(GO) vet ./... && $(GO) vet -tags kvm ./vmm && \
 		$(GO) test $$($(GO) list ./... | grep -v /tests/)'
+
+# Every fuzzer in the tree (readers of guest memory and of input files),
+# a bounded time each: FUZZTIME=1m make fuzz for a longer soak.
+FUZZTIME ?= 10s
+fuzz:
+	$(STAGE) fuzz tests/fuzz.sh $(FUZZTIME)
 
 # Every instruction boundary of both kernels' text, and every alternative
 # replacement, judged as a probe site (tests/textscan); no KVM needed.

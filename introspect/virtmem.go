@@ -184,6 +184,9 @@ func (v *VirtMem) ReadU64(va uint64) (uint64, error) {
 // field is exactly 16 bytes with no room for a NUL in some layouts) can keep
 // it.
 func (v *VirtMem) ReadCString(va uint64, max int) (string, error) {
+	if max < 0 {
+		max = 0
+	}
 	buf := make([]byte, 0, min(max, int(Size4K)))
 	for len(buf) < max {
 		cur := va + uint64(len(buf))

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# tests/fuzz.sh [FUZZTIME] — run every fuzzer in the tree for FUZZTIME each
+# (go test -fuzztime syntax; default 10s), one at a time as go test
+# requires. A crasher is kept under its package's testdata/fuzz, which
+# then replays in plain go test; the first failure fails the script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t=${1:-10s}
+n=0
+while IFS=: read -r file name; do
+	pkg=./$(dirname "$file")
+	echo "fuzz: $pkg $name for $t"
+	go test -run '^$' -fuzz "^${name}\$" -fuzztime "$t" "$pkg"
+	n=$((n + 1))
+done < <(grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' --exclude-dir=.cache --exclude-dir=out . |
+	sed 's#^\./##; s#:func #:#' | sort)
+[ "$n" -gt 0 ] || { echo "fuzz: no fuzzers found" >&2; exit 1; }
+echo "fuzz: $n fuzzers, $t each, no crash"
