@@ -316,10 +316,13 @@ else
 	CONPATH=$RUN/console.log
 fi
 
+# -xsave: QEMU TCG's SVM does not intercept XSETBV, so L1's KVM never
+# sees L2's XCR0 and reloads a stale one on every VMRUN; without XSAVE the
+# guests use FXSAVE (docs/QUIRKS.md #52).
 CMDLINE="console=ttyS0 rdinit=/init panic=-1 mitigations=off nowatchdog tsc=reliable no_timer_check random.trust_cpu=on"
 QEMU=(qemu-system-x86_64
 	-accel tcg,thread=multi,tb-size=512
-	-machine pc -cpu max,+svm,+npt
+	-machine pc -cpu max,+svm,+npt,-xsave
 	-smp "$CPUS" -m "$MEM"
 	-nodefaults -no-user-config -display none -no-reboot
 	-kernel "${HVPROBE_NESTED_KERNEL:-$VMLINUX}" -initrd "$INITRD" -append "$CMDLINE"

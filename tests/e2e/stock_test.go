@@ -369,7 +369,12 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 		// cryptomgr.notests: the crypto self-tests are no initcalls and take
 		// over 5 minutes where kernel mode is emulated (docs/QUIRKS.md #31).
 		CmdlineAppend: "initcall_debug ignore_loglevel cryptomgr.notests",
-		Console:       console,
+		// A ring that holds every exit-less record of the boot (3 probes
+		// × 571 initcalls): the checks are of what the stubs record, and
+		// a drain that falls behind (the nested KVM runs it beside the
+		// vCPU on one L1 CPU, images/nested --pin) must not lose any.
+		FastRecords: 2048,
+		Console:     console,
 		Notify: func(n session.Notice) {
 			mu.Lock()
 			notices = append(notices, n)
