@@ -13,7 +13,7 @@ WITH_KVM := images/nested/with-kvm.sh
 DEMO_PROBES := --kprobe hvwl_target_add --kprobe hvwl_target_ret+0x1
 DEMO_WORKLOAD := hvprobe_wl=calls:5,ret:3,poweroff
 
-.PHONY: all build static demo test test-stages unit fuzz scan unit-kvm e2e e2e-smp e2e-stock e2e-user test-nokvm ci-nokvm bench clean
+.PHONY: all build static demo test test-stages unit fuzz scan torture unit-kvm e2e e2e-smp e2e-stock e2e-user test-nokvm ci-nokvm bench clean
 
 all: build
 
@@ -52,6 +52,13 @@ images-all:
 unit:
 	$(STAGE) unit sh -c '$(GO) vet ./... && $(GO) vet -tags kvm ./vmm && \
 		$(GO) test $$($(GO) list ./... | grep -v /tests/)'
+
+# A longer soak than make test's: 3 seeds of 500 random probes on the mini
+# kernel (HVPROBE_TORTURE_SEEDS=N for more), then the stock boot with its
+# random sample of 430.
+torture: images images-stock static
+	$(call E2E_RUN,torture) env HVPROBE_TORTURE_SEEDS=$${HVPROBE_TORTURE_SEEDS:-3} ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 60m -test.run '^TestRandomProbesLeaveWorkloadIntact$$'
+	$(call E2E_RUN,torture-stock) env HVPROBE_NESTED_TIMEOUT=1200 ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 55m -test.run '^TestStockKernelBootProbe$$'
 
 # Every fuzzer in the tree (readers of guest memory and of input files),
 # a bounded time each: FUZZTIME=1m make fuzz for a longer soak.

@@ -18,7 +18,8 @@
 #   --timeout SECS  kill L1 after SECS (exit 124); default 3600, 0 = none
 #   --stall SECS    kill L1 when neither COMMAND's output, L1's console nor a
 #                   --watch directory has changed for SECS (exit 123);
-#                   default 300, 0 = never
+#                   default 300, 0 = never. With the check on, an L1 whose
+#                   heartbeat is 90 s old is killed at once (exit 125)
 #   --watch DIR     a directory whose files count as progress (repeatable:
 #                   where COMMAND's guests write their consoles)
 #   --share DIR     also share DIR at the same path (repeatable)
@@ -351,7 +352,10 @@ if [ "$STALL" != 0 ]; then
 			sig=$({ stat -c '%s %Y' "$RUN/out.log" "$RUN/err.log" "$RUN/console.log"
 				for d in "${WATCH[@]}"; do find "$d" -maxdepth 1 -type f -printf '%s %T@\n'; done; } 2>/dev/null | sort | md5sum)
 			if [ "$sig" = "$last" ]; then quiet=$((quiet + 10)); else quiet=0 last=$sig; fi
-			if [ "$quiet" -ge "$STALL" ]; then
+			# A frozen L1 (docs/QUIRKS.md #49) writes no heartbeat: no need
+			# to wait out STALL for it.
+			beat=$(stat -c %Y "$RUN/heartbeat" 2>/dev/null || echo)
+			if [ "$quiet" -ge "$STALL" ] || { [ -n "$beat" ] && [ $(( $(date +%s) - beat )) -ge 90 ]; }; then
 				: > "$RUN/stalled"
 				kill "$QPID" 2>/dev/null
 				exit 0
@@ -378,7 +382,7 @@ mv -f "$RUN/console.log" "$CONSOLE_LOG" 2>/dev/null || true
 
 if [ -f "$RUN/stalled" ]; then
 	beat=$(( $(date +%s) - $(stat -c %Y "$RUN/heartbeat" 2>/dev/null || echo 0) ))
-	log "stalled: no output from COMMAND, L1's console${WATCH[*]:+ or ${WATCH[*]}} for ${STALL}s; L1 stopped after $(( $(date +%s) - START ))s; L1's last heartbeat ${beat}s before; last L1 console lines ($CONSOLE_LOG):"
+	log "stalled: no output from COMMAND, L1's console${WATCH[*]:+ or ${WATCH[*]}} for ${STALL}s, or no L1 heartbeat for 90 s; L1 stopped after $(( $(date +%s) - START ))s; L1's last heartbeat ${beat}s before; last L1 console lines ($CONSOLE_LOG):"
 	tail -n 20 "$CONSOLE_LOG" >&2 2>/dev/null || true
 	# L1's own heartbeat stopped too: L1 failed, not COMMAND.
 	[ "$beat" -gt 60 ] && exit 125

@@ -232,12 +232,13 @@ func consoleLog(name string) (*os.File, error) {
 // waits until it serves with the engine attached; name tells its console
 // log apart.
 func coldBootMini(cpus int, wl, name string) (*guest, error) {
-	return coldBootMiniWith(cpus, wl, name, nil)
+	return coldBootMiniWith(cpus, wl, name, nil, nil)
 }
 
-// coldBootMiniWith is coldBootMini with before run on the session before
-// the guest starts (to queue probes with AtAttach).
-func coldBootMiniWith(cpus int, wl, name string, before func(*session.Session)) (*guest, error) {
+// coldBootMiniWith is coldBootMini with notify hearing the session's
+// notices (nil: none) and before run on the session before the guest
+// starts (to queue probes with AtAttach).
+func coldBootMiniWith(cpus int, wl, name string, notify func(session.Notice), before func(*session.Session)) (*guest, error) {
 	kernel, sysmap, initrd := miniPaths()
 	console, err := consoleLog(fmt.Sprintf("hvprobe-e2e-console-%dcpu-%s.log", cpus, name))
 	if err != nil {
@@ -245,7 +246,7 @@ func coldBootMiniWith(cpus int, wl, name string, before func(*session.Session)) 
 	}
 	s, err := session.New(session.Options{
 		Kernel: kernel, SystemMap: sysmap, Initrd: initrd,
-		CmdlineAppend: wl, CPUs: cpus, Console: console,
+		CmdlineAppend: wl, CPUs: cpus, Console: console, Notify: notify,
 	})
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,11 +23,13 @@ import (
 // tortureScenario exercises every workload path with a known result.
 const tortureScenario = "calls:50,args8:3,str:4,ret:6,recurse:9,fileread:2,static:20:3"
 
-// TestRandomProbesLeaveWorkloadIntact arms a seeded random sample of
+// TestRandomProbesLeaveWorkloadIntact arms a seeded random sample of 500
 // probes (instruction boundaries anywhere in the mini kernel's text,
 // function entries, kretprobes) at boot, and checks that the workload's
-// results are exactly those of the unprobed shared guest. The seed is
-// new on every run (HVPROBE_SEED repeats one) and printed.
+// results are exactly those of the unprobed shared guest, and that no
+// line the pre-boot check accepted fails once the guest runs. The seed is
+// new on every run (HVPROBE_SEED repeats one) and printed;
+// HVPROBE_TORTURE_SEEDS=N runs N seeds in a row (make torture).
 func TestRandomProbesLeaveWorkloadIntact(t *testing.T) {
 	ref := miniGuest(t)
 	want := ref.run(t, tortureScenario)
@@ -40,8 +43,19 @@ func TestRandomProbesLeaveWorkloadIntact(t *testing.T) {
 	if v, err := strconv.ParseInt(os.Getenv("HVPROBE_SEED"), 10, 64); err == nil {
 		seed = v
 	}
+	seeds := 1
+	if v, err := strconv.Atoi(os.Getenv("HVPROBE_TORTURE_SEEDS")); err == nil && v > 0 {
+		seeds = v
+	}
+	for i := range seeds {
+		seed := seed + int64(i)
+		t.Run(fmt.Sprintf("HVPROBE_SEED=%d", seed), func(t *testing.T) { tortureOnce(t, k, seed, want) })
+	}
+}
+
+func tortureOnce(t *testing.T, k *kguest.Kernel, seed int64, want []string) {
 	t.Logf("HVPROBE_SEED=%d", seed)
-	defs := randomSample(t, k, rand.New(rand.NewPCG(uint64(seed), 1)), 300, 50, 20)
+	defs := randomSample(t, k, rand.New(rand.NewPCG(uint64(seed), 1)), 400, 60, 40)
 
 	var addErr error
 	var dp *session.DefProbes
@@ -54,7 +68,16 @@ func TestRandomProbesLeaveWorkloadIntact(t *testing.T) {
 	}
 	var twins []*twin
 	var sess *session.Session
-	g, err := coldBootMiniWith(1, "hvprobe_wl=serve", "torture", func(s *session.Session) {
+	var failed []string
+	var failedMu sync.Mutex
+	notify := func(n session.Notice) {
+		if n.Kind == session.NoticeFailed {
+			failedMu.Lock()
+			failed = append(failed, n.String())
+			failedMu.Unlock()
+		}
+	}
+	g, err := coldBootMiniWith(1, "hvprobe_wl=serve", "torture", notify, func(s *session.Session) {
 		sess = s
 		s.AtAttach(func(a *session.Attached) error {
 			dp, addErr = s.AddDefs(a, defs, func(probedef.Event) {})
@@ -87,6 +110,11 @@ func TestRandomProbesLeaveWorkloadIntact(t *testing.T) {
 		t.Fatalf("arming the sample (HVPROBE_SEED=%d): %v", seed, addErr)
 	}
 	got := g.run(t, tortureScenario)
+	failedMu.Lock()
+	for _, f := range failed {
+		t.Errorf("accepted before boot, failed after (HVPROBE_SEED=%d): %s", seed, f)
+	}
+	failedMu.Unlock()
 	// The mailbox's "done seq=N" counts the guest's scenarios, not results.
 	results := func(l []string) []string {
 		return slices.DeleteFunc(slices.Clone(l), func(s string) bool { return strings.Contains(s, "HVWL: done seq=") })
