@@ -70,7 +70,7 @@ func TestAnalyze(t *testing.T) {
 		{code: b(0x9c), emul: emulPushf, fix: fixPushf},
 		{code: b(0x9d), emul: emulPopf, ifMod: true},
 		{code: b(0xfa), emul: emulCli, ifMod: true},
-		{code: b(0xfb), ifMod: true}, // sti: stepped (its interrupt shadow)
+		{code: b(0xfb), ifMod: true},                         // sti: stepped (its interrupt shadow)
 		{code: b(0x0f, 0x01, 0xca), boost: true},             // clac
 		{code: b(0x0f, 0x01, 0xcb), boost: true},             // stac
 		{code: b(0xf3, 0x41, 0x0f, 0xc7, 0xf9), boost: true}, // rdpid %r9
