@@ -70,14 +70,14 @@ func TestAnalyze(t *testing.T) {
 		{code: b(0x9c), emul: emulPushf, fix: fixPushf},
 		{code: b(0x9d), emul: emulPopf, ifMod: true},
 		{code: b(0xfa), emul: emulCli, ifMod: true},
-		{code: b(0xfb), ifMod: true},                         // sti: stepped (its interrupt shadow)
-		{code: b(0x0f, 0x01, 0xca), boost: true},             // clac
-		{code: b(0x0f, 0x01, 0xcb), boost: true},             // stac
-		{code: b(0xf3, 0x41, 0x0f, 0xc7, 0xf9), boost: true}, // rdpid %r9
-		{code: b(0x0f, 0x01, 0xef), boost: true},             // wrpkru
-		{code: b(0x0f, 0x01, 0xe8), boost: true},             // serialize
-		{code: b(0x0f, 0x01, 0xc1)},                          // vmcall: stepped
-		{code: b(0x0f, 0x01, 0xf8)},                          // swapgs: stepped
+		{code: b(0xfb), ifMod: true},             // sti: stepped (its interrupt shadow)
+		{code: b(0x0f, 0x01, 0xca), boost: true}, // clac
+		{code: b(0x0f, 0x01, 0xcb), boost: true}, // stac
+		{code: b(0xf3, 0x41, 0x0f, 0xc7, 0xf9)},  // rdpid %r9: stepped
+		{code: b(0x0f, 0x01, 0xef)},              // wrpkru: stepped
+		{code: b(0x0f, 0x01, 0xe8)},              // serialize: stepped (PVM exits on it, QUIRKS #47)
+		{code: b(0x0f, 0x01, 0xc1)},              // vmcall: stepped
+		{code: b(0x0f, 0x01, 0xf8)},              // swapgs: stepped
 		{code: b(0xcc), refuse: ErrUnsafeInstruction},
 		{code: b(0xcd, 0x80), refuse: ErrUnsafeInstruction},
 		{code: b(0xf4), refuse: ErrUnsafeInstruction},

@@ -3,10 +3,10 @@ package kprobes
 import (
 	"cmp"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/hvprobe/hvprobe/internal/x86dec"
 	"golang.org/x/arch/x86/x86asm"
 )
 
@@ -107,7 +107,7 @@ func (m *Manager) Stats() Stats {
 		SteppedOps:       map[string]uint64{},
 	}
 	g.steppedOps.Range(func(op, c any) bool {
-		s.SteppedOps[strings.ToLower(op.(x86asm.Op).String())] = c.(*atomic.Uint64).Load()
+		s.SteppedOps[x86dec.Name(op.(x86asm.Op))] = c.(*atomic.Uint64).Load()
 		return true
 	})
 	m.mu.RLock()
