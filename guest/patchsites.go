@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"errors"
@@ -119,6 +120,13 @@ type PatchSite struct {
 	// __fentry__, nopped by ftrace_init at boot); clear when they are
 	// already a nop, rewritten only when ftrace is enabled there.
 	Call bool
+}
+
+// Replaced is what apply_alternatives leaves at an Alternative site: Repl,
+// then nops to the site's length (its relative branches not yet
+// retargeted, which changes no instruction's length or kind).
+func (s PatchSite) Replaced() []byte {
+	return append(bytes.Clone(s.Repl), bytes.Repeat([]byte{0x90}, int(s.Len)-len(s.Repl))...)
 }
 
 // End is the first address after the site.

@@ -1,7 +1,6 @@
 package session
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -98,9 +97,8 @@ func (p *textPolicy) judgeVariant(s guest.PatchSite) error {
 	if s.Class != guest.Alternative || len(s.Repl) == 0 {
 		return nil
 	}
-	code := append(bytes.Clone(s.Repl), bytes.Repeat([]byte{0x90}, int(s.Len)-len(s.Repl))...)
 	var re *kprobes.ReservedError
-	if _, err := kprobes.CheckCode(code); errors.As(err, &re) {
+	if _, err := kprobes.CheckCode(s.Replaced()); errors.As(err, &re) {
 		return kprobes.Reserved(re.Kind, "an alternative site at %#x+%d whose replacement (% x) the kernel patches in at boot on CPUs with the feature: %v",
 			s.Addr+p.slide, s.Len, s.Repl, re.Reason)
 	}

@@ -171,8 +171,7 @@ func decodeTable(code []byte) (x86asm.Inst, bool) {
 			n += 8
 		}
 		inst := x86asm.Inst{Op: w.inst, Len: at + 3, Mode: 64}
-		// The operand's width: 64 bits with REX.W, 16 with 66 (rdseed), else 32;
-		// rdpid's is always 64.
+		// The operand is 64 bits with REX.W, else 32; rdpid's is always 64.
 		switch {
 		case w.inst == RDPID || rex&8 != 0:
 			inst.Args[0] = x86asm.RAX + x86asm.Reg(n)
@@ -190,12 +189,6 @@ func Name(op x86asm.Op) string {
 		return n
 	}
 	return strings.ToLower(op.String())
-}
-
-// Known reports whether op is one of the table's own.
-func Known(op x86asm.Op) bool {
-	_, ok := opNames[op]
-	return ok
 }
 
 // Syntax is the instruction in GNU syntax, as objdump prints it.

@@ -134,7 +134,7 @@ func scan(t *testing.T, image, sysmap string) {
 			continue
 		}
 		alts++
-		code := append(bytes.Clone(s.Repl), bytes.Repeat([]byte{0x90}, int(s.Len)-len(s.Repl))...)
+		code := s.Replaced()
 		if _, err := kprobes.CheckCode(code); err != nil {
 			inst, derr := x86dec.Decode(code)
 			name := fmt.Sprintf("% x", s.Repl[:min(4, len(s.Repl))])
