@@ -13,7 +13,7 @@ WITH_KVM := images/nested/with-kvm.sh
 DEMO_PROBES := --kprobe hvwl_target_add --kprobe hvwl_target_ret+0x1
 DEMO_WORKLOAD := hvprobe_wl=calls:5,ret:3,poweroff
 
-.PHONY: all build static demo test test-stages unit fuzz scan torture unit-kvm e2e e2e-smp e2e-stock e2e-user test-nokvm ci-nokvm bench clean
+.PHONY: all build static demo test test-stages unit fuzz scan torture unit-kvm e2e e2e-smp e2e-stock e2e-user test-nokvm ci-nokvm race bench clean
 
 all: build
 
@@ -115,6 +115,11 @@ test-nokvm:
 
 ci-nokvm:
 	images/nested/nokvm.sh env CI=true bash .ci/run
+
+# The pause primitive and the VM's lifetime under the race detector
+# (needs cgo, so a usable /dev/kvm: not through the nested KVM).
+race:
+	$(GO) test -race -count=3 -tags kvm -run 'TestPause|TestCloseWhileInUse|TestDoFromOwnThread' ./vmm
 
 bench: images static
 	$(WITH_KVM) $(CURDIR)/$(OUT)/hvprobe-static bench

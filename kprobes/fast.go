@@ -208,48 +208,79 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 	if err != nil {
 		return err
 	}
+	s, interior, err := m.placeFast(p, addr, name)
+	if err != nil {
+		return err
+	}
+	// The site is listed (so nothing else claims the address) but
+	// patched without mu: a vCPU taking an int3 hit needs mu to get
+	// there and park.
+	if interior == nil {
+		err = m.vm.(Pauser).WithAllPaused(func() error { return m.patch(s, s.raw, s.entry) })
+	} else {
+		err = m.patchRun(s, interior, name)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s.pending = false
+	if err != nil {
+		delete(m.fast.sites, s.addr)
+		p.site = nil
+		m.fast.byID[p.id] = nil
+		return fmt.Errorf("registering %s: %w", name, err)
+	}
+	if m.closed { // UnregisterAll ran meanwhile and could not see it
+		return errors.Join(fmt.Errorf("registering %s: %w", name, ErrClosed), m.unregisterFastLocked(p))
+	}
+	return nil
+}
+
+// placeFast checks p at addr, writes its stub and lists its site, still
+// pending (unpatched), under mu. It returns the site and, for a run of
+// several instructions, the run's interior boundaries.
+func (m *Manager) placeFast(p *FastProbe, addr uint64, name string) (*fastSite, []uint64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	f := m.fast
 	switch {
 	case m.closed:
-		return fmt.Errorf("registering %s: %w", name, ErrClosed)
+		return nil, nil, fmt.Errorf("registering %s: %w", name, ErrClosed)
 	case f == nil:
-		return notFast(name, "exit-less probes are not enabled")
+		return nil, nil, notFast(name, "exit-less probes are not enabled")
 	case p.site != nil:
-		return probeErr(name, ErrAlreadyRegistered, "this exit-less probe is already registered")
+		return nil, nil, probeErr(name, ErrAlreadyRegistered, "this exit-less probe is already registered")
 	case m.byVA[addr] != nil:
-		return notFast(name, "an int3 probe is armed at %#x", addr)
+		return nil, nil, notFast(name, "an int3 probe is armed at %#x", addr)
 	case f.sites[addr] != nil:
-		return notFast(name, "another exit-less probe patches %#x", addr)
+		return nil, nil, notFast(name, "another exit-less probe patches %#x", addr)
 	case f.nextID >= uint32(f.layout.Probes):
-		return notFast(name, "all %d exit-less probe ids are used", f.layout.Probes)
+		return nil, nil, notFast(name, "all %d exit-less probe ids are used", f.layout.Probes)
 	}
 	fn := addr
 	in, retOff, err := m.fastInsn(p, &addr, name)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	switch {
 	case m.byVA[addr] != nil:
-		return notFast(name, "an int3 probe is armed at %#x", addr)
+		return nil, nil, notFast(name, "an int3 probe is armed at %#x", addr)
 	case m.fastInside(addr) != nil: // a run's interior is a boundary too
-		return notFast(name, "another exit-less probe patches %#x", addr)
+		return nil, nil, notFast(name, "another exit-less probe patches %#x", addr)
 	}
 	if m.k.HasFixup(addr) {
-		return notFast(name, "%s has an exception-table entry: a fault must be at its own address", in)
+		return nil, nil, notFast(name, "%s has an exception-table entry: a fault must be at its own address", in)
 	}
 	raw, desc, interior := in.raw, in.String(), []uint64(nil)
 	if len(raw) < fastpath.JmpLen && !p.Return {
 		if raw, desc, interior, err = m.fastRun(in, addr, name); err != nil {
-			return err
+			return nil, nil, err
 		}
 	} else if _, err := fastpath.CheckDisplaced(raw); err != nil {
-		return notFast(name, "%v", err)
+		return nil, nil, notFast(name, "%v", err)
 	}
 	gpas, err := m.physRanges(addr, len(raw))
 	if err != nil {
-		return fmt.Errorf("registering %s: %w", name, err)
+		return nil, nil, fmt.Errorf("registering %s: %w", name, err)
 	}
 	// f.nextID is taken below, under mu throughout.
 	params := fastpath.StubParams{Layout: f.layout, Probe: f.nextID, CPUNumberOff: f.cfg.CPUNumberOff,
@@ -265,16 +296,13 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 		})
 	}
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	entry, err := fastpath.Entry(addr, stubVA, len(raw))
 	if err != nil {
-		return notFast(name, "%v", err)
+		return nil, nil, notFast(name, "%v", err)
 	}
 	s := &fastSite{p: p, addr: addr, gpas: gpas, in: in, raw: raw, desc: desc, entry: entry, stubVA: stubVA, pending: true}
-	// The site is listed (so nothing else claims the address) but
-	// patched without mu: a vCPU taking an int3 hit needs mu to get
-	// there and park.
 	f.sites[addr] = s
 	p.Addr, p.site, p.id = fn, s, f.nextID
 	p.hits.Store(0)
@@ -282,24 +310,7 @@ func (m *Manager) RegisterFast(p *FastProbe) error {
 	p.nmissed.Store(0)
 	f.byID = append(f.byID, p) // the id is taken even if patching fails
 	f.nextID++
-	m.mu.Unlock()
-	if interior == nil {
-		err = m.vm.(Pauser).WithAllPaused(func() error { return m.patch(s, raw, entry) })
-	} else {
-		err = m.patchRun(s, interior, name)
-	}
-	m.mu.Lock()
-	s.pending = false
-	if err != nil {
-		delete(f.sites, addr)
-		p.site = nil
-		f.byID[p.id] = nil
-		return fmt.Errorf("registering %s: %w", name, err)
-	}
-	if m.closed { // UnregisterAll ran meanwhile and could not see it
-		return errors.Join(fmt.Errorf("registering %s: %w", name, ErrClosed), m.unregisterFastLocked(p))
-	}
-	return nil
+	return s, interior, nil
 }
 
 // fastRun is the run of instructions from first (at addr, shorter than

@@ -12,8 +12,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"golang.org/x/sys/unix"
 )
 
 // Control is the live-session control socket: a unix socket, in a
@@ -58,7 +60,7 @@ type liveProbe struct {
 }
 
 // ListenControl creates the control socket in a new private directory
-// under parent (os.TempDir() when empty). Events of probes added through
+// (MkdirTemp makes it 0700) under parent (os.TempDir() when empty). Events of probes added through
 // it pass an's filters and hists (a new Analysis when nil), then go to
 // emit unless paused.
 func (s *Session) ListenControl(parent string, emit func(probedef.Event), an *Analysis) (*Control, error) {
@@ -67,9 +69,6 @@ func (s *Session) ListenControl(parent string, emit func(probedef.Event), an *An
 	}
 	dir, err := os.MkdirTemp(parent, "hvprobe-")
 	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
 	path := filepath.Join(dir, "control.sock")
@@ -101,20 +100,43 @@ func (c *Control) Serve(ctx context.Context) error {
 	defer c.serving.Done()
 	stop := context.AfterFunc(ctx, func() { c.ln.Close() })
 	defer stop()
+	var backoff time.Duration
 	for {
 		conn, err := c.ln.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			switch {
+			case errors.Is(err, net.ErrClosed):
 				return nil
+			case acceptTransient(err):
+				// Out of fds or memory for now: wait, as net/http does,
+				// rather than end the socket for good.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(backoff):
+				}
+				continue
 			}
-			return err
+			return fmt.Errorf("control socket %s: %w", c.Path(), err)
 		}
+		backoff = 0
 		if !c.track(conn) {
 			conn.Close()
 			return nil
 		}
 		go c.serveConn(conn)
 	}
+}
+
+// acceptTransient says whether an Accept error may pass by itself.
+func acceptTransient(err error) bool {
+	for _, e := range []error{unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // track counts a goroutine (and its connection) for Close; false once

@@ -147,17 +147,6 @@ type probeSet struct {
 // be patched by the kernel at boot (a NoticeDeferred, then NoticeArmed or
 // NoticeFailed once the kernel is done). Any other error is returned.
 func (s *Session) Arm(a *Attached, p *Probe) error {
-	if p.Fast != nil && s.VM.OnVCPUThread() {
-		// Patching the jmp pauses every vCPU: not from one of them.
-		s.workers.Add(1)
-		go func() {
-			defer s.workers.Done()
-			if err := s.Arm(a, p); err != nil {
-				s.notify(Notice{Kind: NoticeFailed, Probe: p.Name, Err: err})
-			}
-		}()
-		return nil
-	}
 	err := s.register(a, p)
 	if errors.Is(err, kprobes.ErrNotYetPatched) {
 		if err := s.hookBootPatched(a); err != nil {
@@ -224,7 +213,8 @@ func (s *Session) notify(n Notice) {
 
 // armDeferred arms the probes that waited for boot-time patching. It runs
 // on the vCPU thread that finished the patching, so they are armed before
-// that vCPU runs on.
+// that vCPU runs on; an exit-less probe's patch pauses the others from
+// there (vmm.VM.WithAllPaused), so none of them runs its site unprobed.
 func (s *Session) armDeferred(a *Attached) {
 	s.probes.mu.Lock()
 	a.Kernel.policy.bootDone.Store(true)
@@ -232,15 +222,6 @@ func (s *Session) armDeferred(a *Attached) {
 	s.probes.deferred = nil
 	s.probes.mu.Unlock()
 	for _, p := range list {
-		if p.Fast != nil {
-			// Patching the jmp pauses every vCPU: from a session goroutine.
-			s.workers.Add(1)
-			go func() {
-				defer s.workers.Done()
-				s.armPatched(a, p)
-			}()
-			continue
-		}
 		s.armPatched(a, p)
 	}
 }

@@ -82,16 +82,19 @@ func (s *Session) addWatch(a *Attached, env *eventEnv, d *probedef.Def, emit fun
 		w.parts = append(w.parts, watchPart{gpa: t.PA, n: n, off: off})
 		off += n
 	}
-	if err := s.onOtherThread(w.arm, w.Def.String()); err != nil {
+	// Trapping pauses every vCPU, from a vCPU's own thread too (at
+	// attach): the watch is in force before the guest runs on.
+	if err := w.arm(); err != nil {
 		return nil, err
 	}
 	return w, nil
 }
 
-// onOtherThread runs arm, which pauses every vCPU. Called on a vCPU's own
-// thread (at attach, in an AtAttach callback) it cannot wait there, so it
-// arms from a session goroutine as soon as that vCPU runs on, and a
-// failure then is a NoticeFailed for what.
+// onOtherThread runs arm, which sets a debug register on every vCPU
+// through a request to its thread. Called on a vCPU's own thread (at
+// attach, in an AtAttach callback) it cannot wait for itself, so it arms
+// from a session goroutine as soon as that vCPU runs on, and a failure
+// then is a NoticeFailed for what.
 func (s *Session) onOtherThread(arm func() error, what string) error {
 	err := arm()
 	if !errors.Is(err, vmm.ErrOwnThread) {
@@ -122,9 +125,6 @@ func (w *Watch) arm() error {
 		id, err := s.VM.TrapWrites(w.parts[i].gpa, uint64(w.parts[i].n))
 		if err != nil {
 			w.untrap(i)
-			if errors.Is(err, vmm.ErrOwnThread) {
-				return err
-			}
 			return fmt.Errorf("%w: trapping writes to %#x: %v", ErrWatch, w.VA+uint64(w.parts[i].off), err)
 		}
 		w.parts[i].trap = id

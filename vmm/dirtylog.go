@@ -130,7 +130,7 @@ func (vm *VM) WatchWrites(start, end uint64) error {
 	switch {
 	case vm.watch != nil:
 		return fmt.Errorf("%w: [%#x,%#x) is already watched (the memslot layout is set once)", ErrWatchRefused, vm.watch.start, vm.watch.end)
-	case vm.ran:
+	case vm.ran.Load():
 		return fmt.Errorf("%w: the vCPUs have run (re-laying out memslots under them would show them a hole)", ErrWatchRefused)
 	}
 	if err := vm.checkWatchVsTraps(start, end); err != nil {

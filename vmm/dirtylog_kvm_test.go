@@ -80,30 +80,42 @@ const (
 
 // newTinyVM creates a VM with real KVM and no kernel: RAM, irqchip, PIT and
 // one vCPU in real mode, as New would before loading a kernel.
-func newTinyVM(t testing.TB, memSize uint64) *VM {
+func newTinyVM(t testing.TB, memSize uint64) *VM { return newTinyVMs(t, memSize, 1) }
+
+// newTinyVMs is newTinyVM with n vCPUs, all runnable in real mode (the
+// APs do not wait for a SIPI).
+func newTinyVMs(t testing.TB, memSize uint64, n int) *VM {
 	t.Helper()
 	kvmtest.RequireKVM(t)
 	ram, err := mmapAnon(int(memSize))
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm := &VM{cfg: Config{MemSize: memSize, CPUs: 1, DevKVM: kvmtest.Device}, vmFD: -1, resetCh: make(chan struct{})}
+	vm := blankVM(Config{MemSize: memSize, CPUs: n, DevKVM: kvmtest.Device})
 	t.Cleanup(func() { vm.Close() })
 	if err := vm.create(ram, func(id int, s []CPUIDEntry) []CPUIDEntry { return vcpuCPUID(id, s) }); err != nil {
 		t.Fatal(err)
 	}
-	v := vm.vcpus[0]
-	s, err := v.Sregs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.CS.Base, s.CS.Selector = 0, 0
-	s.SS.Base, s.SS.Selector = 0, 0
-	s.DS.Base, s.DS.Selector = tinyWatch, tinyWatch>>4
-	s.ES.Base, s.ES.Selector = 0, 0
-	s.FS.Base, s.FS.Selector = tinyHigh, tinyHigh>>4
-	if err := v.SetSregs(s); err != nil {
-		t.Fatal(err)
+	for _, v := range vm.vcpus {
+		err := v.Do(func(CPU) error {
+			s, err := v.Sregs()
+			if err != nil {
+				return err
+			}
+			s.CS.Base, s.CS.Selector = 0, 0
+			s.SS.Base, s.SS.Selector = 0, 0
+			s.DS.Base, s.DS.Selector = tinyWatch, tinyWatch>>4
+			s.ES.Base, s.ES.Selector = 0, 0
+			s.FS.Base, s.FS.Selector = tinyHigh, tinyHigh>>4
+			if err := v.SetSregs(s); err != nil {
+				return err
+			}
+			runnable := uint32(0) // KVM_MP_STATE_RUNNABLE
+			return wrap("KVM_SET_MP_STATE", ioctlPtr(v.fd, kvmSetMPState, &runnable))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	return vm
 }

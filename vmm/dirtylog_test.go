@@ -158,7 +158,7 @@ func TestWatchWritesRefusals(t *testing.T) {
 	}
 
 	vm = newVM()
-	vm.ran = true
+	vm.ran.Store(true)
 	if err := vm.WatchWrites(0x4000, 0x5000); !errors.Is(err, ErrWatchRefused) {
 		t.Errorf("WatchWrites after Run: %v, want ErrWatchRefused", err)
 	}

@@ -22,6 +22,9 @@
 //     request the state does not allow fails with a *StateError
 //     (ErrVCPUState), one made on the vCPU's own thread (a DebugHook or Do
 //     callback) with ErrOwnThread instead of deadlocking.
+//   - Pausing every vCPU (WithAllPaused, snapshots, write traps) is one
+//     serialized primitive (pause.go), callable from a vCPU's own thread
+//     too: that vCPU is out of KVM_RUN already and only the others park.
 //   - Guest memory (Memory) may be read and written from any goroutine. A
 //     one-byte write is a single store, so arming an int3 while other
 //     vCPUs run is safe; multi-byte patches are not atomic to the guest.

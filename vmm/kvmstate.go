@@ -78,6 +78,16 @@ func fromRaw[T any](b []byte, p *T) error {
 	return nil
 }
 
+// rawSize checks that b can fill a mirror struct T (fromRaw), naming it
+// what.
+func rawSize[T any](what string, b []byte) error {
+	var x T
+	if uintptr(len(b)) != unsafe.Sizeof(x) {
+		return fmt.Errorf("%s state is %d bytes, want %d", what, len(b), unsafe.Sizeof(x))
+	}
+	return nil
+}
+
 // getRaw is a step that reads a mirror struct T with one GET ioctl and
 // keeps its bytes in dst.
 func getRaw[T any](fd int, req uintptr, name string, dst *[]byte) func() error {

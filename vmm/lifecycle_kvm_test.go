@@ -5,6 +5,7 @@ package vmm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -32,24 +33,152 @@ func TestDoFromOwnThread(t *testing.T) {
 	}
 }
 
-// TestPauseAllFromOwnThread: what pauses every vCPU (a write trap, a
-// snapshot) refuses to run on a vCPU's own thread, which would wait for
-// itself, rather than deadlock.
+// TestPauseAllFromOwnThread: pausing every vCPU from a vCPU's own thread
+// (a debug hook) runs that vCPU's part there instead of waiting for it
+// to park, which would deadlock.
 func TestPauseAllFromOwnThread(t *testing.T) {
 	vm := newTinyVM(t, tinyMem)
+	var perCPU, whole int
 	done := make(chan error, 1)
 	go func() {
 		done <- vm.Do(0, func(CPU) error {
-			return vm.withAllStopped(func(int, *VCPU) error { return nil }, func() error { return nil })
+			return vm.withAllStopped(func(int, *VCPU) error { perCPU++; return nil }, func() error { whole++; return nil })
 		})
 	}()
 	select {
 	case err := <-done:
-		if !errors.Is(err, ErrOwnThread) {
-			t.Fatalf("pausing all from a vCPU's thread = %v, want ErrOwnThread", err)
+		if err != nil || perCPU != 1 || whole != 1 {
+			t.Fatalf("pausing all from a vCPU's thread = %v, perCPU ran %d times, whole %d; want nil, 1, 1", err, perCPU, whole)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("pausing all from a vCPU's own thread deadlocked")
+	}
+}
+
+// pauseHook pauses every vCPU from the vCPU threads themselves, on every
+// 64th single-step of each, as a probe handler arming an exit-less probe
+// does.
+type pauseHook struct {
+	vm    *VM
+	check func() error
+	hits  [2]atomic.Int64
+	done  [2]atomic.Int64 // pauses made from each vCPU's thread
+	errs  chan error
+}
+
+func (h *pauseHook) HandleDebug(c CPU, ev DebugEvent) bool {
+	id := c.ID()
+	if h.hits[id].Add(1)%64 == 0 {
+		if err := h.vm.WithAllPaused(h.check); err != nil {
+			select {
+			case h.errs <- fmt.Errorf("vCPU %d's hook: %w", id, err):
+			default:
+			}
+		} else {
+			h.done[id].Add(1)
+		}
+	}
+	return true
+}
+
+// TestPauseStress: many goroutines and both vCPUs' own hooks pause every
+// vCPU at once, on a running 2-vCPU guest that increments one byte on
+// each. Every pause finishes (no two callers each hold one vCPU), and
+// while one lasts the byte does not move (no vCPU is in guest mode).
+// Run it under -race too (make race).
+func TestPauseStress(t *testing.T) {
+	const goroutines, each, fromHooks = 6, 25, 20
+	vm := newTinyVMs(t, tinyMem, 2)
+	if err := vm.Memory().WritePhys(tinyCode, spinLoop); err != nil {
+		t.Fatal(err)
+	}
+	var moved atomic.Int64
+	still := func() error {
+		var a, b [1]byte
+		if err := vm.Memory().ReadPhys(gpa(pageE), a[:]); err != nil {
+			return err
+		}
+		time.Sleep(200 * time.Microsecond)
+		if err := vm.Memory().ReadPhys(gpa(pageE), b[:]); err != nil {
+			return err
+		}
+		if a != b {
+			moved.Add(1)
+		}
+		return nil
+	}
+	hook := &pauseHook{vm: vm, check: still, errs: make(chan error, 1)}
+	if err := vm.SetDebugHook(hook); err != nil {
+		t.Fatal(err)
+	}
+	ran := runStepped(t, vm)
+	for hook.hits[0].Load() == 0 || hook.hits[1].Load() == 0 {
+		time.Sleep(time.Millisecond) // both vCPUs run: every pause below parks them
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines+1)
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				var err error
+				if (g+i)%2 == 0 {
+					err = vm.WithAllPaused(still)
+				} else {
+					err = vm.WithAllPausedAt(func(rips []uint64) error {
+						if len(rips) != 2 {
+							return fmt.Errorf("WithAllPausedAt gave %d rips, want 2", len(rips))
+						}
+						return still()
+					})
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { // requests between the pauses, as --inspect makes
+		defer wg.Done()
+		for range goroutines * each {
+			if err := vm.Do(1, func(c CPU) error { _, err := c.Regs(); return err }); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	deadline := time.After(2 * time.Minute)
+	select {
+	case <-finished:
+	case <-deadline:
+		t.Fatalf("the pausing goroutines deadlocked: hook pauses %d+%d", hook.done[0].Load(), hook.done[1].Load())
+	}
+	for hook.done[0].Load() < fromHooks || hook.done[1].Load() < fromHooks {
+		select {
+		case err := <-hook.errs:
+			t.Fatal(err)
+		case <-deadline:
+			t.Fatalf("the hooks' pauses stalled: %d and %d of %d (steps %d and %d)", hook.done[0].Load(), hook.done[1].Load(),
+				fromHooks, hook.hits[0].Load(), hook.hits[1].Load())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	vm.Stop()
+	if r := <-ran; r.Reason != StopRequested {
+		t.Errorf("Run ended with %v (%v), want stopped by request", r.Reason, r.Err)
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := moved.Load(); n != 0 {
+		t.Errorf("the guest's counter moved during %d pauses", n)
 	}
 }
 
@@ -71,6 +200,25 @@ func (h *countingHook) HandleDebug(c CPU, ev DebugEvent) bool {
 	return true
 }
 
+// runStepped starts every vCPU single-stepping from tinyCode under Run,
+// whose result it returns.
+func runStepped(t *testing.T, vm *VM) <-chan Result {
+	t.Helper()
+	for cpu := range vm.NumCPUs() {
+		if err := vm.Do(cpu, func(c CPU) error {
+			if err := c.SetRegs(Regs{RIP: tinyCode, RSP: 0x800, RFLAGS: 0x2}); err != nil {
+				return err
+			}
+			return c.SetSingleStep(true)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ran := make(chan Result, 1)
+	go func() { ran <- vm.Run(context.Background()) }()
+	return ran
+}
+
 // TestCloseWhileInUse: Close while the guest runs a probed loop and other
 // goroutines read registers (as --inspect does), write guest memory (as
 // a control connection arming a probe does) and poll the dirty log: no
@@ -87,16 +235,7 @@ func TestCloseWhileInUse(t *testing.T) {
 	if err := vm.SetDebugHook(hook); err != nil {
 		t.Fatal(err)
 	}
-	if err := vm.Do(0, func(c CPU) error {
-		if err := c.SetRegs(Regs{RIP: tinyCode, RSP: 0x800, RFLAGS: 0x2}); err != nil {
-			return err
-		}
-		return c.SetSingleStep(true)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	ran := make(chan Result, 1)
-	go func() { ran <- vm.Run(context.Background()) }()
+	ran := runStepped(t, vm)
 
 	var wg sync.WaitGroup
 	var stop atomic.Bool

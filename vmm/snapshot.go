@@ -218,65 +218,6 @@ func runSteps(steps []func() error) error {
 	return nil
 }
 
-// withAllStopped pauses every vCPU on its own thread, runs each one's
-// perCPU there (once all are paused, so no vCPU runs meanwhile), then
-// whole() on the caller's goroutine, and lets them go. From a vCPU thread
-// it fails (ErrOwnThread).
-func (vm *VM) withAllStopped(perCPU func(i int, v *VCPU) error, whole func() error) error {
-	// A vCPU's own thread would wait for itself to park.
-	for _, v := range vm.vcpus {
-		if v.onThread() {
-			return fmt.Errorf("vCPU %d: pausing every vCPU: %w", v.id, ErrOwnThread)
-		}
-	}
-	n := len(vm.vcpus)
-	parked := make(chan struct{}, n)
-	start := make(chan struct{})
-	finished := make(chan error, n)
-	release := make(chan struct{})
-	returned := make(chan error, n)
-	for i, v := range vm.vcpus {
-		go func() {
-			returned <- v.pause(func() error {
-				parked <- struct{}{}
-				<-start
-				finished <- perCPU(i, v)
-				<-release
-				return nil
-			})
-		}()
-	}
-	var err error
-	for got := 0; got < n && err == nil; {
-		select {
-		case <-parked:
-			got++
-		case e := <-returned:
-			// A vCPU that returns before parking has left its loop.
-			err = fmt.Errorf("pausing the guest: %w", e)
-			n--
-		}
-	}
-	if err != nil {
-		close(start)
-		close(release)
-		return err
-	}
-	close(start)
-	var errs []error
-	for range n {
-		errs = append(errs, <-finished)
-	}
-	if e := errors.Join(errs...); e == nil {
-		errs = append(errs, whole())
-	}
-	close(release)
-	for range n {
-		errs = append(errs, <-returned)
-	}
-	return errors.Join(errs...)
-}
-
 // Snapshot pauses the guest, writes its complete state and RAM to path
 // and lets it run on. meta runs while every vCPU is stopped; what it
 // returns (the caller's identity and probe-engine state) is stored as
@@ -477,8 +418,8 @@ func readSnapshotHeader(f *os.File) (snapHeader, *snapshotState, error) {
 	if uint64(fi.Size()) != h.FileSize {
 		return h, nil, fmt.Errorf("%w: %s is %d bytes, its header says %d (truncated?)", ErrBadSnapshot, name, fi.Size(), h.FileSize)
 	}
-	if h.MemOff%pageSize != 0 || h.StateOff+h.StateLen > h.MemOff || h.MemOff+h.MemLen != h.FileSize {
-		return h, nil, fmt.Errorf("%w: %s: inconsistent section offsets", ErrBadSnapshot, name)
+	if err := h.checkSections(); err != nil {
+		return h, nil, fmt.Errorf("%w: %s: %v", ErrBadSnapshot, name, err)
 	}
 	state := make([]byte, h.StateLen)
 	if _, err := f.ReadAt(state, int64(h.StateOff)); err != nil {
@@ -494,7 +435,109 @@ func readSnapshotHeader(f *os.File) (snapHeader, *snapshotState, error) {
 	if st.MemSize != h.MemLen || len(st.CPUs) < 1 || len(st.CPUs) > maxCPUs {
 		return h, nil, fmt.Errorf("%w: %s: %d vCPUs, %d bytes of RAM for a %d-byte guest", ErrBadSnapshot, name, len(st.CPUs), h.MemLen, st.MemSize)
 	}
+	if err := st.check(); err != nil {
+		return h, nil, fmt.Errorf("%w: %s: %v", ErrBadSnapshot, name, err)
+	}
 	return h, st, nil
+}
+
+// Caps on what a snapshot file may claim. The file is untrusted input:
+// whoever crafts one computes its checksums too.
+const (
+	maxSnapState    = 16 << 20 // the JSON state; a real one is tens of KiB
+	maxCPUIDEntries = 256      // KVM_MAX_CPUID_ENTRIES
+	maxSnapMSRs     = 1 << 14  // msrIndexList's limit
+	maxXSave        = 1 << 20  // KVM_CAP_XSAVE2 sizes are a few KiB
+)
+
+// checkSections checks the header's layout (header, state, 4 KiB-aligned
+// RAM to the end of the file) without an overflowing sum.
+func (h *snapHeader) checkSections() error {
+	switch {
+	case h.StateLen > maxSnapState:
+		return fmt.Errorf("a state of %d bytes (at most %d)", h.StateLen, maxSnapState)
+	case h.MemLen > maxMem:
+		return fmt.Errorf("%d bytes of RAM (at most %d)", h.MemLen, uint64(maxMem))
+	case h.StateOff < snapHeaderSize || h.MemOff < h.StateOff || h.MemOff-h.StateOff < h.StateLen:
+		return fmt.Errorf("the state [%#x,+%#x) is not between the header and RAM at %#x", h.StateOff, h.StateLen, h.MemOff)
+	case h.MemOff%pageSize != 0 || h.MemOff > h.FileSize || h.FileSize-h.MemOff != h.MemLen:
+		return fmt.Errorf("RAM [%#x,+%#x) does not end a %d-byte file on a page boundary", h.MemOff, h.MemLen, h.FileSize)
+	}
+	return nil
+}
+
+// check refuses saved state that no KVM call could take: every raw
+// struct its mirror's size, lists within KVM's limits. Restore then
+// reaches KVM only with well-formed state.
+func (st *snapshotState) check() error {
+	if len(st.IRQChips) != 3 {
+		return fmt.Errorf("%d irqchip states, want 3", len(st.IRQChips))
+	}
+	errs := []error{rawSize[pitState2]("PIT", st.PIT)}
+	for _, b := range st.IRQChips {
+		errs = append(errs, rawSize[irqChip]("irqchip", b))
+	}
+	for i, c := range st.CPUs {
+		var e []error
+		switch {
+		case len(c.CPUID) > maxCPUIDEntries:
+			e = append(e, fmt.Errorf("%d CPUID entries (at most %d)", len(c.CPUID), maxCPUIDEntries))
+		case len(c.MSRs) > maxSnapMSRs:
+			e = append(e, fmt.Errorf("%d MSRs (at most %d)", len(c.MSRs), maxSnapMSRs))
+		case len(c.XSave) > maxXSave || len(c.XSave) > 0 && len(c.XSave) < 4096:
+			e = append(e, fmt.Errorf("XSAVE state of %d bytes", len(c.XSave)))
+		}
+		e = append(e, rawSize[Regs]("regs", c.Regs), rawSize[Sregs]("sregs", c.Sregs),
+			rawSize[LAPICState]("LAPIC", c.LAPIC), rawSize[VCPUEvents]("events", c.Events))
+		if len(c.XSave) == 0 {
+			e = append(e, rawSize[FPU]("FPU", c.FPU))
+		}
+		if len(c.XCRs) > 0 {
+			e = append(e, rawSize[xcrs]("XCRs", c.XCRs))
+		}
+		if len(c.DebugRegs) > 0 {
+			e = append(e, rawSize[debugRegs]("debug registers", c.DebugRegs))
+		}
+		if err := errors.Join(e...); err != nil {
+			errs = append(errs, fmt.Errorf("vCPU %d: %w", i, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// openSnapshot is Restore up to its first KVM call: the file checked
+// whole (header, state, RAM checksum) and its RAM mapped, which the
+// caller then owns.
+func openSnapshot(rc RestoreConfig) (Config, *snapshotState, []byte, error) {
+	f, err := os.Open(rc.Path)
+	if err != nil {
+		return Config{}, nil, nil, fmt.Errorf("opening snapshot: %w", err)
+	}
+	defer f.Close()
+	h, st, err := readSnapshotHeader(f)
+	if err != nil {
+		return Config{}, nil, nil, err
+	}
+	cfg := Config{
+		MemSize: st.MemSize, CPUs: len(st.CPUs), Reserved: st.Reserved, Cmdline: st.Cmdline,
+		Console: rc.Console, OnConsoleLine: rc.OnConsoleLine, Symbolize: rc.Symbolize, DevKVM: rc.DevKVM,
+	}
+	if cfg.DevKVM == "" {
+		cfg.DevKVM = "/dev/kvm"
+	}
+	if err := cfg.check(); err != nil {
+		return Config{}, nil, nil, fmt.Errorf("%w: %s: %v", ErrBadSnapshot, rc.Path, err)
+	}
+	ram, err := unix.Mmap(int(f.Fd()), int64(h.MemOff), int(h.MemLen),
+		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+	if err != nil {
+		return Config{}, nil, nil, fmt.Errorf("mapping snapshot RAM: %w", err)
+	}
+	if ramCRC(f, ram, int64(h.MemOff)) != h.MemCRC {
+		unix.Munmap(ram)
+		return Config{}, nil, nil, fmt.Errorf("%w: %s: RAM checksum mismatch (corrupted)", ErrBadSnapshot, rc.Path)
+	}
+	return cfg, st, ram, nil
 }
 
 // SnapshotMeta reads a snapshot's caller metadata after checking the
@@ -562,36 +605,12 @@ type RestoreConfig struct {
 // file (the file is never written), every saved state loaded. It returns
 // the caller's metadata. The guest continues on Run as if never stopped.
 func Restore(rc RestoreConfig) (*VM, json.RawMessage, error) {
-	f, err := os.Open(rc.Path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("opening snapshot: %w", err)
-	}
-	defer f.Close()
-	h, st, err := readSnapshotHeader(f)
+	cfg, st, ram, err := openSnapshot(rc)
 	if err != nil {
 		return nil, nil, err
 	}
-	ram, err := unix.Mmap(int(f.Fd()), int64(h.MemOff), int(h.MemLen),
-		unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
-	if err != nil {
-		return nil, nil, fmt.Errorf("mapping snapshot RAM: %w", err)
-	}
-	if ramCRC(f, ram, int64(h.MemOff)) != h.MemCRC {
-		unix.Munmap(ram)
-		return nil, nil, fmt.Errorf("%w: %s: RAM checksum mismatch (corrupted)", ErrBadSnapshot, rc.Path)
-	}
-	cfg := Config{
-		MemSize: st.MemSize, CPUs: len(st.CPUs), Reserved: st.Reserved, Cmdline: st.Cmdline,
-		Console: rc.Console, OnConsoleLine: rc.OnConsoleLine, Symbolize: rc.Symbolize, DevKVM: rc.DevKVM,
-	}
-	if cfg.DevKVM == "" {
-		cfg.DevKVM = "/dev/kvm"
-	}
-	if err := cfg.check(); err != nil {
-		unix.Munmap(ram)
-		return nil, nil, fmt.Errorf("%w: %v", ErrBadSnapshot, err)
-	}
-	vm := &VM{cfg: cfg, vmFD: -1, resetCh: make(chan struct{}), layout: st.Layout}
+	vm := blankVM(cfg)
+	vm.layout = st.Layout
 	if err := vm.create(ram, func(id int, _ []CPUIDEntry) []CPUIDEntry { return st.CPUs[id].CPUID }); err != nil {
 		vm.Close()
 		return nil, nil, err

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // writeTestSnapshot writes a snapshot of a 64 MiB guest whose RAM is zero
@@ -17,8 +18,7 @@ func writeTestSnapshot(t *testing.T) (string, []byte) {
 	ram := make([]byte, 64<<20)
 	copy(ram[0x1000:], "page one")
 	copy(ram[len(ram)-5:], "last!")
-	st := &snapshotState{MemSize: uint64(len(ram)), Reserved: 2 << 20, Cmdline: "console=ttyS0",
-		CPUs: []vcpuState{{MPState: 0}}, Meta: []byte(`{"who":"test"}`)}
+	st := testState(uint64(len(ram)))
 	path := filepath.Join(t.TempDir(), "t.snap")
 	f, err := os.Create(path)
 	if err != nil {
@@ -33,6 +33,17 @@ func writeTestSnapshot(t *testing.T) (string, []byte) {
 		t.Fatal(err)
 	}
 	return path, b
+}
+
+// testState is a well-formed state of a 1-vCPU guest of memSize bytes:
+// every raw KVM struct of its mirror's size, all zero.
+func testState(memSize uint64) *snapshotState {
+	raw := func(n uintptr) []byte { return make([]byte, n) }
+	cpu := vcpuState{Regs: raw(unsafe.Sizeof(Regs{})), Sregs: raw(unsafe.Sizeof(Sregs{})), FPU: raw(unsafe.Sizeof(FPU{})),
+		LAPIC: raw(unsafe.Sizeof(LAPICState{})), Events: raw(unsafe.Sizeof(VCPUEvents{}))}
+	chip := raw(unsafe.Sizeof(irqChip{}))
+	return &snapshotState{MemSize: memSize, Reserved: 2 << 20, Cmdline: "console=ttyS0", CPUs: []vcpuState{cpu},
+		IRQChips: [][]byte{chip, chip, chip}, PIT: raw(unsafe.Sizeof(pitState2{})), Meta: []byte(`{"who":"test"}`)}
 }
 
 func TestSnapshotFileRoundTrip(t *testing.T) {
@@ -74,6 +85,17 @@ func TestSnapshotRefusesBadFiles(t *testing.T) {
 		{"truncated", func(b []byte) []byte { return b[:len(b)-1] }, "truncated"},
 		{"state corrupted", func(b []byte) []byte { b[snapHeaderSize+3] ^= 1; return b }, "state checksum"},
 		{"RAM corrupted", func(b []byte) []byte { b[len(b)-1] ^= 1; return b }, "RAM checksum"},
+		{"state past RAM", func(b []byte) []byte { // StateOff+StateLen wraps
+			binary.LittleEndian.PutUint64(b[24:], ^uint64(0xfff)) // 2^64-0x1000
+			binary.LittleEndian.PutUint64(b[32:], 0x2000)
+			reseal(b)
+			return b
+		}, "not between the header and RAM"},
+		{"state too long", func(b []byte) []byte {
+			binary.LittleEndian.PutUint64(b[32:], 1<<40)
+			reseal(b)
+			return b
+		}, "a state of 1099511627776 bytes"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -102,13 +102,22 @@ type VM struct {
 	life    lifetime
 	closing atomic.Bool
 
-	// slotMu guards the memslot layout (dirtylog.go): the slots KVM has,
-	// the write watch and whether the vCPUs have run (after which the
-	// layout is fixed).
+	// slotMu guards the memslot layout (dirtylog.go): the slots KVM has
+	// and the write watch. ran (whether the vCPUs have run, after which
+	// the watch's layout is fixed) is set under it and read anywhere.
 	slotMu sync.Mutex
 	slots  []memslot
 	watch  *writeWatch
-	ran    bool
+	ran    atomic.Bool
+
+	// pauseCh is the pause lock (pause.go), a channel so that a vCPU
+	// thread can serve requests while it waits for it.
+	pauseCh chan struct{}
+}
+
+// blankVM is a VM with no KVM state yet.
+func blankVM(cfg Config) *VM {
+	return &VM{cfg: cfg, vmFD: -1, resetCh: make(chan struct{}), pauseCh: make(chan struct{}, 1)}
 }
 
 type hookBox struct{ h DebugHook }
@@ -119,7 +128,7 @@ func New(cfg Config) (*VM, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	vm := &VM{cfg: cfg, vmFD: -1, resetCh: make(chan struct{})}
+	vm := blankVM(cfg)
 	ram, err := mmapAnon(int(cfg.MemSize))
 	if err != nil {
 		return nil, fmt.Errorf("mapping %d MiB of guest RAM: %w", cfg.MemSize>>20, err)
@@ -541,10 +550,12 @@ func (vm *VM) Run(ctx context.Context) Result {
 	}
 	defer vm.life.exit()
 	// From here on the memslot layout is fixed (WatchWrites refuses).
+	// Under both locks: no pause and no memslot change is half-way.
+	vm.lockPause()
 	vm.slotMu.Lock()
-	ran := vm.ran
-	vm.ran = true
+	ran := vm.ran.Swap(true)
 	vm.slotMu.Unlock()
+	vm.unlockPause()
 	if ran {
 		return Result{Reason: StopError, Err: &StateError{CPU: 0, Op: "Run", State: vm.vcpus[0].State()}}
 	}

@@ -283,62 +283,34 @@ func (vm *VM) applyMemslotsDiff(want []memslot) error {
 	return nil
 }
 
-// relayout puts the memslots for traps in place (vm.slotMu held), with
-// every vCPU stopped when the guest has run: a vCPU must never see the
-// hole between a slot's deletion and its replacement. On an error the
-// previous slots are restored.
+// relayout puts the memslots for traps in place. Precondition: every
+// vCPU paused (or none running) and vm.slotMu held, since a vCPU must
+// never see the hole between a slot's deletion and its replacement. On
+// an error the previous slots are restored.
 func (vm *VM) relayout(set *trapSet) error {
 	want := memslotLayoutTraps(vm.mem.Size(), vm.watch, set.pages)
 	if n := vm.checkExtension(capNRMemslots); n < len(want) {
 		return fmt.Errorf("%w: KVM offers %d memslots (KVM_CAP_NR_MEMSLOTS), the traps need %d", ErrTrapRefused, n, len(want))
 	}
-	apply := func() error {
-		prev := slices.Clone(vm.slots)
-		if err := vm.applyMemslotsDiff(want); err != nil {
-			if rerr := vm.applyMemslots(prev); rerr != nil {
-				return fmt.Errorf("%w; restoring the previous memslots: %v", err, rerr)
-			}
-			return err
+	prev := slices.Clone(vm.slots)
+	if err := vm.applyMemslotsDiff(want); err != nil {
+		if rerr := vm.applyMemslots(prev); rerr != nil {
+			return fmt.Errorf("%w; restoring the previous memslots: %v", err, rerr)
 		}
-		vm.handler.writes.set.Store(set)
-		return nil
-	}
-	return vm.WithAllPaused(apply)
-}
-
-// WithAllPaused runs f with no vCPU in guest mode: every vCPU is paused on
-// its own thread for it (at once when none runs), so f may rewrite guest
-// code that a vCPU must never see half-written. From a vCPU thread it
-// fails (ErrOwnThread).
-func (vm *VM) WithAllPaused(f func() error) error {
-	if !vm.ran || vm.allExited() {
-		return f()
-	}
-	return vm.withAllStopped(func(int, *VCPU) error { return nil }, f)
-}
-
-// WithAllPausedAt is WithAllPaused that also gives f the rip each vCPU
-// will resume at (nil when none runs), for patches that must not land
-// under one.
-func (vm *VM) WithAllPausedAt(f func(rips []uint64) error) error {
-	if !vm.ran || vm.allExited() {
-		return f(nil)
-	}
-	rips := make([]uint64, len(vm.vcpus))
-	return vm.withAllStopped(func(i int, v *VCPU) error {
-		r, err := v.Regs()
-		rips[i] = r.RIP // each vCPU its own index; f reads after all are done
 		return err
-	}, func() error { return f(rips) })
+	}
+	vm.handler.writes.set.Store(set)
+	return nil
 }
 
-func (vm *VM) allExited() bool {
-	for _, v := range vm.vcpus {
-		if v.State() != VCPUExited {
-			return false
-		}
-	}
-	return true
+// withSlots runs f with every vCPU paused and vm.slotMu held, in the
+// lock order (pause.go).
+func (vm *VM) withSlots(f func() error) error {
+	return vm.WithAllPaused(func() error {
+		vm.slotMu.Lock()
+		defer vm.slotMu.Unlock()
+		return f()
+	})
 }
 
 // TrapWrites traps the guest's stores to the guest-physical bytes [gpa,
@@ -346,8 +318,8 @@ func (vm *VM) allExited() bool {
 // VMM completes every store there itself, and each store touching the
 // range is reported to the WriteHook (SetWriteHook) with its old and new
 // bytes. Callable before Run or while the guest runs (every vCPU is
-// paused for the memslot change; not from a vCPU's own thread:
-// ErrOwnThread). The range must lie in RAM and outside a WatchWrites
+// paused for the memslot change, the others only from a vCPU's own
+// thread). The range must lie in RAM and outside a WatchWrites
 // range (ErrTrapRefused). Snapshots do not record traps.
 func (vm *VM) TrapWrites(gpa, size uint64) (TrapID, error) {
 	if !vm.life.enter() {
@@ -364,26 +336,29 @@ func (vm *VM) TrapWrites(gpa, size uint64) (TrapID, error) {
 	if vm.checkExtension(capReadonlyMem) <= 0 {
 		return 0, ErrNoReadonlyMem
 	}
-	vm.slotMu.Lock()
-	defer vm.slotMu.Unlock()
-	if w := vm.watch; w != nil {
-		ps, pe := gpa&^(pageSize-1), (end+pageSize-1)&^(pageSize-1)
-		if ps < w.end && w.start < pe {
-			return 0, fmt.Errorf("%w: pages [%#x,%#x) overlap the dirty-logged range [%#x,%#x)", ErrTrapRefused, ps, pe, w.start, w.end)
+	var id TrapID
+	err := vm.withSlots(func() error {
+		if w := vm.watch; w != nil {
+			ps, pe := gpa&^(pageSize-1), (end+pageSize-1)&^(pageSize-1)
+			if ps < w.end && w.start < pe {
+				return fmt.Errorf("%w: pages [%#x,%#x) overlap the dirty-logged range [%#x,%#x)", ErrTrapRefused, ps, pe, w.start, w.end)
+			}
 		}
-	}
-	old := vm.handler.writes.set.Load()
-	var traps []writeTrap
-	if old != nil {
-		traps = slices.Clone(old.traps)
-	}
-	t := writeTrap{id: TrapID(vm.handler.writes.seq.Add(1)), start: gpa, end: end}
-	traps = append(traps, t)
-	slices.SortFunc(traps, func(a, b writeTrap) int { return cmpU64(a.start, b.start) })
-	if err := vm.relayout(&trapSet{traps: traps, pages: trapPages(traps)}); err != nil {
+		old := vm.handler.writes.set.Load()
+		var traps []writeTrap
+		if old != nil {
+			traps = slices.Clone(old.traps)
+		}
+		t := writeTrap{id: TrapID(vm.handler.writes.seq.Add(1)), start: gpa, end: end}
+		traps = append(traps, t)
+		slices.SortFunc(traps, func(a, b writeTrap) int { return cmpU64(a.start, b.start) })
+		id = t.id
+		return vm.relayout(&trapSet{traps: traps, pages: trapPages(traps)})
+	})
+	if err != nil {
 		return 0, err
 	}
-	return t.id, nil
+	return id, nil
 }
 
 // UntrapWrites removes a trap; pages no other trap covers become plain
@@ -394,17 +369,17 @@ func (vm *VM) UntrapWrites(id TrapID) error {
 		return ErrClosed
 	}
 	defer vm.life.exit()
-	vm.slotMu.Lock()
-	defer vm.slotMu.Unlock()
-	old := vm.handler.writes.set.Load()
-	if old == nil {
-		return fmt.Errorf("%w: no trap %d", ErrTrapRefused, id)
-	}
-	traps := slices.DeleteFunc(slices.Clone(old.traps), func(t writeTrap) bool { return t.id == id })
-	if len(traps) == len(old.traps) {
-		return fmt.Errorf("%w: no trap %d", ErrTrapRefused, id)
-	}
-	return vm.relayout(&trapSet{traps: traps, pages: trapPages(traps)})
+	return vm.withSlots(func() error {
+		old := vm.handler.writes.set.Load()
+		if old == nil {
+			return fmt.Errorf("%w: no trap %d", ErrTrapRefused, id)
+		}
+		traps := slices.DeleteFunc(slices.Clone(old.traps), func(t writeTrap) bool { return t.id == id })
+		if len(traps) == len(old.traps) {
+			return fmt.Errorf("%w: no trap %d", ErrTrapRefused, id)
+		}
+		return vm.relayout(&trapSet{traps: traps, pages: trapPages(traps)})
+	})
 }
 
 // SetWriteHook installs (nil: removes) the write-trap hook. Safe while

@@ -289,7 +289,11 @@ func cmdRun(args []string) error {
 			return err
 		}
 		events.printf("hvprobe: control socket %s", c.Path())
-		goBg(func() { c.Serve(bgCtx) })
+		goBg(func() {
+			if err := c.Serve(bgCtx); err != nil {
+				notify(session.Notice{Kind: session.NoticeFailed, Probe: "control socket", Err: err})
+			}
+		})
 	}
 	if *interactive {
 		// Not joined: it may block reading stdin forever. It touches only
