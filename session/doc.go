@@ -22,13 +22,15 @@
 // guest-physical memory (vmm.TrapWrites), rw@ is a debug-register
 // watchpoint where the host fires them; p lines with Def.Stealth are
 // hardware execute breakpoints. Neither changes guest memory; both take
-// debug-register slots or memslot changes, which pause every vCPU and so
-// are made off the vCPU thread when asked for on one (at attach).
+// debug-register slots or memslot changes. A memslot change pauses every
+// vCPU, from a vCPU thread too; a debug-register slot is set through each
+// vCPU's thread, so it is set off the vCPU thread when asked for on one
+// (at attach).
 //
 // p lines with Def.Fast are exit-less where they can be (fast.go,
 // kprobes.FastProbe): a jmp to a recording stub, patched with every vCPU
-// paused (off the vCPU thread too); the rings are drained every 10 ms and
-// at Flush, Remove and Close, and each record becomes the event the int3
+// paused (from a vCPU thread too); the rings are drained every fastPoll
+// and at Flush, Remove and Close, and each record becomes the event the int3
 // path would give. A NoticePath says which path a line took, a
 // NoticeLost when a ring was full.
 //

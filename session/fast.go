@@ -24,8 +24,8 @@ import (
 
 const (
 	fastPoll = 10 * time.Millisecond
-	// DefaultFastRecords is each vCPU ring's size when Options.FastRecords
-	// is 0: 512 records of 160 bytes.
+	// DefaultFastRecords is each vCPU ring's size in records when
+	// Options.FastRecords is 0 (fastpath.Layout.RecordSize says how big one is).
 	DefaultFastRecords = 512
 	fastProbes         = 256
 	// Where the kernel's direct map starts without KASLR's

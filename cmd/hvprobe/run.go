@@ -599,8 +599,8 @@ func fastDefs(defs []*probedef.Def, stealth bool, records int) []string {
 	if stealth {
 		bad = append(bad, "hvprobe: --fast and --stealth: a p: line is either a jmp in guest text or a debug register, not both")
 	}
-	if records <= 0 || records > fastpath.MaxRecords || records&(records-1) != 0 {
-		bad = append(bad, fmt.Sprintf("hvprobe: --fast-records %d: want a power of two from 1 to %d", records, fastpath.MaxRecords))
+	if err := fastpath.CheckRecords(records); err != nil {
+		bad = append(bad, fmt.Sprintf("hvprobe: --fast-records %d: %v", records, err))
 	}
 	for _, d := range defs {
 		if d.Kind == probedef.Probe || d.Kind == probedef.Retprobe {

@@ -95,11 +95,21 @@ func (l Layout) LostVA(probe uint32) uint64 { return l.VA + l.LostOff() + 8*uint
 func (l Layout) CountGPA(probe uint32) uint64 { return l.GPA + l.CountOff() + 8*uint64(probe) }
 func (l Layout) CountVA(probe uint32) uint64  { return l.VA + l.CountOff() + 8*uint64(probe) }
 
+// CheckRecords is the rule for a ring's size: a power of two (the
+// stub masks the head with Records-1) up to MaxRecords.
+func CheckRecords(n int) error {
+	if n <= 0 || n > MaxRecords || bits.OnesCount(uint(n)) != 1 {
+		return fmt.Errorf("want a power of two from 1 to %d records per ring", MaxRecords)
+	}
+	return nil
+}
+
 // Check validates the layout.
 func (l Layout) Check() error {
+	if err := CheckRecords(l.Records); err != nil {
+		return fmt.Errorf("fastpath: %d records: %w", l.Records, err)
+	}
 	switch {
-	case l.Records <= 0 || l.Records > MaxRecords || bits.OnesCount(uint(l.Records)) != 1:
-		return fmt.Errorf("fastpath: %d records per ring: want a power of two from 1 to %d", l.Records, MaxRecords)
 	case l.CPUs <= 0 || l.CPUs > MaxCPUs:
 		return fmt.Errorf("fastpath: %d rings: want 1 to %d", l.CPUs, MaxCPUs)
 	case l.Probes <= 0 || l.Probes > MaxProbes:

@@ -336,7 +336,7 @@ func TestFastRun(t *testing.T) {
 }
 
 // TestFastLost: with 4 records per ring, 400 calls fill the ring between
-// two drains (10 ms apart), and the hits that find it full are counted:
+// two drains (session.fastPoll apart), and the hits that find it full are counted:
 // drained events plus lost events equal the calls the workload made,
 // exactly.
 func TestFastLost(t *testing.T) {
