@@ -21,7 +21,23 @@ var (
 	ErrUnknownType = errors.New("unknown type")
 	// ErrBitfield: the member is a bitfield and has no byte offset.
 	ErrBitfield = errors.New("member is a bitfield")
+	// ErrPastEnd: sym+off lies at or past the end of sym.
+	ErrPastEnd = errors.New("offset past the end of the symbol")
 )
+
+// PastEndError is sym+off with off at or past sym's size (where the next
+// symbol starts), which Linux's kprobes refuse too. It is ErrPastEnd.
+type PastEndError struct {
+	Name      string
+	Off, Size uint64
+}
+
+func (e *PastEndError) Error() string {
+	return fmt.Sprintf("offset %#x is past the end of %s, which is %#x bytes long", e.Off, e.Name, e.Size)
+}
+
+// Is makes errors.Is(err, ErrPastEnd) true.
+func (e *PastEndError) Is(target error) bool { return target == ErrPastEnd }
 
 // LineError locates a System.map syntax error. It is ErrSyntax.
 type LineError struct {

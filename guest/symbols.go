@@ -357,6 +357,19 @@ func (t *SymbolTable) Lookup(name string) (Symbol, error) {
 	return Symbol{}, &UnknownSymbolError{Name: name, Similar: t.similar(name)}
 }
 
+// At is the address of name+off, off within the symbol (*PastEndError
+// otherwise; the last symbol, of unknown size, takes any offset).
+func (t *SymbolTable) At(name string, off uint64) (uint64, error) {
+	s, err := t.Lookup(name)
+	if err != nil {
+		return 0, err
+	}
+	if s.Size != 0 && off >= s.Size {
+		return 0, &PastEndError{Name: name, Off: off, Size: s.Size}
+	}
+	return s.Addr + off, nil
+}
+
 // named returns the indices of the symbols called name, in address order.
 func (t *SymbolTable) named(name string) []int32 {
 	j, ok := t.byName[name]

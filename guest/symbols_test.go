@@ -289,3 +289,30 @@ func TestSymbolAtAllocs(t *testing.T) {
 		t.Errorf("SymbolAt allocates %v times per call", n)
 	}
 }
+
+// TestAtRefusesPastEnd: sym+off must lie inside sym, as Linux's kprobes
+// require; an offset at sym's size is the next symbol, not sym.
+func TestAtRefusesPastEnd(t *testing.T) {
+	tab := fixtureTable(t)
+	for _, c := range []struct {
+		sym  string
+		off  uint64
+		want uint64 // 0: refused
+	}{
+		{"do_sys_open", 0, 0xffffffff810011e0},
+		{"do_sys_open", 0x1f, 0xffffffff810011ff},
+		{"do_sys_open", 0x20, 0}, // show_val:1 starts there
+		{"do_sys_open", 0x100000, 0},
+		{"show_val:2", 0x7f, 0xffffffff810012ff},
+		{"show_val:2", 0x80, 0},
+	} {
+		got, err := tab.At(c.sym, c.off)
+		var pe *PastEndError
+		switch {
+		case c.want != 0 && (err != nil || got != c.want):
+			t.Errorf("At(%s, %#x) = %#x, %v; want %#x", c.sym, c.off, got, err, c.want)
+		case c.want == 0 && (!errors.As(err, &pe) || !errors.Is(err, ErrPastEnd) || !strings.Contains(err.Error(), c.sym)):
+			t.Errorf("At(%s, %#x) = %#x, %v; want a PastEndError naming %s", c.sym, c.off, got, err, c.sym)
+		}
+	}
+}

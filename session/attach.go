@@ -50,14 +50,8 @@ func kernelGPA(l vmm.Layout, va uint64) uint64 {
 	return va - l.VirtDelta - kimage.StartKernelMap + l.PhysDelta
 }
 
-// Resolve returns sym's address plus off.
-func (k *RunningKernel) Resolve(sym string, off uint64) (uint64, error) {
-	s, err := k.Syms.Lookup(sym)
-	if err != nil {
-		return 0, err
-	}
-	return s.Addr + off, nil
-}
+// Resolve returns sym's address plus off, off within sym.
+func (k *RunningKernel) Resolve(sym string, off uint64) (uint64, error) { return k.Syms.At(sym, off) }
 
 // SymbolAt names the symbol containing va.
 func (k *RunningKernel) SymbolAt(va uint64) (string, uint64, uint64, bool) {

@@ -31,13 +31,9 @@ func NewImageKernel(k *guest.Kernel) (*ImageKernel, error) {
 	return &ImageKernel{k: k, policy: pol}, nil
 }
 
-// Resolve returns sym's link-time address plus off.
+// Resolve returns sym's link-time address plus off, off within sym.
 func (ik *ImageKernel) Resolve(sym string, off uint64) (uint64, error) {
-	s, err := ik.k.Symbols.Lookup(sym)
-	if err != nil {
-		return 0, err
-	}
-	return s.Addr + off, nil
+	return ik.k.Symbols.At(sym, off)
 }
 
 // SymbolAt names the symbol containing va.
