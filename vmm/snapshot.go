@@ -393,14 +393,18 @@ func writeSnapshot(f *os.File, st *snapshotState, ram []byte) (snapHeader, error
 // readSnapshotHeader checks a snapshot's header and state and returns
 // them. RAM is checked by the caller once mapped.
 func readSnapshotHeader(f *os.File) (snapHeader, *snapshotState, error) {
-	name := f.Name()
 	fi, err := f.Stat()
 	if err != nil {
 		return snapHeader{}, nil, err
 	}
+	return parseSnapshotHeader(f, fi.Size(), f.Name())
+}
+
+// parseSnapshotHeader is readSnapshotHeader on any file of size bytes.
+func parseSnapshotHeader(f io.ReaderAt, size int64, name string) (snapHeader, *snapshotState, error) {
 	hb := make([]byte, snapHeaderSize)
-	if _, err := io.ReadFull(f, hb); err != nil {
-		return snapHeader{}, nil, fmt.Errorf("%w: %s: %d bytes, too short for a header", ErrBadSnapshot, name, fi.Size())
+	if _, err := f.ReadAt(hb, 0); err != nil {
+		return snapHeader{}, nil, fmt.Errorf("%w: %s: %d bytes, too short for a header", ErrBadSnapshot, name, size)
 	}
 	var h snapHeader
 	binary.Read(bytes.NewReader(hb), binary.LittleEndian, &h)
@@ -415,8 +419,8 @@ func readSnapshotHeader(f *os.File) (snapHeader, *snapshotState, error) {
 	if h.Version != SnapshotVersion {
 		return h, nil, fmt.Errorf("%w: %s has format version %d; this hvprobe reads version %d", ErrBadSnapshot, name, h.Version, SnapshotVersion)
 	}
-	if uint64(fi.Size()) != h.FileSize {
-		return h, nil, fmt.Errorf("%w: %s is %d bytes, its header says %d (truncated?)", ErrBadSnapshot, name, fi.Size(), h.FileSize)
+	if uint64(size) != h.FileSize {
+		return h, nil, fmt.Errorf("%w: %s is %d bytes, its header says %d (truncated?)", ErrBadSnapshot, name, size, h.FileSize)
 	}
 	if err := h.checkSections(); err != nil {
 		return h, nil, fmt.Errorf("%w: %s: %v", ErrBadSnapshot, name, err)

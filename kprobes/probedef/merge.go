@@ -14,44 +14,75 @@ import (
 // in order (several may share one event), and every refused line as
 // SyntaxErrors with ftrace's messages.
 func Merge(defs []*Def) ([]*Def, error) {
+	// Indexed by event, so that a file of many lines merges in linear time.
+	type evKey struct{ group, event string }
+	type pointKey struct {
+		ev             evKey
+		symbol, module string
+		offset, addr   uint64
+	}
+	byEvent := map[evKey][]*Def{}
+	groups := map[string]map[string]bool{} // event -> its groups
+	points := map[pointKey]bool{}
+	gone := map[*Def]bool{}
 	var out []*Def
 	var bad SyntaxErrors
 	for _, d := range defs {
 		if d.Kind == Delete {
-			kept := out[:0:0]
-			for _, x := range out {
-				if x.Event != d.Event || (d.Group != "" && x.Group != d.Group) {
-					kept = append(kept, x)
+			gs := []string{d.Group}
+			if d.Group == "" {
+				gs = gs[:0]
+				for g := range groups[d.Event] {
+					gs = append(gs, g)
 				}
 			}
-			if len(kept) == len(out) {
+			n := 0
+			for _, g := range gs {
+				k := evKey{g, d.Event}
+				for _, x := range byEvent[k] {
+					gone[x] = true
+					delete(points, pointKey{k, x.Symbol, x.Module, x.Offset, x.Addr})
+					n++
+				}
+				delete(byEvent, k)
+				delete(groups[d.Event], g)
+			}
+			if n == 0 {
 				bad = append(bad, d.Error(1, fmt.Errorf("no event %s to delete", d.String()[2:])))
 			}
-			out = kept
 			continue
 		}
-		if err := appendable(out, d); err != nil {
+		k := evKey{d.Group, d.Event}
+		pk := pointKey{k, d.Symbol, d.Module, d.Offset, d.Addr}
+		if err := appendable(byEvent[k], d, points[pk]); err != nil {
 			bad = append(bad, err)
 			continue
 		}
+		byEvent[k] = append(byEvent[k], d)
+		if groups[d.Event] == nil {
+			groups[d.Event] = map[string]bool{}
+		}
+		groups[d.Event][d.Group] = true
+		points[pk] = true
 		out = append(out, d)
 	}
-	if len(bad) > 0 {
-		return out, bad
-	}
-	return out, nil
-}
-
-// appendable checks that d may define its GROUP/EVENT after defs: a new
-// event, or a new probe point of the same kind and arguments, in
-// ftrace's order of checks (append_trace_kprobe).
-func appendable(defs []*Def, d *Def) *SyntaxError {
-	var same []*Def
-	for _, x := range defs {
-		if x.Group == d.Group && x.Event == d.Event {
-			same = append(same, x)
+	kept := out[:0]
+	for _, d := range out {
+		if !gone[d] {
+			kept = append(kept, d)
 		}
 	}
+	if len(bad) > 0 {
+		return kept, bad
+	}
+	return kept, nil
+}
+
+// appendable checks that d may define its GROUP/EVENT after same, the
+// definitions of that event so far (exact: one of them has d's probe
+// point): a new event, or a new probe point of the same kind and
+// arguments, in ftrace's order of checks (append_trace_kprobe).
+func appendable(same []*Def, d *Def, exact bool) *SyntaxError {
 	if len(same) == 0 {
 		return nil
 	}
@@ -67,10 +98,8 @@ func appendable(defs []*Def, d *Def) *SyntaxError {
 	if len(d.Args) != len(first.Args) {
 		return d.Error(d.SymbolCol(), errors.New("Argument type or name is different from existing probe"))
 	}
-	for _, x := range same {
-		if x.Symbol == d.Symbol && x.Offset == d.Offset && x.Addr == d.Addr && x.Module == d.Module {
-			return d.Error(1, errors.New("There is already the exact same probe event"))
-		}
+	if exact {
+		return d.Error(1, errors.New("There is already the exact same probe event"))
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package probedef
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"math"
@@ -23,31 +24,67 @@ func Parse(line string) (*Def, error) {
 // every bad line; the good definitions come with it, so that a caller can
 // check them too and report every problem at once — but arms none.
 func ParseFile(r io.Reader) ([]*Def, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(nil, 1<<20)
+	br := bufio.NewReaderSize(r, 64<<10)
 	var (
 		defs []*Def
 		bad  SyntaxErrors
 	)
-	for n := 1; sc.Scan(); n++ {
-		text := strings.TrimRight(sc.Text(), "\r")
-		if len(fields(stripComment(text))) == 0 {
-			continue
+	for n := 1; ; n++ {
+		line, long, err := readLine(br)
+		if err != nil && err != io.EOF {
+			return nil, fmt.Errorf("reading probe definitions: %w", err)
 		}
-		d, err := parseLine(n, text)
-		if err != nil {
-			bad = append(bad, err)
-			continue
+		if err == io.EOF && line == "" && !long {
+			break
 		}
-		defs = append(defs, d)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading probe definitions: %w", err)
+		text := strings.TrimRight(line, "\r")
+		switch {
+		case long:
+			bad = append(bad, &SyntaxError{Line: n, Col: 1, Input: text[:64] + "...",
+				Msg: fmt.Sprintf("line longer than %d bytes (ftrace's limit)", MaxLine)})
+		case len(fields(stripComment(text))) > 0:
+			d, err := parseLine(n, text)
+			if err != nil {
+				bad = append(bad, err)
+				continue
+			}
+			defs = append(defs, d)
+		}
+		if err == io.EOF {
+			break
+		}
 	}
 	if len(bad) > 0 {
 		return defs, bad
 	}
 	return defs, nil
+}
+
+// MaxLine is the longest probe line: ftrace's WRITE_BUFSIZE, past which
+// kprobe_events refuses a line ("Too long line").
+const MaxLine = 4096
+
+// readLine reads one line without its newline. A line longer than
+// MaxLine is read to its end and given back cut, with long set.
+func readLine(br *bufio.Reader) (line string, long bool, err error) {
+	var b []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if len(b) <= MaxLine {
+			b = append(b, chunk...)
+		}
+		switch {
+		case err == bufio.ErrBufferFull:
+			continue
+		case err != nil && err != io.EOF:
+			return "", false, err
+		}
+		b = bytes.TrimSuffix(b, []byte("\n"))
+		if len(b) > MaxLine {
+			return string(b[:MaxLine]), true, err
+		}
+		return string(b), false, err
+	}
 }
 
 func stripComment(s string) string {
