@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -236,8 +237,14 @@ func TestWatchWritesTinyGuest(t *testing.T) {
 	v := vm.vcpus[0]
 	runTo(t, v, tinyPhase1At)
 	// B, read here for the first time, may be reported (DirtyPages' doc).
-	// Z, never written by anyone, cannot be.
-	wantDirtyFirst(t, vm, "phase 1", []uint64{gpa(pageB)}, gpa(pageA))
+	// Z, never written by anyone, cannot be, but in the nested KVM, whose
+	// L1 kernel maps even a never-written page writable on a first read
+	// (docs/QUIRKS.md #51).
+	first := []uint64{gpa(pageB)}
+	if os.Getenv("HVPROBE_NESTED") == "1" {
+		first = append(first, gpa(pageZ))
+	}
+	wantDirtyFirst(t, vm, "phase 1", first, gpa(pageA))
 	var b [1]byte
 	for _, c := range []struct {
 		at   uint64
