@@ -204,30 +204,35 @@ func TestSnapshotRefusals(t *testing.T) {
 		}
 	}
 
-	b, err := os.ReadFile(path)
+	// Each damage is done to the shared snapshot in place and undone at
+	// once: a copy of its RAM (hundreds of MiB, not sparse once read)
+	// would be held in memory, which the nested KVM's L1 lacks.
+	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
+	size := fi.Size()
 	for _, c := range []struct {
 		name string
-		edit func([]byte) []byte
+		at   int64 // the damaged bytes
+		n    int
+		edit func(f *os.File, orig []byte) error
 		want string
 	}{
-		{"truncated", func(b []byte) []byte { return b[:len(b)-4096] }, "truncated"},
-		{"state byte flipped", func(b []byte) []byte { b[4096+10] ^= 1; return b }, "state checksum"},
-		{"RAM byte flipped", func(b []byte) []byte { b[len(b)-1] ^= 0x80; return b }, "RAM checksum"},
+		{"truncated", size - 4096, 4096, func(f *os.File, _ []byte) error { return f.Truncate(size - 4096) }, "truncated"},
+		{"state byte flipped", 4096 + 10, 1, func(f *os.File, o []byte) error { _, err := f.WriteAt([]byte{o[0] ^ 1}, 4096+10); return err }, "state checksum"},
+		{"RAM byte flipped", size - 1, 1, func(f *os.File, o []byte) error { _, err := f.WriteAt([]byte{o[0] ^ 0x80}, size-1); return err }, "RAM checksum"},
 	} {
-		bad := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+".snap")
-		if err := os.WriteFile(bad, c.edit(append([]byte(nil), b...)), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		_, err := session.Restore(session.Options{Kernel: kernel, SystemMap: sysmap}, bad)
+		err := damaged(t, path, c.at, c.n, c.edit, func() error {
+			_, err := session.Restore(session.Options{Kernel: kernel, SystemMap: sysmap}, path)
+			return err
+		})
 		if !errors.Is(err, vmm.ErrBadSnapshot) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v; want an ErrBadSnapshot saying %q", c.name, err, c.want)
 		}
 	}
 
+	dir := t.TempDir()
 	p := &kprobes.Kprobe{Symbol: "hvwl_target_add"}
 	register(t, g.a.Manager, p)
 	_, err = g.s.Snapshot(filepath.Join(dir, "busy.snap"))
@@ -238,4 +243,28 @@ func TestSnapshotRefusals(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "busy.snap")); err == nil {
 		t.Errorf("a refused snapshot left a file behind")
 	}
+}
+
+// damaged runs try with path's n bytes at at damaged by edit (given
+// their original), and puts them back whatever happens.
+func damaged(t *testing.T, path string, at int64, n int, edit func(*os.File, []byte) error, try func() error) error {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	orig := make([]byte, n)
+	if _, err := f.ReadAt(orig, at); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if _, err := f.WriteAt(orig, at); err != nil {
+			t.Fatalf("restoring the snapshot's bytes at %#x: %v", at, err)
+		}
+	}()
+	if err := edit(f, orig); err != nil {
+		t.Fatal(err)
+	}
+	return try()
 }
