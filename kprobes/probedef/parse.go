@@ -43,12 +43,11 @@ func ParseFile(r io.Reader) ([]*Def, error) {
 			bad = append(bad, &SyntaxError{Line: n, Col: 1, Input: text[:64] + "...",
 				Msg: fmt.Sprintf("line longer than %d bytes (ftrace's limit)", MaxLine)})
 		case len(fields(stripComment(text))) > 0:
-			d, err := parseLine(n, text)
-			if err != nil {
+			if d, err := parseLine(n, text); err != nil {
 				bad = append(bad, err)
-				continue
+			} else {
+				defs = append(defs, d)
 			}
-			defs = append(defs, d)
 		}
 		if err == io.EOF {
 			break
