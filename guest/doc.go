@@ -1,5 +1,5 @@
 // Package guest describes the guest kernel as data: its symbols (from
-// System.map), its image (vmm/kimage) and its types (BTF).
+// System.map), its image (kimage) and its types (BTF).
 //
 // It owns: the System.map parser and SymbolTable (name and address
 // lookups, KASLR slide views, text ranges, per-CPU detection), the

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/hvprobe/hvprobe/vmm/kimage"
+	"github.com/hvprobe/hvprobe/kimage"
 )
 
 // Kernel is a guest kernel image together with its System.map.

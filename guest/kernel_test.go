@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf/btf"
-	"github.com/hvprobe/hvprobe/vmm/kimage"
+	"github.com/hvprobe/hvprobe/kimage"
 )
 
 const (

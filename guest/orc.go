@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/hvprobe/hvprobe/vmm/kimage"
+	"github.com/hvprobe/hvprobe/kimage"
 )
 
 // ErrNoORC: the kernel image carries no ORC unwind tables (built without

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hvprobe/hvprobe/vmm/kimage"
+	"github.com/hvprobe/hvprobe/kimage"
 )
 
 func TestORCDecodeLayouts(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/arch/x86/x86asm"
 
 	"github.com/hvprobe/hvprobe/internal/x86dec"
-	"github.com/hvprobe/hvprobe/vmm/kimage"
+	"github.com/hvprobe/hvprobe/kimage"
 )
 
 // The kernel rewrites its own text: once during start_kernel

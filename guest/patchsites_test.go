@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
-	"github.com/hvprobe/hvprobe/vmm/kimage"
+	"github.com/hvprobe/hvprobe/kimage"
 )
 
 // The synthesized kernel for the patch-site tests: one PT_LOAD over

@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	"github.com/hvprobe/hvprobe/vmm"
-	"github.com/hvprobe/hvprobe/vmm/kimage"
+	"github.com/hvprobe/hvprobe/kimage"
 )
 
 // Symbols looks up unslid System.map addresses. Per-cpu symbols come back

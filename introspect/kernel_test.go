@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/hvprobe/hvprobe/vmm"
-	"github.com/hvprobe/hvprobe/vmm/kimage"
+	"github.com/hvprobe/hvprobe/kimage"
 )
 
 // Unslid System.map values of the fake kernel.

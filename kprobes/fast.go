@@ -14,10 +14,10 @@ import (
 	"golang.org/x/arch/x86/x86asm"
 
 	"github.com/hvprobe/hvprobe/internal/x86dec"
-	"github.com/hvprobe/hvprobe/kprobes/fastpath"
+	"github.com/hvprobe/hvprobe/stub"
 )
 
-// ErrNotFast: a probe cannot take the exit-less path (kprobes/fastpath);
+// ErrNotFast: a probe cannot take the exit-less path (package stub);
 // the reason says why, and the int3 path is the caller's fallback.
 var ErrNotFast = errors.New("not exit-less")
 
@@ -26,7 +26,7 @@ var ErrNotFast = errors.New("not exit-less")
 // registers into the hitting vCPU's ring in guest memory, with no VM exit,
 // then runs the instruction and jumps back. Records reach the host when it
 // drains the rings (Manager.DrainFast). Give Symbol (plus Offset) or Addr.
-// There are no handlers: what a hit yields is a fastpath.Record, decoded
+// There are no handlers: what a hit yields is a stub.Record, decoded
 // from data the guest can write.
 type FastProbe struct {
 	Symbol string
@@ -35,11 +35,11 @@ type FastProbe struct {
 	// Captures are the guest memory each hit records (fetch args that
 	// read memory); they need FastConfig.Data. For a Return probe they
 	// are made at the return.
-	Captures []fastpath.Capture
+	Captures []stub.Capture
 	// Return makes it a return probe (a kretprobe without exits): Symbol
 	// or Addr is the function's entry (Offset 0), the jmp goes on its
 	// first instruction of 5 bytes or more after an endbr64 and a frame
-	// setup, and a record is made at each return (fastpath.RetEntry).
+	// setup, and a record is made at each return (stub.RetEntry).
 	// MaxActive is how many calls can be in flight at once: ≤ 0 means
 	// max(10, 2·NumCPUs), as for Kretprobe.
 	Return    bool
@@ -125,11 +125,11 @@ type Pauser interface {
 // fastState is the exit-less part of a Manager.
 type fastState struct {
 	cfg       FastConfig
-	layout    fastpath.Layout
+	layout    stub.Layout
 	directMap uint64 // the VA of gpa 0
 	// drainMu serializes drains: the drainer holds the host's tails.
 	drainMu sync.Mutex
-	drainer *fastpath.Drainer
+	drainer *stub.Drainer
 	// Under Manager.mu:
 	sites  map[uint64]*fastSite // by VA
 	byID   []*FastProbe         // by id; entries stay after unregistering
@@ -150,7 +150,7 @@ func (m *Manager) EnableFast(cfg FastConfig) error {
 	if _, ok := m.vm.(Pauser); !ok {
 		return fmt.Errorf("enabling exit-less probes: %w: the VM cannot pause its vCPUs", ErrNotFast)
 	}
-	l := fastpath.Layout{CPUs: m.vm.NumCPUs(), Records: cfg.Records, Probes: cfg.Probes, Data: cfg.Data}
+	l := stub.Layout{CPUs: m.vm.NumCPUs(), Records: cfg.Records, Probes: cfg.Probes, Data: cfg.Data}
 	if err := l.Check(); err != nil {
 		return fmt.Errorf("enabling exit-less probes: %w", err)
 	}
@@ -174,7 +174,7 @@ func (m *Manager) EnableFast(cfg FastConfig) error {
 	if err != nil {
 		return fmt.Errorf("enabling exit-less probes: the direct map: %w", err)
 	}
-	d, err := fastpath.NewDrainer(m.mem, l)
+	d, err := stub.NewDrainer(m.mem, l)
 	if err != nil {
 		return fmt.Errorf("enabling exit-less probes: %w", err)
 	}
@@ -183,11 +183,11 @@ func (m *Manager) EnableFast(cfg FastConfig) error {
 }
 
 // FastLayout is where the rings are, once EnableFast has run.
-func (m *Manager) FastLayout() (fastpath.Layout, bool) {
+func (m *Manager) FastLayout() (stub.Layout, bool) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	if m.fast == nil {
-		return fastpath.Layout{}, false
+		return stub.Layout{}, false
 	}
 	return m.fast.layout, true
 }
@@ -200,7 +200,7 @@ func notFast(name, format string, a ...any) error {
 // stub, every vCPU paused. It refuses (ErrNotFast, or the int3 path's own
 // errors such as ErrNotBoundary or ErrNotYetPatched) what the exit-less
 // path cannot take: an instruction shorter than the jmp, one that cannot
-// run elsewhere unchanged (fastpath.CheckDisplaced), one with an
+// run elsewhere unchanged (stub.CheckDisplaced), one with an
 // exception-table entry, an address that already has an int3 probe. On
 // error nothing has changed.
 func (m *Manager) RegisterFast(p *FastProbe) error {
@@ -271,11 +271,11 @@ func (m *Manager) placeFast(p *FastProbe, addr uint64, name string) (*fastSite, 
 		return nil, nil, notFast(name, "%s has an exception-table entry: a fault must be at its own address", in)
 	}
 	raw, desc, interior := in.raw, in.String(), []uint64(nil)
-	if len(raw) < fastpath.JmpLen && !p.Return {
+	if len(raw) < stub.JmpLen && !p.Return {
 		if raw, desc, interior, err = m.fastRun(in, addr, name); err != nil {
 			return nil, nil, err
 		}
-	} else if _, err := fastpath.CheckDisplaced(raw); err != nil {
+	} else if _, err := stub.CheckDisplaced(raw); err != nil {
 		return nil, nil, notFast(name, "%v", err)
 	}
 	gpas, err := m.physRanges(addr, len(raw))
@@ -283,7 +283,7 @@ func (m *Manager) placeFast(p *FastProbe, addr uint64, name string) (*fastSite, 
 		return nil, nil, fmt.Errorf("registering %s: %w", name, err)
 	}
 	// f.nextID is taken below, under mu throughout.
-	params := fastpath.StubParams{Layout: f.layout, Probe: f.nextID, CPUNumberOff: f.cfg.CPUNumberOff,
+	params := stub.StubParams{Layout: f.layout, Probe: f.nextID, CPUNumberOff: f.cfg.CPUNumberOff,
 		CurrentOff: f.cfg.CurrentOff, StubAddr: m.slots.va(m.slots.next), ProbeAddr: addr, Displaced: raw,
 		Captures: p.Captures, DirectMap: f.directMap, PhysLimit: f.cfg.PhysLimit, LA57: f.cfg.LA57}
 	var stubVA uint64
@@ -292,13 +292,13 @@ func (m *Manager) placeFast(p *FastProbe, addr uint64, name string) (*fastSite, 
 	} else {
 		stubVA, err = m.placeCode(name, func(va uint64) ([]byte, error) {
 			params.StubAddr = va
-			return fastpath.Stub(params)
+			return stub.Stub(params)
 		})
 	}
 	if err != nil {
 		return nil, nil, err
 	}
-	entry, err := fastpath.Entry(addr, stubVA, len(raw))
+	entry, err := stub.Entry(addr, stubVA, len(raw))
 	if err != nil {
 		return nil, nil, notFast(name, "%v", err)
 	}
@@ -329,9 +329,9 @@ func (m *Manager) fastRun(first *insn, addr uint64, name string) ([]byte, string
 	fn, end := addr-off, addr-off+size
 	raw, desc := bytes.Clone(first.raw), []string{first.String()}
 	var interior []uint64
-	for next := addr + uint64(len(raw)); len(raw) < fastpath.JmpLen; next = addr + uint64(len(raw)) {
+	for next := addr + uint64(len(raw)); len(raw) < stub.JmpLen; next = addr + uint64(len(raw)) {
 		if next >= end {
-			return nil, "", nil, notFast(name, "%s ends %d bytes after %#x, before the %d bytes of the jmp", sym, end-addr, addr, fastpath.JmpLen)
+			return nil, "", nil, notFast(name, "%s ends %d bytes after %#x, before the %d bytes of the jmp", sym, end-addr, addr, stub.JmpLen)
 		}
 		in, _, _, err := check(m.k, m.readText, next, name)
 		if err != nil {
@@ -344,7 +344,7 @@ func (m *Manager) fastRun(first *insn, addr uint64, name string) ([]byte, string
 		raw = append(raw, in.raw...)
 		desc = append(desc, in.String())
 	}
-	if _, err := fastpath.CheckRun(raw); err != nil {
+	if _, err := stub.CheckRun(raw); err != nil {
 		return nil, "", nil, notFast(name, "%v", err)
 	}
 	text, err := m.readText(fn, int(size))
@@ -450,7 +450,7 @@ func (m *Manager) fastInsn(p *FastProbe, addr *uint64, name string) (*insn, int3
 	retOff := int32(0)
 	// What may come first: endbr64, then push %rbp; mov %rsp,%rbp.
 	for _, pre := range [][]byte{{0xf3, 0x0f, 0x1e, 0xfa}, {0x55}, {0x48, 0x89, 0xe5}} {
-		if len(in.raw) >= fastpath.JmpLen || !bytes.Equal(in.raw, pre) {
+		if len(in.raw) >= stub.JmpLen || !bytes.Equal(in.raw, pre) {
 			continue
 		}
 		if pre[0] == 0x55 {
@@ -461,8 +461,8 @@ func (m *Manager) fastInsn(p *FastProbe, addr *uint64, name string) (*insn, int3
 			return nil, 0, err
 		}
 	}
-	if len(in.raw) < fastpath.JmpLen {
-		return nil, 0, notFast(name, "%s at %#x is %d bytes, shorter than the %d-byte jmp, before the function has its 5 bytes", in, *addr, len(in.raw), fastpath.JmpLen)
+	if len(in.raw) < stub.JmpLen {
+		return nil, 0, notFast(name, "%s at %#x is %d bytes, shorter than the %d-byte jmp, before the function has its 5 bytes", in, *addr, len(in.raw), stub.JmpLen)
 	}
 	return in, retOff, nil
 }
@@ -494,17 +494,17 @@ func (m *Manager) placeCode(name string, gen func(va uint64) ([]byte, error)) (u
 // placeReturn writes a Return probe's instance pool (zeroed, written by
 // the guest through the direct map), trampoline and entry stub, and
 // returns the entry stub's address.
-func (m *Manager) placeReturn(p *FastProbe, params fastpath.StubParams, retOff int32, name string) (uint64, error) {
+func (m *Manager) placeReturn(p *FastProbe, params stub.StubParams, retOff int32, name string) (uint64, error) {
 	f := m.fast
 	n := p.MaxActive
 	if n <= 0 {
 		n = max(10, 2*m.vm.NumCPUs())
 	}
-	rp := fastpath.RetParams{StubParams: params, RetOff: retOff, MaxActive: n}
-	if _, err := fastpath.RetEntry(rp); err != nil { // refuse before taking slots
+	rp := stub.RetParams{StubParams: params, RetOff: retOff, MaxActive: n}
+	if _, err := stub.RetEntry(rp); err != nil { // refuse before taking slots
 		return 0, notFast(name, "%v", err)
 	}
-	size := uint64(n * fastpath.InstanceSize)
+	size := uint64(n * stub.InstanceSize)
 	first, ok := m.slots.allocPages(size)
 	if !ok {
 		return 0, probeErr(name, ErrNoSlots, "slot area (%d slots) exhausted", m.slots.n)
@@ -519,13 +519,13 @@ func (m *Manager) placeReturn(p *FastProbe, params fastpath.StubParams, retOff i
 	rp.Pool = va
 	if rp.Trampoline, err = m.placeCode(name, func(va uint64) ([]byte, error) {
 		rp.Trampoline = va
-		return fastpath.RetTrampoline(rp)
+		return stub.RetTrampoline(rp)
 	}); err != nil {
 		return 0, err
 	}
 	return m.placeCode(name, func(va uint64) ([]byte, error) {
 		rp.StubAddr = va
-		return fastpath.RetEntry(rp)
+		return stub.RetEntry(rp)
 	})
 }
 
@@ -620,7 +620,7 @@ func (m *Manager) unregisterFastLocked(p *FastProbe) error {
 type FastDrain struct {
 	Records int
 	// Overrun and Invalid are records the guest's ring data made
-	// unreadable or implausible (see fastpath.Drain): zero unless guest
+	// unreadable or implausible (see stub.Drain): zero unless guest
 	// code wrote the rings.
 	Overrun uint64
 	Invalid int
@@ -630,7 +630,7 @@ type FastDrain struct {
 // each record to f with its probe; the probes' Lost counts are updated.
 // It runs beside the guest (no exit, no pause). f must not call into the
 // Manager.
-func (m *Manager) DrainFast(f func(*FastProbe, fastpath.Record)) (FastDrain, error) {
+func (m *Manager) DrainFast(f func(*FastProbe, stub.Record)) (FastDrain, error) {
 	m.mu.RLock()
 	st := m.fast
 	var byID []*FastProbe
@@ -645,7 +645,7 @@ func (m *Manager) DrainFast(f func(*FastProbe, fastpath.Record)) (FastDrain, err
 	st.drainMu.Lock()
 	defer st.drainMu.Unlock()
 	var errs []error
-	var recs []fastpath.Record
+	var recs []stub.Record
 	for cpu := range st.layout.CPUs {
 		res, err := st.drainer.Drain(cpu, recs[:0])
 		errs = append(errs, err)

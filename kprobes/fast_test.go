@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
-	"github.com/hvprobe/hvprobe/kprobes/fastpath"
+	"github.com/hvprobe/hvprobe/stub"
 )
 
 // WithAllPaused makes the fake VM a Pauser: its one vCPU runs only when
@@ -26,7 +26,7 @@ func (v *fakeVM) WithAllPausedAt(f func([]uint64) error) error {
 	return f(v.rips)
 }
 
-func enableFast(t *testing.T, e *env) fastpath.Layout {
+func enableFast(t *testing.T, e *env) stub.Layout {
 	t.Helper()
 	err := e.m.EnableFast(FastConfig{Records: 2, Probes: 4, CPUNumberOff: 0x10, CurrentOff: 0x20,
 		DirectMap: func(gpa uint64) (uint64, error) { return slotAVA + gpa - slotAGPA, nil }})
@@ -62,9 +62,9 @@ func TestFastRegister(t *testing.T) {
 	if got[0] != 0xe9 || got[5] != opInt3 {
 		t.Fatalf("patched bytes % x: want jmp rel32 and one int3", got)
 	}
-	stub := fn + 1 + 5 + uint64(int32(binary.LittleEndian.Uint32(got[1:])))
-	if stub < slotAVA || stub >= slotAVA+slotASize {
-		t.Fatalf("jmp goes to %#x, outside the slot area", stub)
+	tgt := fn + 1 + 5 + uint64(int32(binary.LittleEndian.Uint32(got[1:])))
+	if tgt < slotAVA || tgt >= slotAVA+slotASize {
+		t.Fatalf("jmp goes to %#x, outside the slot area", tgt)
 	}
 	if e.vm.pauses != 1 {
 		t.Fatalf("%d pauses to patch, want 1", e.vm.pauses)
@@ -100,14 +100,14 @@ func TestFastRegister(t *testing.T) {
 
 	// A record as the stub writes it reaches the probe.
 	rec := make([]byte, l.RecordSize())
-	binary.LittleEndian.PutUint32(rec[fastpath.RecProbeOff:], 0)
-	binary.LittleEndian.PutUint64(rec[fastpath.RecFrameOff+8*14:], 0xabcd) // rax
+	binary.LittleEndian.PutUint32(rec[stub.RecProbeOff:], 0)
+	binary.LittleEndian.PutUint64(rec[stub.RecFrameOff+8*14:], 0xabcd) // rax
 	ring := l.RingGPA(0)
-	copy(e.mem.b[ring+fastpath.HeaderSize:], rec)
-	binary.LittleEndian.PutUint64(e.mem.b[ring+fastpath.HeadOff:], 1)
+	copy(e.mem.b[ring+stub.HeaderSize:], rec)
+	binary.LittleEndian.PutUint64(e.mem.b[ring+stub.HeadOff:], 1)
 	binary.LittleEndian.PutUint64(e.mem.b[l.LostGPA(0):], 7)
 	var seen []uint64
-	d, err := e.m.DrainFast(func(q *FastProbe, r fastpath.Record) {
+	d, err := e.m.DrainFast(func(q *FastProbe, r stub.Record) {
 		if q != p {
 			t.Errorf("record for %v, want %v", q, p)
 		}
@@ -187,7 +187,7 @@ func TestFastCapturesNeedRoom(t *testing.T) {
 	enableFast(t, e)
 	fn := e.fn("capfn", 0x48, 0x05, 0x78, 0x56, 0x34, 0x12, 0xc3) // add $0x12345678,%rax; ret
 	before := e.textAt(fn, 7)
-	p := &FastProbe{Addr: fn, Captures: []fastpath.Capture{{Reg: x86asm.RDI, Size: 8}}}
+	p := &FastProbe{Addr: fn, Captures: []stub.Capture{{Reg: x86asm.RDI, Size: 8}}}
 	if err := e.m.RegisterFast(p); !errors.Is(err, ErrNotFast) || !strings.Contains(err.Error(), "a record holds 0") {
 		t.Fatalf("RegisterFast = %v, want ErrNotFast for the captures", err)
 	}
@@ -202,7 +202,7 @@ func TestFastCapturesNeedRoom(t *testing.T) {
 func TestFastReturnRegister(t *testing.T) {
 	e := newEnv(t)
 	err := e.m.EnableFast(FastConfig{Records: 2, Probes: 4, CPUNumberOff: 0x10, CurrentOff: 0x20,
-		DirectMap: func(gpa uint64) (uint64, error) { return slotAVA + gpa - slotAGPA, nil }, Data: fastpath.RetDataSize})
+		DirectMap: func(gpa uint64) (uint64, error) { return slotAVA + gpa - slotAGPA, nil }, Data: stub.RetDataSize})
 	if err != nil {
 		t.Fatal(err)
 	}

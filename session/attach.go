@@ -9,7 +9,7 @@ import (
 	"github.com/hvprobe/hvprobe/introspect"
 	"github.com/hvprobe/hvprobe/kprobes"
 	"github.com/hvprobe/hvprobe/vmm"
-	"github.com/hvprobe/hvprobe/vmm/kimage"
+	"github.com/hvprobe/hvprobe/kimage"
 )
 
 // AttachAfter names the kernel variable that says the engine may attach:

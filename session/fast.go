@@ -12,8 +12,8 @@ import (
 
 	"github.com/hvprobe/hvprobe/introspect"
 	"github.com/hvprobe/hvprobe/kprobes"
-	"github.com/hvprobe/hvprobe/kprobes/fastpath"
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/stub"
 	"github.com/hvprobe/hvprobe/vmm"
 )
 
@@ -25,7 +25,7 @@ import (
 const (
 	fastPoll = 10 * time.Millisecond
 	// DefaultFastRecords is each vCPU ring's size in records when
-	// Options.FastRecords is 0 (fastpath.Layout.RecordSize says how big one is).
+	// Options.FastRecords is 0 (stub.Layout.RecordSize says how big one is).
 	DefaultFastRecords = 512
 	fastProbes         = 256
 	// Where the kernel's direct map starts without KASLR's
@@ -72,11 +72,11 @@ const (
 // then reads the record: fastUser.event), or why they cannot be captured.
 // addr is the probed address (%ip).
 // With a task layout, the current task's pid and comm come first.
-func fastCaptures(d *probedef.Def, syms probedef.Symbols, addr uint64, tl *introspect.TaskLayout) ([]fastpath.Capture, string) {
+func fastCaptures(d *probedef.Def, syms probedef.Symbols, addr uint64, tl *introspect.TaskLayout) ([]stub.Capture, string) {
 	if d.Stack {
 		return nil, "a stack trace reads the guest's stack at the hit"
 	}
-	var out []fastpath.Capture
+	var out []stub.Capture
 	if tl != nil {
 		out = taskCaptures(*tl)
 	}
@@ -92,7 +92,7 @@ func fastCaptures(d *probedef.Def, syms probedef.Symbols, addr uint64, tl *intro
 		}
 		out = append(out, cs...)
 	}
-	if n := fastpath.DataSize(out); n > fastData {
+	if n := stub.DataSize(out); n > fastData {
 		return nil, fmt.Sprintf("the fetch args read %d bytes with headers; a record holds %d", n, fastData)
 	}
 	return out, ""
@@ -111,8 +111,8 @@ func entryMemory(f *probedef.Fetch) bool {
 
 // taskCaptures read the current task's pid and comm at the hit: a task
 // that exits before the drain is still named.
-func taskCaptures(tl introspect.TaskLayout) []fastpath.Capture {
-	return []fastpath.Capture{{Current: true, Off: int32(tl.PID), Size: 4},
+func taskCaptures(tl introspect.TaskLayout) []stub.Capture {
+	return []stub.Capture{{Current: true, Off: int32(tl.PID), Size: 4},
 		{Current: true, Off: int32(tl.Comm), Size: introspect.TaskCommLen}}
 }
 
@@ -125,12 +125,12 @@ type chain struct {
 }
 
 // load is the capture of size bytes at the chain's value plus off.
-func (c chain) load(off int64, size int, str bool) ([]fastpath.Capture, error) {
+func (c chain) load(off int64, size int, str bool) ([]stub.Capture, error) {
 	o, err := off32(off)
 	if err != nil {
 		return nil, err
 	}
-	return []fastpath.Capture{{Reg: c.reg, Imm: c.imm, Derefs: c.derefs, Off: o, Size: size, String: str}}, nil
+	return []stub.Capture{{Reg: c.reg, Imm: c.imm, Derefs: c.derefs, Off: o, Size: size, String: str}}, nil
 }
 
 func off32(off int64) (int32, error) {
@@ -142,7 +142,7 @@ func off32(off int64) (int32, error) {
 
 // captureArg mirrors probedef's evaluator (Evaluate): the same loads,
 // which the stub makes at the hit instead.
-func captureArg(a probedef.Arg, syms probedef.Symbols, addr uint64) ([]fastpath.Capture, error) {
+func captureArg(a probedef.Arg, syms probedef.Symbols, addr uint64) ([]stub.Capture, error) {
 	f, t := a.Fetch, a.Type
 	memory := f.Kind == probedef.FetchMem || f.Kind == probedef.FetchSymMem || f.Kind == probedef.FetchDeref
 	switch {
@@ -382,7 +382,7 @@ func (s *Session) drainFast(a *Attached) {
 	f := &s.fast
 	f.drainMu.Lock()
 	defer f.drainMu.Unlock()
-	d, err := a.Manager.DrainFast(func(p *kprobes.FastProbe, r fastpath.Record) {
+	d, err := a.Manager.DrainFast(func(p *kprobes.FastProbe, r stub.Record) {
 		f.mu.Lock()
 		u := f.users[p]
 		at := f.hostTime(r.TSC)
@@ -434,7 +434,7 @@ func (f *fastSet) tscSpan(a, b uint64) time.Duration {
 // event is a record's event: the same evaluation as the int3 path's,
 // from the registers the stub saved and the memory it captured, with the
 // task the stub found in current_task (its pid and comm captured too).
-func (u *fastUser) event(p *kprobes.FastProbe, r fastpath.Record, at time.Time) probedef.Event {
+func (u *fastUser) event(p *kprobes.FastProbe, r stub.Record, at time.Time) probedef.Event {
 	g := r.Regs
 	regs := vmm.Regs{RAX: g.RAX, RBX: g.RBX, RCX: g.RCX, RDX: g.RDX, RSI: g.RSI, RDI: g.RDI, RSP: g.RSP, RBP: g.RBP,
 		R8: g.R8, R9: g.R9, R10: g.R10, R11: g.R11, R12: g.R12, R13: g.R13, R14: g.R14, R15: g.R15,
@@ -448,7 +448,7 @@ func (u *fastUser) event(p *kprobes.FastProbe, r fastpath.Record, at time.Time) 
 }
 
 // task is the pid and comm the stub captured ("", -1 if it did not).
-func (u *fastUser) task(r fastpath.Record) (string, int) {
+func (u *fastUser) task(r stub.Record) (string, int) {
 	l := u.env.layout
 	if l == nil {
 		return "", -1
@@ -464,7 +464,7 @@ func (u *fastUser) task(r fastpath.Record) (string, int) {
 // retEvent is a return record's event, as the int3 kretprobe's: $argN
 // from the registers the entry stub kept, $retval and the rest at the
 // return, the call's real return address and duration.
-func (u *fastUser) retEvent(p *kprobes.FastProbe, r fastpath.Record, regs vmm.Regs, at time.Time) probedef.Event {
+func (u *fastUser) retEvent(p *kprobes.FastProbe, r stub.Record, regs vmm.Regs, at time.Time) probedef.Event {
 	d, ok := r.Return()
 	if !ok {
 		return u.env.eventFor(u.def, int(r.CPU), "", -1, regs, errors.New("a return record without its call's data"), at, p.Addr, nil)

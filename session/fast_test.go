@@ -8,9 +8,9 @@ import (
 	"testing"
 
 	"github.com/hvprobe/hvprobe/introspect"
-	"github.com/hvprobe/hvprobe/kprobes/fastpath"
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
 	"github.com/hvprobe/hvprobe/kprobes/probedef/probedeftest"
+	"github.com/hvprobe/hvprobe/stub"
 	"github.com/hvprobe/hvprobe/vmm"
 )
 
@@ -26,10 +26,10 @@ func (s testSyms) Format(addr uint64) string { return fmt.Sprintf("%#x", addr) }
 
 // simulate does what the stub does for cs at a hit with regs over mem
 // (the vmm KVM test checks the stub itself against the same semantics).
-func simulate(cs []fastpath.Capture, regs vmm.Regs, current uint64, mem probedeftest.PageMem) fastpath.Record {
-	rec := fastpath.Record{Current: current}
-	read := func(va uint64, n int, str bool) (fastpath.Captured, bool) {
-		c := fastpath.Captured{VA: va, Asked: n}
+func simulate(cs []stub.Capture, regs vmm.Regs, current uint64, mem probedeftest.PageMem) stub.Record {
+	rec := stub.Record{Current: current}
+	read := func(va uint64, n int, str bool) (stub.Captured, bool) {
+		c := stub.Captured{VA: va, Asked: n}
 		for i := range n {
 			var b [1]byte
 			if mem.ReadVirt(va+uint64(i), b[:]) != nil {
@@ -54,7 +54,7 @@ func simulate(cs []fastpath.Capture, regs vmm.Regs, current uint64, mem probedef
 		}
 		ok := true
 		for _, off := range c.Derefs {
-			var got fastpath.Captured
+			var got stub.Captured
 			got, ok = read(v+uint64(int64(off)), 8, false)
 			rec.Captures = append(rec.Captures, got)
 			if !ok {

@@ -4,7 +4,7 @@
 // i8042 reset line, an RTC, the exit loop, guest-debug control and the
 // assists an emulating KVM needs.
 //
-// Layering: vmm imports nothing of hvprobe but vmm/kimage. Every KVM
+// Layering: vmm imports nothing of hvprobe but kimage. Every KVM
 // ioctl goes through ioctl() or, with a pointer argument, ioctlP() in
 // ioctl_unsafe.go (the pointer must stay an unsafe.Pointer until the
 // Syscall expression: docs/QUIRKS.md #25); with the kvm_run views and the

@@ -13,7 +13,7 @@ import (
 	"golang.org/x/arch/x86/x86asm"
 	"golang.org/x/sys/unix"
 
-	"github.com/hvprobe/hvprobe/kprobes/fastpath"
+	"github.com/hvprobe/hvprobe/stub"
 )
 
 // The exit-less probe stub (kprobes/fastpath) run by a real vCPU: a tiny
@@ -153,18 +153,18 @@ func fpRun(t testing.TB, v *VCPU, regs Regs) (Regs, int, time.Duration) {
 
 // fpArm writes the stub for layout l and patches the loop's first
 // instruction with the jmp to it, as hvprobe would with the vCPUs paused.
-func fpArm(t testing.TB, vm *VM, l fastpath.Layout, probe uint32) { fpArmMode(t, vm, l, probe, false) }
+func fpArm(t testing.TB, vm *VM, l stub.Layout, probe uint32) { fpArmMode(t, vm, l, probe, false) }
 
-func fpArmMode(t testing.TB, vm *VM, l fastpath.Layout, probe uint32, countOnly bool) {
+func fpArmMode(t testing.TB, vm *VM, l stub.Layout, probe uint32, countOnly bool) {
 	t.Helper()
-	code, err := fastpath.Stub(fastpath.StubParams{
+	code, err := stub.Stub(stub.StubParams{
 		Layout: l, Probe: probe, CPUNumberOff: fpCPUNum, CurrentOff: fpCurrent,
 		StubAddr: fpStub, ProbeAddr: fpCode, Displaced: fpLoop[:6], CountOnly: countOnly,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	entry, err := fastpath.Entry(fpCode, fpStub, 6)
+	entry, err := stub.Entry(fpCode, fpStub, 6)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,8 +176,8 @@ func fpArmMode(t testing.TB, vm *VM, l fastpath.Layout, probe uint32, countOnly 
 	}
 }
 
-func fpLayout(records int) fastpath.Layout {
-	return fastpath.Layout{GPA: fpRings, VA: fpDirect + fpRings, CPUs: 1, Records: records, Probes: 4}
+func fpLayout(records int) stub.Layout {
+	return stub.Layout{GPA: fpRings, VA: fpDirect + fpRings, CPUs: 1, Records: records, Probes: 4}
 }
 
 func TestFastpathStubLongMode(t *testing.T) {
@@ -201,7 +201,7 @@ func TestFastpathStubLongMode(t *testing.T) {
 
 	t.Run("records", func(t *testing.T) {
 		l := fpLayout(128)
-		d, err := fastpath.NewDrainer(mem, l)
+		d, err := stub.NewDrainer(mem, l)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -245,7 +245,7 @@ func TestFastpathStubLongMode(t *testing.T) {
 
 	t.Run("full", func(t *testing.T) {
 		l := fpLayout(4)
-		d, err := fastpath.NewDrainer(mem, l)
+		d, err := stub.NewDrainer(mem, l)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -269,18 +269,18 @@ func TestFastpathStubLongMode(t *testing.T) {
 
 	t.Run("busy", func(t *testing.T) {
 		l := fpLayout(8)
-		d, err := fastpath.NewDrainer(mem, l)
+		d, err := stub.NewDrainer(mem, l)
 		if err != nil {
 			t.Fatal(err)
 		}
 		fpArm(t, vm, l, 3)
 		// A stub already recording on this CPU (as an NMI would find it).
-		if err := mem.StorePhys(l.RingGPA(0)+fastpath.BusyOff, 8, 1); err != nil {
+		if err := mem.StorePhys(l.RingGPA(0)+stub.BusyOff, 8, 1); err != nil {
 			t.Fatal(err)
 		}
 		got, _, _ := fpRun(t, v, fpStart(iters))
 		same("probed, busy", got)
-		busy, _ := mem.LoadPhys(l.RingGPA(0)+fastpath.BusyOff, 8)
+		busy, _ := mem.LoadPhys(l.RingGPA(0)+stub.BusyOff, 8)
 		lost, _ := d.Lost()
 		res, _ := d.Drain(0, nil)
 		if busy != 1 || lost[3] != iters || len(res.Records) != 0 {
@@ -290,7 +290,7 @@ func TestFastpathStubLongMode(t *testing.T) {
 
 	t.Run("cpu out of range", func(t *testing.T) {
 		l := fpLayout(8)
-		d, err := fastpath.NewDrainer(mem, l)
+		d, err := stub.NewDrainer(mem, l)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -310,7 +310,7 @@ func TestFastpathStubLongMode(t *testing.T) {
 
 	t.Run("count only", func(t *testing.T) {
 		l := fpLayout(8)
-		d, err := fastpath.NewDrainer(mem, l)
+		d, err := stub.NewDrainer(mem, l)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -327,7 +327,7 @@ func TestFastpathStubLongMode(t *testing.T) {
 
 	t.Run("disarmed", func(t *testing.T) {
 		l := fpLayout(8)
-		d, err := fastpath.NewDrainer(mem, l)
+		d, err := stub.NewDrainer(mem, l)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -379,7 +379,7 @@ func TestFastpathCost(t *testing.T) {
 	}
 	l := fpLayout(iters * 2) // never full
 	l.Records = 4096
-	d, err := fastpath.NewDrainer(mem, l)
+	d, err := stub.NewDrainer(mem, l)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -442,7 +442,7 @@ func TestFastpathCaptures(t *testing.T) {
 	want, _, _ := fpRun(t, v, start)
 
 	rsi := x86asm.RSI
-	caps := []fastpath.Capture{
+	caps := []stub.Capture{
 		{Reg: rsi, Derefs: []int32{0}, Size: 64, String: true},        // +0(+0(%si)):string
 		{Reg: rsi, Off: 8, Size: 8},                                   // +8(%si):u64
 		{Reg: rsi, Off: 12, Size: 4},                                  // +12(%si):u32
@@ -458,12 +458,12 @@ func TestFastpathCaptures(t *testing.T) {
 		{Current: true, Off: 0x10, Size: 8},                           // fpCurTask is past guest RAM
 	}
 	l := fpLayout(8)
-	l.Data = fastpath.DataSize(caps)
-	d, err := fastpath.NewDrainer(mem, l)
+	l.Data = stub.DataSize(caps)
+	d, err := stub.NewDrainer(mem, l)
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, err := fastpath.Stub(fastpath.StubParams{
+	code, err := stub.Stub(stub.StubParams{
 		Layout: l, Probe: 1, CPUNumberOff: fpCPUNum, CurrentOff: fpCurrent,
 		StubAddr: fpStub, ProbeAddr: fpCode, Displaced: fpLoop[:6],
 		Captures: caps, DirectMap: fpDirect, PhysLimit: tinyMem,
@@ -471,7 +471,7 @@ func TestFastpathCaptures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entry, err := fastpath.Entry(fpCode, fpStub, 6)
+	entry, err := stub.Entry(fpCode, fpStub, 6)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -574,45 +574,45 @@ func TestFastpathReturn(t *testing.T) {
 		t.Fatalf("unprobed loop summed %d", want.R13)
 	}
 	const maxActive = 4
-	arm := func(t *testing.T, l fastpath.Layout) {
+	arm := func(t *testing.T, l stub.Layout) {
 		t.Helper()
-		p := fastpath.RetParams{
-			StubParams: fastpath.StubParams{Layout: l, Probe: 2, CPUNumberOff: fpCPUNum, CurrentOff: fpCurrent,
+		p := stub.RetParams{
+			StubParams: stub.StubParams{Layout: l, Probe: 2, CPUNumberOff: fpCPUNum, CurrentOff: fpCurrent,
 				StubAddr: fpStub, ProbeAddr: fpFn, Displaced: []byte{0x0f, 0x1f, 0x44, 0x00, 0x00},
-				Captures: []fastpath.Capture{{Reg: x86asm.RSP, Size: 8}}, DirectMap: fpDirect, PhysLimit: tinyMem},
+				Captures: []stub.Capture{{Reg: x86asm.RSP, Size: 8}}, DirectMap: fpDirect, PhysLimit: tinyMem},
 			Trampoline: fpTramp, Pool: fpDirect + fpPool, MaxActive: maxActive,
 		}
-		entry, err := fastpath.RetEntry(p)
+		entry, err := stub.RetEntry(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tramp, err := fastpath.RetTrampoline(p)
+		tramp, err := stub.RetTrampoline(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		jmp, err := fastpath.Entry(fpFn, fpStub, 5)
+		jmp, err := stub.Entry(fpFn, fpStub, 5)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, w := range []struct {
 			gpa uint64
 			b   []byte
-		}{{fpStub, entry}, {fpTramp, tramp}, {fpPool, make([]byte, maxActive*fastpath.InstanceSize)}, {fpFn, jmp}} {
+		}{{fpStub, entry}, {fpTramp, tramp}, {fpPool, make([]byte, maxActive*stub.InstanceSize)}, {fpFn, jmp}} {
 			if err := mem.WritePhys(w.gpa, w.b); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	layout := func() fastpath.Layout {
+	layout := func() stub.Layout {
 		l := fpLayout(64)
-		l.Data = fastpath.RetDataSize + 32
+		l.Data = stub.RetDataSize + 32
 		return l
 	}
 	pool := func(t *testing.T) []uint64 {
 		t.Helper()
 		var st []uint64
 		for i := range maxActive {
-			s, _ := mem.LoadPhys(fpPool+uint64(i*fastpath.InstanceSize), 8)
+			s, _ := mem.LoadPhys(fpPool+uint64(i*stub.InstanceSize), 8)
 			st = append(st, s)
 		}
 		return st
@@ -627,7 +627,7 @@ func TestFastpathReturn(t *testing.T) {
 			if i > 0 {
 				slot = uint64(0x170000 + 8*i)
 			}
-			if err := mem.WritePhys(fpPool+uint64(i*fastpath.InstanceSize), le64(1, slot, 0xdead)); err != nil {
+			if err := mem.WritePhys(fpPool+uint64(i*stub.InstanceSize), le64(1, slot, 0xdead)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -635,7 +635,7 @@ func TestFastpathReturn(t *testing.T) {
 
 	t.Run("returns", func(t *testing.T) {
 		l := layout()
-		d, err := fastpath.NewDrainer(mem, l)
+		d, err := stub.NewDrainer(mem, l)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -666,7 +666,7 @@ func TestFastpathReturn(t *testing.T) {
 
 	t.Run("dead frame at the slot", func(t *testing.T) {
 		l := layout()
-		d, err := fastpath.NewDrainer(mem, l)
+		d, err := stub.NewDrainer(mem, l)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -687,7 +687,7 @@ func TestFastpathReturn(t *testing.T) {
 
 	t.Run("pool exhausted", func(t *testing.T) {
 		l := layout()
-		d, err := fastpath.NewDrainer(mem, l)
+		d, err := stub.NewDrainer(mem, l)
 		if err != nil {
 			t.Fatal(err)
 		}

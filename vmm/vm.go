@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hvprobe/hvprobe/vmm/kimage"
+	"github.com/hvprobe/hvprobe/kimage"
 )
 
 // Config describes a VM to boot.

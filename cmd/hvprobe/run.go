@@ -17,9 +17,9 @@ import (
 
 	"github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/kprobes"
-	"github.com/hvprobe/hvprobe/kprobes/fastpath"
 	"github.com/hvprobe/hvprobe/kprobes/probedef"
 	"github.com/hvprobe/hvprobe/session"
+	"github.com/hvprobe/hvprobe/stub"
 	"github.com/hvprobe/hvprobe/vmm"
 )
 
@@ -599,7 +599,7 @@ func fastDefs(defs []*probedef.Def, stealth bool, records int) []string {
 	if stealth {
 		bad = append(bad, "hvprobe: --fast and --stealth: a p: line is either a jmp in guest text or a debug register, not both")
 	}
-	if err := fastpath.CheckRecords(records); err != nil {
+	if err := stub.CheckRecords(records); err != nil {
 		bad = append(bad, fmt.Sprintf("hvprobe: --fast-records %d: %v", records, err))
 	}
 	for _, d := range defs {

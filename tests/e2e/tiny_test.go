@@ -10,7 +10,7 @@ import (
 
 	"github.com/hvprobe/hvprobe/tests/kvmtest"
 	"github.com/hvprobe/hvprobe/vmm"
-	"github.com/hvprobe/hvprobe/vmm/kimage"
+	"github.com/hvprobe/hvprobe/kimage"
 )
 
 // tinyELF is a minimal x86-64 vmlinux-shaped ELF: one PT_LOAD at the

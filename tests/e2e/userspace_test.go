@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -203,17 +204,43 @@ type userReport struct {
 	fields map[string]string
 }
 
+// printkRecord is the start of a kernel console record, "[    9.597444] ".
+var printkRecord = regexp.MustCompile(`\[\s*\d+\.\d+\] `)
+
+// userText is a workload line without a kernel record spliced into it. The
+// workload writes /dev/console from user space, so a printk can land in
+// the middle of its line (docs/QUIRKS.md #54): the record runs to the end
+// of the console line, and the rest of the workload's line is the next
+// console line.
+func userText(text string, next []session.Line) string {
+	loc := printkRecord.FindStringIndex(text)
+	if loc == nil {
+		return text
+	}
+	text = text[:loc[0]]
+	if len(next) > 0 && !startsRecord(next[0].Text) && !strings.Contains(next[0].Text, "HVUSER: ") {
+		text += next[0].Text
+	}
+	return text
+}
+
+func startsRecord(s string) bool {
+	loc := printkRecord.FindStringIndex(s)
+	return loc != nil && loc[0] == 0
+}
+
 // parseUserLines returns the workload's lines in console order; it fails
 // on the workload's error lines and on a line that is not well formed.
 func parseUserLines(t *testing.T, lines []session.Line) []userReport {
 	t.Helper()
 	var out []userReport
-	for _, l := range lines {
+	for n, l := range lines {
 		i := strings.Index(l.Text, "HVUSER: ")
 		if i < 0 {
 			continue
 		}
-		words := strings.Fields(l.Text[i+len("HVUSER: "):])
+		text := userText(l.Text[i+len("HVUSER: "):], lines[n+1:])
+		words := strings.Fields(text)
 		if len(words) == 0 {
 			t.Fatalf("empty workload line %q", l.Text)
 		}

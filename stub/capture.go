@@ -1,4 +1,4 @@
-package fastpath
+package stub
 
 import (
 	"encoding/binary"
@@ -92,12 +92,12 @@ func (r Record) ReadVirt(va uint64, p []byte) error {
 		off := va - c.VA
 		n := copy(p, c.Bytes[min(off, uint64(len(c.Bytes))):])
 		if n < len(p) && c.Fault {
-			return fmt.Errorf("fastpath: %d bytes at %#x: the stub's read faulted at %#x", len(p), va, c.VA+uint64(len(c.Bytes)))
+			return fmt.Errorf("stub: %d bytes at %#x: the stub's read faulted at %#x", len(p), va, c.VA+uint64(len(c.Bytes)))
 		}
 		clear(p[n:])
 		return nil
 	}
-	return fmt.Errorf("fastpath: %d bytes at %#x were not captured at the hit", len(p), va)
+	return fmt.Errorf("stub: %d bytes at %#x were not captured at the hit", len(p), va)
 }
 
 // Stub registers while captures run (after the frame is copied):
@@ -181,7 +181,7 @@ func frameSlot(reg x86asm.Reg) int32 {
 			return int32(8 * (len(saved) - 1 - i))
 		}
 	}
-	panic(fmt.Sprintf("fastpath: %v is not saved in the frame", reg))
+	panic(fmt.Sprintf("stub: %v is not saved in the frame", reg))
 }
 
 // subroutines emits copy, xlate and walk.

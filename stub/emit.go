@@ -1,4 +1,4 @@
-package fastpath
+package stub
 
 import (
 	"encoding/binary"
@@ -27,7 +27,7 @@ func newEmitter() *emitter {
 // num is a GPR's hardware number (0-15).
 func num(r x86asm.Reg) byte {
 	if r < x86asm.RAX || r > x86asm.R15 {
-		panic(fmt.Sprintf("fastpath emitter: %v is not a 64-bit GPR", r))
+		panic(fmt.Sprintf("stub emitter: %v is not a 64-bit GPR", r))
 	}
 	return byte(r - x86asm.RAX)
 }
@@ -101,7 +101,7 @@ func (e *emitter) op(prefixes []byte, w bool, opcode []byte, reg byte, rm operan
 			case mm.index != 0:
 				x := num(mm.index)
 				if x == 4 {
-					panic("fastpath emitter: %rsp cannot be an index")
+					panic("stub emitter: %rsp cannot be an index")
 				}
 				if x >= 8 {
 					rex |= 2
@@ -260,7 +260,7 @@ func lowByte(x x86asm.Reg) byte {
 	if n := num(x); n < 4 {
 		return n
 	}
-	panic(fmt.Sprintf("fastpath emitter: %v's low byte needs a REX prefix", x))
+	panic(fmt.Sprintf("stub emitter: %v's low byte needs a REX prefix", x))
 }
 
 // shr and sar $imm8, r64: REX.W C1 /5 and /7 ib.
@@ -315,7 +315,7 @@ func (e *emitter) jmpAbs(base, target uint64) error {
 	e.b = append(e.b, 0xe9)
 	rel, ok := rel32(base+uint64(len(e.b))+4, target)
 	if !ok {
-		return fmt.Errorf("fastpath: jmp from %#x to %#x does not fit a rel32", base+uint64(len(e.b))-1, target)
+		return fmt.Errorf("stub: jmp from %#x to %#x does not fit a rel32", base+uint64(len(e.b))-1, target)
 	}
 	e.imm32(rel)
 	return nil
@@ -331,7 +331,7 @@ func (e *emitter) finish() ([]byte, error) {
 	for at, l := range e.fixups {
 		to, ok := e.labels[l]
 		if !ok {
-			return nil, fmt.Errorf("fastpath emitter: label %q never bound", l)
+			return nil, fmt.Errorf("stub emitter: label %q never bound", l)
 		}
 		binary.LittleEndian.PutUint32(e.b[at:], uint32(int32(to-(at+4))))
 	}

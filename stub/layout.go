@@ -1,4 +1,4 @@
-package fastpath
+package stub
 
 import (
 	"encoding/binary"
@@ -107,19 +107,19 @@ func CheckRecords(n int) error {
 // Check validates the layout.
 func (l Layout) Check() error {
 	if err := CheckRecords(l.Records); err != nil {
-		return fmt.Errorf("fastpath: %d records: %w", l.Records, err)
+		return fmt.Errorf("stub: %d records: %w", l.Records, err)
 	}
 	switch {
 	case l.CPUs <= 0 || l.CPUs > MaxCPUs:
-		return fmt.Errorf("fastpath: %d rings: want 1 to %d", l.CPUs, MaxCPUs)
+		return fmt.Errorf("stub: %d rings: want 1 to %d", l.CPUs, MaxCPUs)
 	case l.Probes <= 0 || l.Probes > MaxProbes:
-		return fmt.Errorf("fastpath: %d lost counters: want 1 to %d", l.Probes, MaxProbes)
+		return fmt.Errorf("stub: %d lost counters: want 1 to %d", l.Probes, MaxProbes)
 	case l.Data < 0 || l.Data > MaxData || l.Data%8 != 0:
-		return fmt.Errorf("fastpath: %d bytes of captures per record: want a multiple of 8 up to %d", l.Data, MaxData)
+		return fmt.Errorf("stub: %d bytes of captures per record: want a multiple of 8 up to %d", l.Data, MaxData)
 	case l.GPA%8 != 0 || l.VA%8 != 0:
-		return fmt.Errorf("fastpath: rings at gpa %#x va %#x: want 8-byte alignment", l.GPA, l.VA)
+		return fmt.Errorf("stub: rings at gpa %#x va %#x: want 8-byte alignment", l.GPA, l.VA)
 	case l.GPA+l.Size() < l.GPA || l.VA+l.Size() < l.VA:
-		return fmt.Errorf("fastpath: rings at gpa %#x va %#x (%#x bytes) wrap around", l.GPA, l.VA, l.Size())
+		return fmt.Errorf("stub: rings at gpa %#x va %#x (%#x bytes) wrap around", l.GPA, l.VA, l.Size())
 	}
 	return nil
 }
@@ -133,11 +133,11 @@ func Init(mem Mem, l Layout) error {
 	var hdr [HeaderSize]byte
 	for cpu := range l.CPUs {
 		if err := mem.WritePhys(l.RingGPA(cpu), hdr[:]); err != nil {
-			return fmt.Errorf("fastpath: clearing ring %d: %w", cpu, err)
+			return fmt.Errorf("stub: clearing ring %d: %w", cpu, err)
 		}
 	}
 	if err := mem.WritePhys(l.GPA+l.LostOff(), make([]byte, 16*l.Probes)); err != nil {
-		return fmt.Errorf("fastpath: clearing the counters: %w", err)
+		return fmt.Errorf("stub: clearing the counters: %w", err)
 	}
 	return nil
 }

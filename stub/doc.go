@@ -1,4 +1,4 @@
-// Package fastpath is the code of exit-less probes (issue 14): the stub
+// Package stub is the code of exit-less probes (issue 14): the stub
 // that hvprobe writes into its reserved region of guest memory so a probe
 // hit records into a per-vCPU ring buffer in guest RAM without a VM exit,
 // and the host-side decoder that drains those rings from hvprobe's own
@@ -115,4 +115,4 @@
 //     Entry check), and the rings' VA is mapped writable in the kernel.
 //   - TSC values are raw per-CPU rdtsc: converting to a time needs the
 //     guest's TSC frequency/offset.
-package fastpath
+package stub

@@ -1,4 +1,4 @@
-package fastpath
+package stub
 
 import (
 	"encoding/binary"
@@ -50,12 +50,12 @@ func Drain(mem Mem, l Layout, cpu int, tail uint64, dst []Record) (DrainResult, 
 		return res, err
 	}
 	if cpu < 0 || cpu >= l.CPUs {
-		return res, fmt.Errorf("fastpath: no ring %d (layout has %d)", cpu, l.CPUs)
+		return res, fmt.Errorf("stub: no ring %d (layout has %d)", cpu, l.CPUs)
 	}
 	ring := l.RingGPA(cpu)
 	head, err := load64(mem, ring+HeadOff)
 	if err != nil {
-		return res, fmt.Errorf("fastpath: reading ring %d head: %w", cpu, err)
+		return res, fmt.Errorf("stub: reading ring %d head: %w", cpu, err)
 	}
 	res.Head = head
 	n := head - tail // records published and not consumed, modulo 2^64
@@ -74,11 +74,11 @@ func Drain(mem Mem, l Layout, cpu int, tail uint64, dst []Record) (DrainResult, 
 		k := min(n, uint64(l.Records)-first) // records before the wrap
 		base := ring + HeaderSize
 		if err := mem.ReadPhys(base+first*size, buf[:k*size]); err != nil {
-			return res, fmt.Errorf("fastpath: reading ring %d: %w", cpu, err)
+			return res, fmt.Errorf("stub: reading ring %d: %w", cpu, err)
 		}
 		if k < n {
 			if err := mem.ReadPhys(base, buf[k*size:]); err != nil {
-				return res, fmt.Errorf("fastpath: reading ring %d: %w", cpu, err)
+				return res, fmt.Errorf("stub: reading ring %d: %w", cpu, err)
 			}
 		}
 		for i := range n {
@@ -92,7 +92,7 @@ func Drain(mem Mem, l Layout, cpu int, tail uint64, dst []Record) (DrainResult, 
 	}
 	res.Tail = tail + n
 	if err := store64(mem, ring+TailOff, res.Tail); err != nil {
-		return res, fmt.Errorf("fastpath: writing ring %d tail: %w", cpu, err)
+		return res, fmt.Errorf("stub: writing ring %d tail: %w", cpu, err)
 	}
 	return res, nil
 }
@@ -110,7 +110,7 @@ func counters(mem Mem, l Layout, off uint64, what string) ([]uint64, error) {
 	}
 	buf := make([]byte, 8*l.Probes)
 	if err := mem.ReadPhys(l.GPA+off, buf); err != nil {
-		return nil, fmt.Errorf("fastpath: reading %s counters: %w", what, err)
+		return nil, fmt.Errorf("stub: reading %s counters: %w", what, err)
 	}
 	out := make([]uint64, l.Probes)
 	for i := range out {
@@ -138,7 +138,7 @@ func NewDrainer(mem Mem, l Layout) (*Drainer, error) {
 // Drain drains ring cpu, appending its records to dst.
 func (d *Drainer) Drain(cpu int, dst []Record) (DrainResult, error) {
 	if cpu < 0 || cpu >= len(d.tail) {
-		return DrainResult{Records: dst}, fmt.Errorf("fastpath: no ring %d (layout has %d)", cpu, len(d.tail))
+		return DrainResult{Records: dst}, fmt.Errorf("stub: no ring %d (layout has %d)", cpu, len(d.tail))
 	}
 	res, err := Drain(d.mem, d.l, cpu, d.tail[cpu], dst)
 	d.tail[cpu] = res.Tail

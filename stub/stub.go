@@ -1,4 +1,4 @@
-package fastpath
+package stub
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 const JmpLen = 5
 
 // ErrRefused wraps every reason Stub or Entry refuses a probe.
-var ErrRefused = errors.New("fastpath: probe refused")
+var ErrRefused = errors.New("stub: probe refused")
 
 // StubParams describe one exit-less probe.
 type StubParams struct {
@@ -366,7 +366,7 @@ func selfCheck(code []byte, starts []int) error {
 		}
 		inst, err := x86dec.Decode(code[at:])
 		if err != nil || inst.Len != end-at {
-			return fmt.Errorf("fastpath: generated instruction % x at +%#x does not decode back (%v, length %d)", code[at:end], at, err, inst.Len)
+			return fmt.Errorf("stub: generated instruction % x at +%#x does not decode back (%v, length %d)", code[at:end], at, err, inst.Len)
 		}
 	}
 	return nil
