@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/hvprobe/hvprobe/vmm"
 	"github.com/hvprobe/hvprobe/kimage"
+	"github.com/hvprobe/hvprobe/vmm"
 )
 
 // Symbols looks up unslid System.map addresses. Per-cpu symbols come back

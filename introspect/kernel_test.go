@@ -5,8 +5,8 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/hvprobe/hvprobe/vmm"
 	"github.com/hvprobe/hvprobe/kimage"
+	"github.com/hvprobe/hvprobe/vmm"
 )
 
 // Unslid System.map values of the fake kernel.

@@ -7,9 +7,9 @@ import (
 
 	"github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/introspect"
+	"github.com/hvprobe/hvprobe/kimage"
 	"github.com/hvprobe/hvprobe/kprobes"
 	"github.com/hvprobe/hvprobe/vmm"
-	"github.com/hvprobe/hvprobe/kimage"
 )
 
 // AttachAfter names the kernel variable that says the engine may attach:
@@ -42,6 +42,10 @@ type RunningKernel struct {
 	Layout vmm.Layout
 	policy *textPolicy
 }
+
+// Address and Format make the running kernel a probedef.Symbols.
+func (k *RunningKernel) Address(name string) (uint64, error) { return k.Resolve(name, 0) }
+func (k *RunningKernel) Format(addr uint64) string           { return k.Syms.FormatAddr(addr) }
 
 // kernelGPA is where the kernel image keeps a slid image address
 // physically: the kernel maps its image linearly, from its first

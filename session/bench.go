@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes"
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 // BenchCase is one probe configuration measured by Bench.

@@ -6,7 +6,7 @@ import (
 
 	"github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/kprobes"
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 // ErrNotInImage: the image has no file bytes at an address (bss, or

@@ -14,7 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/analysis"
+
+	"github.com/hvprobe/hvprobe/probedef"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,7 +39,7 @@ import (
 // or removing a probe stops no vCPU: arming writes single bytes.
 type Control struct {
 	s      *Session
-	an     *Analysis
+	an     *analysis.Set
 	emit   func(probedef.Event)
 	paused atomic.Bool
 	ln     net.Listener
@@ -61,11 +63,11 @@ type liveProbe struct {
 
 // ListenControl creates the control socket in a new private directory
 // (MkdirTemp makes it 0700) under parent (os.TempDir() when empty). Events of probes added through
-// it pass an's filters and hists (a new Analysis when nil), then go to
+// it pass an's filters and hists (a new analysis.Set when nil), then go to
 // emit unless paused.
-func (s *Session) ListenControl(parent string, emit func(probedef.Event), an *Analysis) (*Control, error) {
+func (s *Session) ListenControl(parent string, emit func(probedef.Event), an *analysis.Set) (*Control, error) {
 	if an == nil {
-		an = NewAnalysis(nil)
+		an = analysis.NewSet(nil)
 	}
 	dir, err := os.MkdirTemp(parent, "hvprobe-")
 	if err != nil {

@@ -15,7 +15,7 @@
 // Events of probe definitions (AddDefs) carry the current task, the
 // evaluated fetch args, a return probe's duration and, for definitions
 // with Stack set, the kernel stack unwound on the host (ORC or frame
-// pointers). Analysis holds ftrace filters and hist triggers by event
+// pointers). An analysis.Set holds ftrace filters and hist triggers by event
 // name, for the command line and the control socket alike.
 //
 // w lines (AddDefs) are watches: w@ traps stores to the watched bytes in

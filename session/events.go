@@ -9,7 +9,7 @@ import (
 	"github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/introspect"
 	"github.com/hvprobe/hvprobe/kprobes"
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 	"github.com/hvprobe/hvprobe/vmm"
 )
 
@@ -325,8 +325,8 @@ func (s *Session) unwinder(a *Attached) (*introspect.Unwinder, error) {
 }
 
 // Address and Format make eventEnv a probedef.Symbols.
-func (e *eventEnv) Address(name string) (uint64, error) { return e.k.Resolve(name, 0) }
-func (e *eventEnv) Format(addr uint64) string           { return e.k.Syms.FormatAddr(addr) }
+func (e *eventEnv) Address(name string) (uint64, error) { return e.k.Address(name) }
+func (e *eventEnv) Format(addr uint64) string           { return e.k.Format(addr) }
 
 // current names the task running on cpu through the kernel's per-cpu
 // current_task, found via __per_cpu_offset[cpu]; "" when unknown.

@@ -12,7 +12,7 @@ import (
 
 	"github.com/hvprobe/hvprobe/introspect"
 	"github.com/hvprobe/hvprobe/kprobes"
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 	"github.com/hvprobe/hvprobe/stub"
 	"github.com/hvprobe/hvprobe/vmm"
 )

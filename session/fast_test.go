@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/hvprobe/hvprobe/introspect"
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
-	"github.com/hvprobe/hvprobe/kprobes/probedef/probedeftest"
+	"github.com/hvprobe/hvprobe/probedef"
+	"github.com/hvprobe/hvprobe/probedef/probedeftest"
 	"github.com/hvprobe/hvprobe/stub"
 	"github.com/hvprobe/hvprobe/vmm"
 )

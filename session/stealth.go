@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/hvprobe/hvprobe/kprobes"
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 	"github.com/hvprobe/hvprobe/vmm"
 )
 

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/hvprobe/hvprobe/introspect"
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 	"github.com/hvprobe/hvprobe/vmm"
 )
 

@@ -5,16 +5,16 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
-	"github.com/hvprobe/hvprobe/session"
+	"github.com/hvprobe/hvprobe/analysis"
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 // newAnalysis builds the --filter and --hist flags into a
-// session.Analysis over defs and returns all the bad ones at once,
+// analysis.Set over defs and returns all the bad ones at once,
 // rendered with a caret under the fault in the flag's value. A hist keyed
 // on stacktrace makes its event's definition carry stacks.
-func newAnalysis(defs []*probedef.Def, filters, hists []string) (*session.Analysis, []string) {
-	an := session.NewAnalysis(defs)
+func newAnalysis(defs []*probedef.Def, filters, hists []string) (*analysis.Set, []string) {
+	an := analysis.NewSet(defs)
 	var bad []string
 	each := func(flag, value string, add func(event, body string) error) {
 		event, body, ok := strings.Cut(value, ":")
@@ -38,7 +38,7 @@ func newAnalysis(defs []*probedef.Def, filters, hists []string) (*session.Analys
 	}
 	for _, v := range hists {
 		each("hist", v, func(event, spec string) error {
-			if first, err := an.Def(event); err == nil && session.KeysOnStack(spec) {
+			if first, err := an.Def(event); err == nil && analysis.KeysOnStack(spec) {
 				for _, d := range defs { // every probe point of the event
 					if d.Group == first.Group && d.Event == first.Event {
 						d.Stack = true
@@ -52,7 +52,7 @@ func newAnalysis(defs []*probedef.Def, filters, hists []string) (*session.Analys
 }
 
 // printHists writes every hist table, as text or (--format json) JSON.
-func printHists(an *session.Analysis, format string, p *printer) {
+func printHists(an *analysis.Set, format string, p *printer) {
 	lines, err := an.Tables("", format == "json")
 	for _, l := range lines {
 		p.printf("%s", l)

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 func TestAnalysisRefusals(t *testing.T) {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 // readDefs parses --probe lines and a --probes file, then merges them

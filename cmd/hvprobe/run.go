@@ -15,9 +15,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hvprobe/hvprobe/analysis"
 	"github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/kprobes"
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/stub"
 	"github.com/hvprobe/hvprobe/vmm"
@@ -176,7 +177,7 @@ func cmdRun(args []string) error {
 		defer closeW()
 		out := newPrinter(w)
 		defer out.close()
-		pf := probedef.NewPerfetto(func(l string) { out.printf("%s", l) })
+		pf := analysis.NewPerfetto(func(l string) { out.printf("%s", l) })
 		defer pf.Close() // after the guest has stopped
 		toPrinter := emit
 		emit = func(ev probedef.Event) {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/vmm"
 )

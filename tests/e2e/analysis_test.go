@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/analysis"
+	"github.com/hvprobe/hvprobe/probedef"
 	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/tests/traceevent"
 )
@@ -20,11 +21,11 @@ import (
 func TestFilterPassesExactCalls(t *testing.T) {
 	g := miniGuest(t)
 	d := parseDefs(t, `p:an/add hvwl_target_add a=%di:s64 b=%si:s64`)[0]
-	f, err := probedef.ParseFilter(d, `(a >= 3 && b < 1005) || a == 9 || !(a < 11)`)
+	f, err := analysis.ParseFilter(d, `(a >= 3 && b < 1005) || a == 9 || !(a < 11)`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := probedef.ParseHist(d, `hist:keys=a:vals=b:sort=a`)
+	h, err := analysis.ParseHist(d, `hist:keys=a:vals=b:sort=a`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,13 +144,13 @@ func TestHistDistributions(t *testing.T) {
 	g := miniGuest(t)
 	defs := parseDefs(t, `r:an/ret hvwl_target_ret ret=$retval:s64`, `r:an/block hvwl_target_block ms=$retval:s64`)
 	spec := []string{"hist:keys=ret:sort=ret", "hist:keys=duration.log2"}
-	var real, ideal [2]*probedef.Hist
+	var real, ideal [2]*analysis.Hist
 	for i := range defs {
 		var err error
-		if real[i], err = probedef.ParseHist(defs[i], spec[i]); err != nil {
+		if real[i], err = analysis.ParseHist(defs[i], spec[i]); err != nil {
 			t.Fatal(err)
 		}
-		if ideal[i], err = probedef.ParseHist(defs[i], spec[i]); err != nil {
+		if ideal[i], err = analysis.ParseHist(defs[i], spec[i]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -207,7 +208,7 @@ func TestPerfettoTimeline(t *testing.T) {
 	defs := parseDefs(t, `r:an/pret hvwl_target_ret x=$arg1:s64`, `p:an/padd hvwl_target_add a=%di:s64`)
 	var mu sync.Mutex
 	var lines []string
-	pf := probedef.NewPerfetto(func(l string) {
+	pf := analysis.NewPerfetto(func(l string) {
 		mu.Lock()
 		lines = append(lines, l)
 		mu.Unlock()
@@ -288,7 +289,7 @@ func TestMultiProbeEvent(t *testing.T) {
 	if err != nil || len(defs) != 2 {
 		t.Fatalf("merge: %d defs, %v", len(defs), err)
 	}
-	an := session.NewAnalysis(defs)
+	an := analysis.NewSet(defs)
 	if err := an.AddFilter("two", "x >= 1"); err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 // parseDefs parses probe definition lines, failing the test on any.

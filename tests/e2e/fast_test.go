@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 	"github.com/hvprobe/hvprobe/session"
 )
 

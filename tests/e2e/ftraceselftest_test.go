@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 // TestFtraceArgSelftests ports the runtime checks of Linux's ftrace

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 // TestProbeDefinitions: ftrace kprobe_events lines on the kernel's

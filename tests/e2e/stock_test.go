@@ -19,7 +19,7 @@ import (
 	"golang.org/x/arch/x86/x86asm"
 
 	kguest "github.com/hvprobe/hvprobe/guest"
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 
 	"github.com/hvprobe/hvprobe/kprobes"
 	"github.com/hvprobe/hvprobe/session"

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hvprobe/hvprobe/kimage"
 	"github.com/hvprobe/hvprobe/tests/kvmtest"
 	"github.com/hvprobe/hvprobe/vmm"
-	"github.com/hvprobe/hvprobe/kimage"
 )
 
 // tinyELF is a minimal x86-64 vmlinux-shaped ELF: one PT_LOAD at the

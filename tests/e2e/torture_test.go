@@ -16,7 +16,7 @@ import (
 
 	kguest "github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/kprobes"
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 	"github.com/hvprobe/hvprobe/session"
 )
 

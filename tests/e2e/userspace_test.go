@@ -14,7 +14,7 @@ import (
 	"time"
 
 	kguest "github.com/hvprobe/hvprobe/guest"
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/tests/kvmtest"
 	"github.com/hvprobe/hvprobe/vmm"

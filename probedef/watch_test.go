@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef/probedeftest"
+	"github.com/hvprobe/hvprobe/probedef/probedeftest"
 )
 
 // w lines as ftrace's wprobetrace.rst writes them, with hvprobe's default

@@ -1,4 +1,4 @@
-package probedef
+package analysis
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 // histSyms names addresses 0x1000 + 0x100*i "fn<i>", each 0x100 long.
@@ -20,19 +22,19 @@ func (histSyms) Format(a uint64) string {
 
 const histDef = "p:open do_sys_open dfd=%di:s32 len=%si:u64 fn=%dx:x64 name=+0(%cx):string"
 
-func histEvent(comm string, pid int, dfd int32, n uint64, fn uint64, name string) Event {
-	return Event{
+func histEvent(comm string, pid int, dfd int32, n uint64, fn uint64, name string) probedef.Event {
+	return probedef.Event{
 		Comm: comm, PID: pid, CPU: pid % 2,
-		Values: []Value{
-			{Name: "dfd", Type: Type{Base: S32}, U64: uint64(uint32(dfd)), S64: int64(dfd)},
-			{Name: "len", Type: Type{Base: U64}, U64: n},
-			{Name: "fn", Type: Type{Base: X64}, U64: fn},
-			{Name: "name", Type: Type{Base: String}, Str: name},
+		Values: []probedef.Value{
+			{Name: "dfd", Type: probedef.Type{Base: probedef.S32}, U64: uint64(uint32(dfd)), S64: int64(dfd)},
+			{Name: "len", Type: probedef.Type{Base: probedef.U64}, U64: n},
+			{Name: "fn", Type: probedef.Type{Base: probedef.X64}, U64: fn},
+			{Name: "name", Type: probedef.Type{Base: probedef.String}, Str: name},
 		},
 	}
 }
 
-var histEvents = []Event{
+var histEvents = []probedef.Event{
 	histEvent("bash", 1, -100, 3, 0x1010, "/etc/passwd"),
 	histEvent("bash", 1, -100, 5, 0x1010, "/etc/passwd"),
 	histEvent("sh", 7, 3, 100, 0x1120, "/tmp/x"),
@@ -42,7 +44,7 @@ var histEvents = []Event{
 
 const histHeader = "# event histogram\n#\n# trigger info: %s [active]\n#\n\n"
 
-func histText(t *testing.T, spec string, setup func(h *Hist), evs []Event) string {
+func histText(t *testing.T, spec string, setup func(h *Hist), evs []probedef.Event) string {
 	t.Helper()
 	h, err := ParseHist(mustParse(t, histDef), spec)
 	if err != nil {
@@ -149,7 +151,7 @@ func TestHistText(t *testing.T) {
 			spec: "hist:keys=stacktrace if comm == sh",
 			setup: func(h *Hist) {
 				h.Syms = histSyms{}
-				h.Stack = func(ev *Event) []uint64 { return []uint64{0x1010, 0x1100 + uint64(ev.Values[1].U64%3)} }
+				h.Stack = func(ev *probedef.Event) []uint64 { return []uint64{0x1010, 0x1100 + uint64(ev.Values[1].U64%3)} }
 			},
 			want: "{ stacktrace:\n         fn0+0x10/0x100\n         fn1+0x0/0x100\n } hitcount:          1\n" +
 				"{ stacktrace:\n         fn0+0x10/0x100\n         fn1+0x1/0x100\n } hitcount:          1\n" +
@@ -168,9 +170,9 @@ func TestHistDuration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.Duration = func(ev *Event) (time.Duration, bool) { return ev.Time, ev.Time > 0 }
+	h.Duration = func(ev *probedef.Event) (time.Duration, bool) { return ev.Time, ev.Time > 0 }
 	for _, d := range []time.Duration{0, 1500, 1800, 3000} {
-		h.Add(Event{Time: d})
+		h.Add(probedef.Event{Time: d})
 	}
 	var b bytes.Buffer
 	if err := h.Text(&b); err != nil {
@@ -264,7 +266,7 @@ func TestHistErrors(t *testing.T) {
 		{"hist:vals", "needs =VALUE", 6},
 	} {
 		_, err := ParseHist(d, tc.spec)
-		var se *SyntaxError
+		var se *probedef.SyntaxError
 		if !errors.As(err, &se) {
 			t.Errorf("%q: error %v, want *SyntaxError", tc.spec, err)
 			continue
@@ -289,13 +291,13 @@ func FuzzParseHist(f *testing.F) {
 	f.Fuzz(func(t *testing.T, spec string) {
 		h, err := ParseHist(d, spec)
 		if err != nil {
-			var se *SyntaxError
+			var se *probedef.SyntaxError
 			if !errors.As(err, &se) || se.Col < 1 || se.Col > len(spec)+1 {
 				t.Fatalf("error %v", err)
 			}
 			return
 		}
-		h.Add(Event{})
+		h.Add(probedef.Event{})
 		for _, ev := range histEvents {
 			h.Add(ev)
 		}

@@ -1,16 +1,18 @@
-package probedef
+package analysis
 
 import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 // Filter is a parsed ftrace event filter (Documentation/trace/events.rst,
 // "Event filtering") bound to one definition's fields. It is immutable
 // and safe for concurrent use.
 type Filter struct {
-	def  *Def
+	def  *probedef.Def
 	root node
 }
 
@@ -28,9 +30,9 @@ type Filter struct {
 // quoted with ' or ". && binds tighter than ||, ! negates the next term.
 // Errors are *SyntaxError pointing at the offending token, or
 // ErrNotProbe for a delete line.
-func ParseFilter(def *Def, expr string) (*Filter, error) {
-	if def.Kind == Delete {
-		return nil, ErrNotProbe
+func ParseFilter(def *probedef.Def, expr string) (*Filter, error) {
+	if def.Kind == probedef.Delete {
+		return nil, probedef.ErrNotProbe
 	}
 	p := &filterParser{def: def, in: expr}
 	if err := p.lex(); err != nil {
@@ -57,7 +59,7 @@ func ParseFilter(def *Def, expr string) (*Filter, error) {
 // value whose fetch faulted is false whatever its operator (ftrace
 // compares a field it could not fill against garbage; we refuse to
 // guess), though ! still negates it.
-func (f *Filter) Match(ev Event) bool { return f.root.match(&ev) }
+func (f *Filter) Match(ev probedef.Event) bool { return f.root.match(&ev) }
 
 // fieldKind says where a field's value comes from in an Event.
 type fieldKind int
@@ -77,7 +79,7 @@ type field struct {
 	kind fieldKind
 	name string
 	idx  int // fieldArg: position in Def.Args
-	typ  Type
+	typ  probedef.Type
 }
 
 // commonFields are ftrace's fields every event has; the names are the
@@ -90,7 +92,7 @@ var commonFields = map[string]fieldKind{
 
 // lookupField resolves name against def: arguments first, as ftrace
 // looks the event's own fields up before the common ones.
-func lookupField(def *Def, name string) (field, bool) {
+func lookupField(def *probedef.Def, name string) (field, bool) {
 	for i, a := range def.Args {
 		if a.Name == name {
 			return field{kind: fieldArg, name: name, idx: i, typ: a.Type}, true
@@ -99,9 +101,9 @@ func lookupField(def *Def, name string) (field, bool) {
 	k, ok := commonFields[name]
 	switch k {
 	case fieldComm:
-		return field{kind: k, name: name, typ: Type{Base: String}}, ok
+		return field{kind: k, name: name, typ: probedef.Type{Base: probedef.String}}, ok
 	case fieldPID, fieldCPU:
-		return field{kind: k, name: name, typ: Type{Base: S32}}, ok
+		return field{kind: k, name: name, typ: probedef.Type{Base: probedef.S32}}, ok
 	}
 	return field{}, false
 }
@@ -109,14 +111,14 @@ func lookupField(def *Def, name string) (field, bool) {
 func (f field) isString() bool { return f.typ.IsString() }
 
 // value is the field's Value in ev; ok is false when the event lacks it.
-func (f field) value(ev *Event) (Value, bool) {
+func (f field) value(ev *probedef.Event) (probedef.Value, bool) {
 	switch f.kind {
 	case fieldComm:
-		return Value{Name: f.name, Type: f.typ, Str: ev.Comm}, true
+		return probedef.Value{Name: f.name, Type: f.typ, Str: ev.Comm}, true
 	case fieldPID:
-		return Value{Name: f.name, Type: f.typ, U64: uint64(ev.PID), S64: int64(ev.PID)}, true
+		return probedef.Value{Name: f.name, Type: f.typ, U64: uint64(ev.PID), S64: int64(ev.PID)}, true
 	case fieldCPU:
-		return Value{Name: f.name, Type: f.typ, U64: uint64(ev.CPU), S64: int64(ev.CPU)}, true
+		return probedef.Value{Name: f.name, Type: f.typ, U64: uint64(ev.CPU), S64: int64(ev.CPU)}, true
 	}
 	if f.idx < len(ev.Values) && ev.Values[f.idx].Name == f.name {
 		return ev.Values[f.idx], true
@@ -126,18 +128,18 @@ func (f field) value(ev *Event) (Value, bool) {
 			return v, true
 		}
 	}
-	return Value{}, false
+	return probedef.Value{}, false
 }
 
-type node interface{ match(ev *Event) bool }
+type node interface{ match(ev *probedef.Event) bool }
 
 type andNode struct{ l, r node }
 type orNode struct{ l, r node }
 type notNode struct{ n node }
 
-func (n andNode) match(ev *Event) bool { return n.l.match(ev) && n.r.match(ev) }
-func (n orNode) match(ev *Event) bool  { return n.l.match(ev) || n.r.match(ev) }
-func (n notNode) match(ev *Event) bool { return !n.n.match(ev) }
+func (n andNode) match(ev *probedef.Event) bool { return n.l.match(ev) && n.r.match(ev) }
+func (n orNode) match(ev *probedef.Event) bool  { return n.l.match(ev) || n.r.match(ev) }
+func (n notNode) match(ev *probedef.Event) bool { return !n.n.match(ev) }
 
 type numPred struct {
 	f      field
@@ -147,7 +149,7 @@ type numPred struct {
 	signed bool
 }
 
-func (p numPred) match(ev *Event) bool {
+func (p numPred) match(ev *probedef.Event) bool {
 	v, ok := p.f.value(ev)
 	if !ok || v.Fault {
 		return false
@@ -192,7 +194,7 @@ type strPred struct {
 	pat string
 }
 
-func (p strPred) match(ev *Event) bool {
+func (p strPred) match(ev *probedef.Event) bool {
 	v, ok := p.f.value(ev)
 	if !ok || v.Fault {
 		return false
@@ -287,21 +289,21 @@ type ftoken struct {
 }
 
 type filterParser struct {
-	def  *Def
+	def  *probedef.Def
 	in   string
 	toks []ftoken
 	pos  int
 }
 
-func (p *filterParser) fail(off int, format string, args ...any) *SyntaxError {
-	return &SyntaxError{Col: off + 1, Input: p.in, Msg: fmt.Sprintf(format, args...)}
+func (p *filterParser) fail(off int, format string, args ...any) *probedef.SyntaxError {
+	return &probedef.SyntaxError{Col: off + 1, Input: p.in, Msg: fmt.Sprintf(format, args...)}
 }
 
 // lex splits the expression into operators, words and quoted strings. A
 // value (the word after a comparison operator) runs to a space, ')', '&'
 // or '|', so that globs like [!a]* and paths stay whole; other words
 // also stop at operator characters.
-func (p *filterParser) lex() *SyntaxError {
+func (p *filterParser) lex() *probedef.SyntaxError {
 	s := p.in
 	value := false
 	for i := 0; i < len(s); {
@@ -311,7 +313,7 @@ func (p *filterParser) lex() *SyntaxError {
 			stop = ")&|"
 		}
 		switch {
-		case isSpace(c):
+		case probedef.IsSpace(c):
 			i++
 			continue
 		case c == '"' || c == '\'':
@@ -332,7 +334,7 @@ func (p *filterParser) lex() *SyntaxError {
 			i++
 		default:
 			j := i
-			for j < len(s) && !isSpace(s[j]) && strings.IndexByte(stop, s[j]) < 0 {
+			for j < len(s) && !probedef.IsSpace(s[j]) && strings.IndexByte(stop, s[j]) < 0 {
 				j++
 			}
 			p.toks = append(p.toks, ftoken{s: s[i:j], off: i})
@@ -356,7 +358,7 @@ func (p *filterParser) is(s string) bool {
 	return ok && !t.quoted && t.s == s
 }
 
-func (p *filterParser) or() (node, *SyntaxError) {
+func (p *filterParser) or() (node, *probedef.SyntaxError) {
 	l, err := p.and()
 	for err == nil && p.is("||") {
 		p.pos++
@@ -368,7 +370,7 @@ func (p *filterParser) or() (node, *SyntaxError) {
 	return l, err
 }
 
-func (p *filterParser) and() (node, *SyntaxError) {
+func (p *filterParser) and() (node, *probedef.SyntaxError) {
 	l, err := p.unary()
 	for err == nil && p.is("&&") {
 		p.pos++
@@ -380,7 +382,7 @@ func (p *filterParser) and() (node, *SyntaxError) {
 	return l, err
 }
 
-func (p *filterParser) unary() (node, *SyntaxError) {
+func (p *filterParser) unary() (node, *probedef.SyntaxError) {
 	switch t, _ := p.peek(); {
 	case p.is("!"):
 		p.pos++
@@ -403,7 +405,7 @@ func (p *filterParser) unary() (node, *SyntaxError) {
 
 var filterOps = map[string]bool{"==": true, "!=": true, "<": true, "<=": true, ">": true, ">=": true, "&": true, "~": true}
 
-func (p *filterParser) pred() (node, *SyntaxError) {
+func (p *filterParser) pred() (node, *probedef.SyntaxError) {
 	ft, ok := p.peek()
 	if !ok || ft.quoted || !isWord(ft.s) {
 		return nil, p.fail(ft.off, "missing field name")

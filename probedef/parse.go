@@ -104,7 +104,7 @@ func fields(s string) []token {
 	var toks []token
 	start := -1
 	for i := 0; i <= len(s); i++ {
-		if i == len(s) || isSpace(s[i]) {
+		if i == len(s) || IsSpace(s[i]) {
 			if start >= 0 {
 				toks = append(toks, token{s[start:i], start})
 				start = -1
@@ -118,7 +118,9 @@ func fields(s string) []token {
 	return toks
 }
 
-func isSpace(c byte) bool {
+// IsSpace reports whether c is white space as the kernel's isspace()
+// takes it in probe lines and filters.
+func IsSpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
 }
 

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef/probedeftest"
+	"github.com/hvprobe/hvprobe/probedef/probedeftest"
 	"github.com/hvprobe/hvprobe/vmm"
 )
 

@@ -1,4 +1,4 @@
-package session
+package analysis
 
 import (
 	"bytes"
@@ -6,27 +6,27 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/hvprobe/hvprobe/kprobes/probedef"
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
-// Analysis is what is done with events on the host beyond printing them:
+// Set is what is done with events on the host beyond printing them:
 // ftrace event filters, which drop the hits that do not match, and hist
 // triggers, which count their event's hits into a table instead of
 // passing them on. Both are keyed by event name (EVENT or GROUP/EVENT) and
 // may be added and removed while events flow (the control socket's
 // filter and hist commands); Wrap applies them.
-type Analysis struct {
+type Set struct {
 	mu      sync.RWMutex
-	defs    map[string]*probedef.Def      // the first of each event, by EVENT and GROUP/EVENT
-	filters map[string][]*probedef.Filter // by GROUP/EVENT: every probe point of the event
-	hists   map[string][]*probedef.Hist
-	order   []*probedef.Hist // as added, for printing
+	defs    map[string]*probedef.Def // the first of each event, by EVENT and GROUP/EVENT
+	filters map[string][]*Filter     // by GROUP/EVENT: every probe point of the event
+	hists   map[string][]*Hist
+	order   []*Hist // as added, for printing
 	syms    probedef.Symbols
 }
 
-// NewAnalysis knows the events of defs; Define adds more.
-func NewAnalysis(defs []*probedef.Def) *Analysis {
-	a := &Analysis{defs: map[string]*probedef.Def{}, filters: map[string][]*probedef.Filter{}, hists: map[string][]*probedef.Hist{}}
+// NewSet knows the events of defs; Define adds more.
+func NewSet(defs []*probedef.Def) *Set {
+	a := &Set{defs: map[string]*probedef.Def{}, filters: map[string][]*Filter{}, hists: map[string][]*Hist{}}
 	for _, d := range defs {
 		a.Define(d)
 	}
@@ -36,7 +36,7 @@ func NewAnalysis(defs []*probedef.Def) *Analysis {
 // Define makes d's event known by name; a later definition of the same
 // event is another probe point of it (probedef.Merge), with the same
 // fields.
-func (a *Analysis) Define(d *probedef.Def) {
+func (a *Set) Define(d *probedef.Def) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if _, ok := a.defs[key(d)]; ok {
@@ -50,7 +50,7 @@ func (a *Analysis) Define(d *probedef.Def) {
 func key(d *probedef.Def) string { return d.Group + "/" + d.Event }
 
 // Forget drops d's event, with its filters and hists.
-func (a *Analysis) Forget(d *probedef.Def) {
+func (a *Set) Forget(d *probedef.Def) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for name, x := range a.defs {
@@ -63,7 +63,7 @@ func (a *Analysis) Forget(d *probedef.Def) {
 }
 
 // Def is the definition making event name.
-func (a *Analysis) Def(name string) (*probedef.Def, error) {
+func (a *Set) Def(name string) (*probedef.Def, error) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	if d, ok := a.defs[name]; ok {
@@ -74,12 +74,12 @@ func (a *Analysis) Def(name string) (*probedef.Def, error) {
 
 // AddFilter adds an ftrace filter on event's hits; an error is a
 // *probedef.SyntaxError pointing into expr, or names the event.
-func (a *Analysis) AddFilter(event, expr string) error {
+func (a *Set) AddFilter(event, expr string) error {
 	d, err := a.Def(event)
 	if err != nil {
 		return err
 	}
-	f, err := probedef.ParseFilter(d, expr)
+	f, err := ParseFilter(d, expr)
 	if err != nil {
 		return err
 	}
@@ -90,7 +90,7 @@ func (a *Analysis) AddFilter(event, expr string) error {
 }
 
 // ClearFilters removes event's filters.
-func (a *Analysis) ClearFilters(event string) error {
+func (a *Set) ClearFilters(event string) error {
 	d, err := a.Def(event)
 	if err != nil {
 		return err
@@ -104,12 +104,12 @@ func (a *Analysis) ClearFilters(event string) error {
 // AddHist adds an ftrace hist trigger (hist:keys=...) on event; from
 // now on its hits are counted there instead of passed on. A stacktrace
 // key needs an event defined with Def.Stack.
-func (a *Analysis) AddHist(event, spec string) error {
+func (a *Set) AddHist(event, spec string) error {
 	d, err := a.Def(event)
 	if err != nil {
 		return err
 	}
-	h, err := probedef.ParseHist(d, spec)
+	h, err := ParseHist(d, spec)
 	if err != nil {
 		return err
 	}
@@ -129,7 +129,7 @@ func (a *Analysis) AddHist(event, spec string) error {
 func KeysOnStack(spec string) bool { return strings.Contains(spec, "stacktrace") }
 
 // RemoveHists drops event's hists: its hits are passed on again.
-func (a *Analysis) RemoveHists(event string) error {
+func (a *Set) RemoveHists(event string) error {
 	d, err := a.Def(event)
 	if err != nil {
 		return err
@@ -140,7 +140,7 @@ func (a *Analysis) RemoveHists(event string) error {
 	return nil
 }
 
-func (a *Analysis) dropHists(k string) {
+func (a *Set) dropHists(k string) {
 	for _, h := range a.hists[k] {
 		for i, x := range a.order {
 			if x == h {
@@ -154,22 +154,17 @@ func (a *Analysis) dropHists(k string) {
 
 // Symbolize gives the hists, present and later, the running kernel's
 // symbols (.sym keys, stacktrace). Call it at attach, before events.
-func (a *Analysis) Symbolize(k *RunningKernel) {
+func (a *Set) Symbolize(syms probedef.Symbols) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.syms = kernelSyms{k}
+	a.syms = syms
 	for _, h := range a.order {
 		h.Syms = a.syms
 	}
 }
 
-type kernelSyms struct{ k *RunningKernel }
-
-func (s kernelSyms) Address(name string) (uint64, error) { return s.k.Resolve(name, 0) }
-func (s kernelSyms) Format(addr uint64) string           { return s.k.Syms.FormatAddr(addr) }
-
 // Wrap puts the filters and hists in front of emit.
-func (a *Analysis) Wrap(emit func(probedef.Event)) func(probedef.Event) {
+func (a *Set) Wrap(emit func(probedef.Event)) func(probedef.Event) {
 	return func(ev probedef.Event) {
 		a.mu.RLock()
 		filters, hists := a.filters[key(ev.Def)], a.hists[key(ev.Def)]
@@ -190,7 +185,7 @@ func (a *Analysis) Wrap(emit func(probedef.Event)) func(probedef.Event) {
 
 // Tables renders the hists of event ("" for all), as ftrace's hist file
 // or, with json, as JSON.
-func (a *Analysis) Tables(event string, json bool) ([]string, error) {
+func (a *Set) Tables(event string, json bool) ([]string, error) {
 	a.mu.RLock()
 	hists := a.order
 	if event != "" {
@@ -201,7 +196,7 @@ func (a *Analysis) Tables(event string, json bool) ([]string, error) {
 		}
 		hists = a.hists[key(d)]
 	}
-	hists = append([]*probedef.Hist(nil), hists...)
+	hists = append([]*Hist(nil), hists...)
 	a.mu.RUnlock()
 	var out []string
 	for _, h := range hists {

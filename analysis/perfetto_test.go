@@ -1,10 +1,12 @@
-package probedef
+package analysis
 
 import (
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hvprobe/hvprobe/probedef"
 
 	"github.com/hvprobe/hvprobe/tests/traceevent"
 )
@@ -24,22 +26,22 @@ func checkTraceEvents(t *testing.T, file string) []map[string]any {
 }
 
 func TestPerfetto(t *testing.T) {
-	p, err := Parse("p:grp/hit f a=%di:u64")
+	p, err := probedef.Parse("p:grp/hit f a=%di:u64")
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := Parse("r:ret f $retval:s64")
+	r, err := probedef.Parse("r:ret f $retval:s64")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var lines []string
 	pf := NewPerfetto(func(l string) { lines = append(lines, l) })
-	if err := pf.Add(Event{Def: p, Comm: "sh", PID: 7, CPU: 1, Time: 1500 * time.Microsecond, Where: "f+0x0/0x10",
-		Values: []Value{{Name: "a", Type: Type{Base: U64}, U64: 5}}}); err != nil {
+	if err := pf.Add(probedef.Event{Def: p, Comm: "sh", PID: 7, CPU: 1, Time: 1500 * time.Microsecond, Where: "f+0x0/0x10",
+		Values: []probedef.Value{{Name: "a", Type: probedef.Type{Base: probedef.U64}, U64: 5}}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := pf.Add(Event{Def: r, PID: -1, CPU: 0, Time: 3 * time.Millisecond, Duration: time.Millisecond, Where: "g+0x4/0x9", Func: "f",
-		Values: []Value{{Name: "arg1", Type: Type{Base: S64}, S64: -2}}}); err != nil {
+	if err := pf.Add(probedef.Event{Def: r, PID: -1, CPU: 0, Time: 3 * time.Millisecond, Duration: time.Millisecond, Where: "g+0x4/0x9", Func: "f",
+		Values: []probedef.Value{{Name: "arg1", Type: probedef.Type{Base: probedef.S64}, S64: -2}}}); err != nil {
 		t.Fatal(err)
 	}
 	pf.Close()

@@ -1,4 +1,4 @@
-package probedef
+package analysis
 
 import (
 	"encoding/binary"
@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 // Limits of ftrace's hist triggers (kernel/trace/tracing_map.h,
@@ -30,16 +32,16 @@ const (
 type Hist struct {
 	// Syms renders .sym, .sym-offset and stacktrace keys; without it they
 	// print as hex addresses.
-	Syms Symbols
+	Syms probedef.Symbols
 	// Stack gives an event's kernel stack (return addresses, innermost
 	// first) for a stacktrace key; nil takes Event.Stack.
-	Stack func(ev *Event) []uint64
+	Stack func(ev *probedef.Event) []uint64
 	// Duration gives a return probe's time since function entry for the
 	// duration field, false counting it as faulted; nil takes
 	// Event.Duration.
-	Duration func(ev *Event) (time.Duration, bool)
+	Duration func(ev *probedef.Event) (time.Duration, bool)
 
-	def    *Def
+	def    *probedef.Def
 	spec   string
 	keys   []histField
 	vals   []histField
@@ -113,19 +115,19 @@ type histEntry struct {
 // print signed. A key that faulted groups its events under "(fault)".
 // Errors are *SyntaxError pointing into spec, or ErrNotProbe for a
 // delete line.
-func ParseHist(def *Def, spec string) (*Hist, error) {
-	if def.Kind == Delete {
-		return nil, ErrNotProbe
+func ParseHist(def *probedef.Def, spec string) (*Hist, error) {
+	if def.Kind == probedef.Delete {
+		return nil, probedef.ErrNotProbe
 	}
 	h := &Hist{def: def, spec: spec, size: HistDefaultSize, entries: map[string]*histEntry{}}
 	fail := func(off int, format string, args ...any) error {
-		return &SyntaxError{Col: off + 1, Input: spec, Msg: fmt.Sprintf(format, args...)}
+		return &probedef.SyntaxError{Col: off + 1, Input: spec, Msg: fmt.Sprintf(format, args...)}
 	}
 	body := spec
 	if i := strings.Index(spec, " if "); i >= 0 {
 		f, err := ParseFilter(def, spec[i+4:])
 		if err != nil {
-			se := err.(*SyntaxError)
+			se := err.(*probedef.SyntaxError)
 			return nil, fail(i+4+se.Col-1, "%s", se.Msg)
 		}
 		h.filter, body = f, spec[:i]
@@ -230,8 +232,8 @@ func (h *Hist) histField(s string, off int, key bool, fail func(int, string, ...
 		f.field = field{kind: fieldStack, name: name}
 	case name == "hitcount":
 		f.field = field{kind: fieldHitcount, name: name}
-	case name == "duration" && h.def.Kind == Retprobe:
-		f.field = field{kind: fieldDuration, name: name, typ: Type{Base: U64}}
+	case name == "duration" && h.def.Kind == probedef.Retprobe:
+		f.field = field{kind: fieldDuration, name: name, typ: probedef.Type{Base: probedef.U64}}
 	default:
 		return f, fail(off, "field %q not found in %s", name, h.def.Event)
 	}
@@ -315,7 +317,7 @@ func (h *Hist) parseSort(list string, off int, fail func(int, string, ...any) er
 
 // Add counts one event: it is dropped when a filter rejects it, and
 // counted as Dropped when the table is full and its key is new.
-func (h *Hist) Add(ev Event) {
+func (h *Hist) Add(ev probedef.Event) {
 	if h.filter != nil && !h.filter.Match(ev) {
 		return
 	}
@@ -358,7 +360,7 @@ func (h *Hist) Add(ev Event) {
 }
 
 // number is a numeric field's stored bits (two's complement when signed).
-func (h *Hist) number(f field, ev *Event) (uint64, bool) {
+func (h *Hist) number(f field, ev *probedef.Event) (uint64, bool) {
 	if f.kind == fieldDuration {
 		if h.Duration == nil {
 			return uint64(ev.Duration.Nanoseconds()), true // ParseHist allows duration on return probes only
@@ -376,11 +378,11 @@ func (h *Hist) number(f field, ev *Event) (uint64, bool) {
 	return v.U64, true
 }
 
-func (h *Hist) keyPart(k histField, ev *Event) keyPart {
+func (h *Hist) keyPart(k histField, ev *probedef.Event) keyPart {
 	switch {
 	case k.kind == fieldStack:
 		if h.Stack == nil {
-			return keyPart{stack: StackAddrs(ev)}
+			return keyPart{stack: probedef.StackAddrs(ev)}
 		}
 		// Copied: the caller may reuse its slice for the next event.
 		return keyPart{stack: slices.Clone(h.Stack(ev))}

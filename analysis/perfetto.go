@@ -1,10 +1,12 @@
-package probedef
+package analysis
 
 import (
 	"encoding/json"
 	"fmt"
 	"sort"
 	"sync"
+
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
 // Perfetto renders events as a Chrome trace-event file (the JSON Array
@@ -48,17 +50,17 @@ type traceEvent struct {
 }
 
 // Add appends ev to the file.
-func (p *Perfetto) Add(ev Event) error {
+func (p *Perfetto) Add(ev probedef.Event) error {
 	args := map[string]any{"where": ev.Where}
 	for _, v := range ev.Values {
-		args[v.Name] = jsonValue(v)
+		args[v.Name] = v.JSON()
 	}
 	if ev.Stack != nil {
-		args["stack"] = stackWhere(ev.Stack)
+		args["stack"] = probedef.StackWhere(ev.Stack)
 	}
 	te := traceEvent{Name: ev.Def.Event, Cat: ev.Def.Group, Ph: "i", Scope: "t", Args: args,
 		TS: float64(ev.Time.Nanoseconds()) / 1e3}
-	if ev.Def.Kind == Retprobe {
+	if ev.Def.Kind == probedef.Retprobe {
 		dur := float64(ev.Duration.Nanoseconds()) / 1e3
 		te.Ph, te.Scope, te.TS, te.Dur = "X", "", te.TS-dur, &dur
 		args["func"] = ev.Func

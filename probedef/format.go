@@ -179,7 +179,7 @@ func (a jsonArgs) MarshalJSON() ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		val, err := json.Marshal(jsonValue(v))
+		val, err := json.Marshal(v.JSON())
 		if err != nil {
 			return nil, err
 		}
@@ -191,17 +191,17 @@ func (a jsonArgs) MarshalJSON() ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// jsonValue types a value for JSON: decimal types as numbers, hex types
+// JSON types a value for JSON: decimal types as numbers, hex types
 // as "0x…" strings (64-bit addresses do not survive float64 readers),
 // text and symbols as strings, arrays as arrays and faults as null.
-func jsonValue(v Value) any {
+func (v Value) JSON() any {
 	if v.Fault {
 		return nil
 	}
 	if v.Type.Array > 0 {
 		out := make([]any, len(v.Elems))
 		for i, el := range v.Elems {
-			out[i] = jsonValue(el)
+			out[i] = el.JSON()
 		}
 		return out
 	}
@@ -226,11 +226,12 @@ func FormatJSON(ev Event) ([]byte, error) {
 		TimeNS: ev.Time.Nanoseconds(),
 		Group:  ev.Def.Group, Event: ev.Def.Event, Kind: ev.Def.Kind.String(),
 		Where: ev.Where, Func: ev.Func, Args: jsonArgs(ev.Values),
-		DurNS: ev.Duration.Nanoseconds(), Stack: stackWhere(ev.Stack),
+		DurNS: ev.Duration.Nanoseconds(), Stack: StackWhere(ev.Stack),
 	})
 }
 
-func stackWhere(st []Frame) []string {
+// StackWhere is each frame's Where, nil for no stack.
+func StackWhere(st []Frame) []string {
 	if st == nil {
 		return nil
 	}

@@ -43,13 +43,6 @@
 //   - Nothing here prints or logs; errors are *SyntaxError, SyntaxErrors
 //     and *UnresolvedError, matching the Err* sentinels via errors.Is.
 //
-// Answers, not just events: ParseFilter parses ftrace's event filter
-// grammar (events.rst "Event filtering") against a Def's fields and
-// Filter.Match evaluates it on an Event; ParseHist parses an ftrace hist
-// trigger (histogram.rst), Hist.Add aggregates events from any number of
-// vCPU threads, and Hist.Text and Hist.JSON print the table as ftrace's
-// hist file does, with bpftrace-style bars for log2 distributions. A
-// comparison on a faulted value is false. Hist takes what Event does not
-// carry (a stack, a return probe's duration) through its Stack and
-// Duration functions, and symbolizes through Symbols.
+// What is done with events after they are made (filters, hists, Perfetto
+// traces) is package analysis.
 package probedef

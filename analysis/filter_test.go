@@ -1,14 +1,16 @@
-package probedef
+package analysis
 
 import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/hvprobe/hvprobe/probedef"
 )
 
-func mustParse(t testing.TB, line string) *Def {
+func mustParse(t testing.TB, line string) *probedef.Def {
 	t.Helper()
-	d, err := Parse(line)
+	d, err := probedef.Parse(line)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -19,15 +21,15 @@ func mustParse(t testing.TB, line string) *Def {
 // argument.
 const filterDef = `p:open do_sys_open dfd=%di:x32 flags=%dx:s32 mode=%cx:u16 name=+0(%si):string %r8`
 
-func filterEvent(dfd, flags, mode uint64, name string, nameFault bool) Event {
-	return Event{
+func filterEvent(dfd, flags, mode uint64, name string, nameFault bool) probedef.Event {
+	return probedef.Event{
 		Comm: "bash", PID: 42, CPU: 1,
-		Values: []Value{
-			{Name: "dfd", Type: Type{Base: X32}, U64: dfd},
-			{Name: "flags", Type: Type{Base: S32}, U64: flags & 0xffffffff, S64: int64(int32(flags))},
-			{Name: "mode", Type: Type{Base: U16}, U64: mode},
-			{Name: "name", Type: Type{Base: String}, Str: name, Fault: nameFault},
-			{Name: "arg5", Type: DefaultType, U64: 7},
+		Values: []probedef.Value{
+			{Name: "dfd", Type: probedef.Type{Base: probedef.X32}, U64: dfd},
+			{Name: "flags", Type: probedef.Type{Base: probedef.S32}, U64: flags & 0xffffffff, S64: int64(int32(flags))},
+			{Name: "mode", Type: probedef.Type{Base: probedef.U16}, U64: mode},
+			{Name: "name", Type: probedef.Type{Base: probedef.String}, Str: name, Fault: nameFault},
+			{Name: "arg5", Type: probedef.DefaultType, U64: 7},
 		},
 	}
 }
@@ -111,7 +113,7 @@ func TestFilterArgShadowsCommon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := Event{CPU: 1, Values: []Value{{Name: "cpu", Type: Type{Base: U8}, U64: 9}}}
+	ev := probedef.Event{CPU: 1, Values: []probedef.Value{{Name: "cpu", Type: probedef.Type{Base: probedef.U8}, U64: 9}}}
 	if !f.Match(ev) {
 		t.Error("the argument named cpu should be compared, not the CPU")
 	}
@@ -123,7 +125,7 @@ func TestFilterRetval(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !f.Match(Event{Values: []Value{{Name: "arg1", Type: Type{Base: S64}, U64: ^uint64(0), S64: -1}}}) {
+	if !f.Match(probedef.Event{Values: []probedef.Value{{Name: "arg1", Type: probedef.Type{Base: probedef.S64}, U64: ^uint64(0), S64: -1}}}) {
 		t.Error("$retval (arg1) = -1 should be < 0")
 	}
 }
@@ -153,8 +155,8 @@ func TestFilterErrors(t *testing.T) {
 		{"arr == 1", "array field", 1},
 	} {
 		_, err := ParseFilter(d, tc.expr)
-		var se *SyntaxError
-		if !errors.As(err, &se) || !errors.Is(err, ErrSyntax) {
+		var se *probedef.SyntaxError
+		if !errors.As(err, &se) || !errors.Is(err, probedef.ErrSyntax) {
 			t.Errorf("%q: error %v, want *SyntaxError", tc.expr, err)
 			continue
 		}
@@ -162,7 +164,7 @@ func TestFilterErrors(t *testing.T) {
 			t.Errorf("%q: col %d msg %q, want col %d with %q\n%s", tc.expr, se.Col, se.Msg, tc.col, tc.msg, se.Render(""))
 		}
 	}
-	if _, err := ParseFilter(mustParse(t, "-:e"), "a == 1"); !errors.Is(err, ErrNotProbe) {
+	if _, err := ParseFilter(mustParse(t, "-:e"), "a == 1"); !errors.Is(err, probedef.ErrNotProbe) {
 		t.Errorf("delete def: %v", err)
 	}
 }
@@ -189,7 +191,7 @@ func FuzzParseFilter(f *testing.F) {
 	f.Fuzz(func(t *testing.T, expr string) {
 		flt, err := ParseFilter(d, expr)
 		if err != nil {
-			var se *SyntaxError
+			var se *probedef.SyntaxError
 			if !errors.As(err, &se) {
 				t.Fatalf("error %T, want *SyntaxError", err)
 			}
@@ -198,7 +200,7 @@ func FuzzParseFilter(f *testing.F) {
 			}
 			return
 		}
-		flt.Match(Event{})
+		flt.Match(probedef.Event{})
 		flt.Match(filterEvent(1, 2, 3, expr, false))
 		flt.Match(filterEvent(1, 2, 3, "", true))
 	})
