@@ -70,9 +70,9 @@ type Session struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	workers   sync.WaitGroup
-	ctlMu     sync.Mutex
-	controls  []*Control
-	orcOnce   sync.Once // the image's ORC tables, read at the first need
+	closeMu   sync.Mutex
+	closers   []io.Closer // CloseWith's
+	orcOnce   sync.Once   // the image's ORC tables, read at the first need
 	orc       *guest.ORC
 	orcErr    error
 	// consoleDropped is the console loss last reported (NoticeConsoleDropped).
@@ -187,18 +187,27 @@ func (s *Session) Run(ctx context.Context) vmm.Result {
 	return s.VM.Run(ctx)
 }
 
-// Close stops the guest, closes the control sockets (joining their
-// connections) and the session's own goroutines, then releases the VM.
+// CloseWith has Close close c (a control socket, say) after stopping the
+// guest and before releasing the VM.
+func (s *Session) CloseWith(c io.Closer) {
+	s.closeMu.Lock()
+	s.closers = append(s.closers, c)
+	s.closeMu.Unlock()
+}
+
+// Close stops the guest, closes what CloseWith was given (control sockets
+// join their connections) and the session's own goroutines, then
+// releases the VM.
 // Calls still in flight on the VM or its memory from elsewhere finish
 // first (vmm.VM.Close); later ones fail with vmm.ErrClosed.
 func (s *Session) Close() error {
 	s.VM.Stop()
-	s.ctlMu.Lock()
-	ctls := s.controls
-	s.controls = nil
-	s.ctlMu.Unlock()
+	s.closeMu.Lock()
+	closers := s.closers
+	s.closers = nil
+	s.closeMu.Unlock()
 	var errs []error
-	for _, c := range ctls {
+	for _, c := range closers {
 		errs = append(errs, c.Close())
 	}
 	s.closeOnce.Do(func() { close(s.done) })

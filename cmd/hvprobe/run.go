@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hvprobe/hvprobe/session/control"
+
 	"github.com/hvprobe/hvprobe/analysis"
 	"github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/kprobes"
@@ -50,7 +52,7 @@ func cmdRun(args []string) error {
 	count := fs.Bool("count", false, "for --probe/--probes: count events per probe and argument values, print the table at exit instead of every event")
 	eventsOut := fs.String("events", "-", "where events and statistics go: - for stdout, or a file (keeps the terminal for the guest console)")
 	interactive := fs.Bool("interactive", false, "send standard input to the guest's serial console (use with --events FILE to keep events apart)")
-	control := fs.Bool("control", false, "open a control socket for live probe changes (see 'hvprobe ctl')")
+	live := fs.Bool("control", false, "open a control socket for live probe changes (see 'hvprobe ctl')")
 	inspect := fs.String("inspect", "", "when a console line contains this text, print the KASLR slide and the guest's task list")
 	snapAt := fs.String("snapshot-at", "", "when a console line contains this text, snapshot the guest to --snapshot-out and stop")
 	snapOut := fs.String("snapshot-out", "", "snapshot file written at --snapshot-at")
@@ -75,7 +77,7 @@ func cmdRun(args []string) error {
 	if (*snapAt == "") != (*snapOut == "") {
 		return errors.New("--snapshot-at and --snapshot-out go together")
 	}
-	if *snapOut != "" && (len(kps)+len(jps)+len(rps)+len(lines) > 0 || *probesFile != "" || *control) {
+	if *snapOut != "" && (len(kps)+len(jps)+len(rps)+len(lines) > 0 || *probesFile != "" || *live) {
 		return errors.New("--snapshot-out: a snapshot holds no probes; take it without probes and add them after --restore")
 	}
 	if *restore != "" {
@@ -187,7 +189,7 @@ func cmdRun(args []string) error {
 			toPrinter(ev)
 		}
 	}
-	printed := emit // control-socket probes pass the Analysis on their own
+	printed := emit // control-socket probes pass the analysis.Set on their own
 	emit = an.Wrap(emit)
 	defer printHists(an, *format, events)
 	hasProbes := !probes.empty() || len(defs) > 0 || len(bad) > 0 || parseErr != nil
@@ -284,8 +286,8 @@ func cmdRun(args []string) error {
 	// bgCtx ends the goroutines below once the guest has stopped.
 	bgCtx, stopBg := context.WithCancel(ctx)
 	defer stopBg()
-	if *control {
-		c, err := s.ListenControl("", printed, an) // closed, connections joined, by s.Close
+	if *live {
+		c, err := control.Listen(s, "", printed, an) // closed, connections joined, by s.Close
 		if err != nil {
 			return err
 		}

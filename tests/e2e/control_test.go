@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/hvprobe/hvprobe/probedef"
-	"github.com/hvprobe/hvprobe/session"
+	"github.com/hvprobe/hvprobe/session/control"
 	"github.com/hvprobe/hvprobe/vmm"
 )
 
@@ -26,7 +26,7 @@ func TestControlSocket(t *testing.T) {
 	g := miniGuest(t)
 	var mu sync.Mutex
 	var events []probedef.Event
-	c, err := g.s.ListenControl("", func(ev probedef.Event) {
+	c, err := control.Listen(g.s, "", func(ev probedef.Event) {
 		mu.Lock()
 		events = append(events, ev)
 		mu.Unlock()
@@ -134,7 +134,7 @@ func TestControlCloseUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	var hits atomic.Int64
-	c, err := g.s.ListenControl("", func(probedef.Event) { hits.Add(1) }, nil)
+	c, err := control.Listen(g.s, "", func(probedef.Event) { hits.Add(1) }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ type ctlConn struct {
 }
 
 // serveAndDial serves c until the test ends and connects to it.
-func serveAndDial(t *testing.T, c *session.Control) *ctlConn {
+func serveAndDial(t *testing.T, c *control.Control) *ctlConn {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hvprobe/hvprobe/probedef"
 	"github.com/hvprobe/hvprobe/session"
+	"github.com/hvprobe/hvprobe/session/control"
 )
 
 // TestWatchWrites: a w line on the workload's variable reports exactly
@@ -187,7 +188,7 @@ func TestStealthProbes(t *testing.T) {
 func TestControlWatch(t *testing.T) {
 	g := miniGuest(t)
 	var log eventLog
-	c, err := g.s.ListenControl("", log.add, nil)
+	c, err := control.Listen(g.s, "", log.add, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,6 @@
-package session
+// Package control is a live session's control socket, the protocol
+// that `hvprobe ctl` and scripts speak to a running hvprobe.
+package control
 
 import (
 	"bufio"
@@ -13,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hvprobe/hvprobe/session"
 
 	"github.com/hvprobe/hvprobe/analysis"
 
@@ -38,7 +42,7 @@ import (
 // "error" the lines before it are the error message. Adding
 // or removing a probe stops no vCPU: arming writes single bytes.
 type Control struct {
-	s      *Session
+	s      *session.Session
 	an     *analysis.Set
 	emit   func(probedef.Event)
 	paused atomic.Bool
@@ -58,14 +62,14 @@ type Control struct {
 
 type liveProbe struct {
 	def *probedef.Def
-	dp  *DefProbes
+	dp  *session.DefProbes
 }
 
-// ListenControl creates the control socket in a new private directory
+// Listen creates s's control socket in a new private directory
 // (MkdirTemp makes it 0700) under parent (os.TempDir() when empty). Events of probes added through
 // it pass an's filters and hists (a new analysis.Set when nil), then go to
 // emit unless paused.
-func (s *Session) ListenControl(parent string, emit func(probedef.Event), an *analysis.Set) (*Control, error) {
+func Listen(s *session.Session, parent string, emit func(probedef.Event), an *analysis.Set) (*Control, error) {
 	if an == nil {
 		an = analysis.NewSet(nil)
 	}
@@ -85,9 +89,7 @@ func (s *Session) ListenControl(parent string, emit func(probedef.Event), an *an
 		return nil, err
 	}
 	c := &Control{s: s, an: an, emit: an.Wrap(emit), ln: ln, dir: dir, probes: map[string]*liveProbe{}, conns: map[net.Conn]bool{}}
-	s.ctlMu.Lock()
-	s.controls = append(s.controls, c)
-	s.ctlMu.Unlock()
+	s.CloseWith(c)
 	return c, nil
 }
 
