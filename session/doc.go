@@ -34,10 +34,11 @@
 // path would give. A NoticePath says which path a line took, a
 // NoticeLost when a ring was full.
 //
-// Lifetime: Close stops the guest, closes the control sockets it opened
-// (joining their connections) and its own goroutines (the write-watch
-// poller, the ring drainer, whose last drain runs then), then closes the VM, which waits for any call still in flight;
-// afterwards guest-memory and vCPU calls fail with vmm.ErrClosed.
+// Lifetime: Close stops the guest, closes what CloseWith was given (the
+// control sockets of session/control, which join their connections) and
+// its own goroutines (the write-watch poller, the ring drainer, whose last
+// drain runs then), then closes the VM, which waits for any call still in
+// flight; afterwards guest-memory and vCPU calls fail with vmm.ErrClosed.
 //
 // Layering: session → kprobes → introspect / guest → vmm.
 package session

@@ -52,7 +52,6 @@ type Session struct {
 	offset time.Duration
 	opts   Options
 
-	scenarioMu  sync.Mutex
 	host        vmm.Host
 	mux         *hookMux
 	attachTried atomic.Bool

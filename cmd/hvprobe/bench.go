@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/hvprobe/hvprobe/bench"
 	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/vmm"
 )
@@ -38,7 +39,7 @@ func cmdBench(args []string) error {
 		return fmt.Errorf("guest did not reach its workload: %v (guest: %v %v)", err, r.Reason, r.Err)
 	}
 	fmt.Printf("guest ready after %.2fs\n", ready.At.Seconds())
-	res, err := s.Bench(context.Background(), *calls)
+	res, err := bench.Run(context.Background(), s, *calls)
 	s.VM.Stop()
 	<-ended
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hvprobe/hvprobe/bench"
 	"github.com/hvprobe/hvprobe/session/control"
 
 	"github.com/hvprobe/hvprobe/analysis"
@@ -438,7 +439,7 @@ func sendScenario(ctx context.Context, s *session.Session, cmds string, restored
 			return
 		}
 	}
-	if _, err := s.Scenario(ctx, cmds); err != nil && ctx.Err() == nil && !strings.Contains(cmds, "poweroff") {
+	if _, err := bench.NewMailbox(s).Scenario(ctx, cmds); err != nil && ctx.Err() == nil && !strings.Contains(cmds, "poweroff") {
 		p.printf("hvprobe: --scenario: %v", err)
 	}
 }

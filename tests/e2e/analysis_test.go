@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/hvprobe/hvprobe/analysis"
+	"github.com/hvprobe/hvprobe/bench"
 	"github.com/hvprobe/hvprobe/probedef"
-	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/tests/traceevent"
 )
 
@@ -168,7 +168,7 @@ func TestHistDistributions(t *testing.T) {
 	n := num(t, report(t, out, "ret"), "n")
 	var slept []time.Duration
 	for _, l := range out {
-		if r, err := session.FindReport([]string{l}, "block"); err == nil {
+		if r, err := bench.FindReport([]string{l}, "block"); err == nil {
 			slept = append(slept, time.Duration(num(t, r.Fields, "ns")))
 		}
 	}

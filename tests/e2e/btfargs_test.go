@@ -5,8 +5,8 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/hvprobe/hvprobe/bench"
 	"github.com/hvprobe/hvprobe/probedef"
-	"github.com/hvprobe/hvprobe/session"
 )
 
 // TestBTFFieldArgs: BTF field accesses on the workload's reads. kernel_read
@@ -91,7 +91,7 @@ func TestBTFBitfields(t *testing.T) {
 	}
 	var want [][]string
 	for _, l := range out {
-		if r, ok := session.ParseReport(l); ok && r.What == "bits" {
+		if r, ok := bench.ParseReport(l); ok && r.What == "bits" {
 			want = append(want, []string{r.Fields["lo"], r.Fields["mid"], r.Fields["flag"], r.Fields["wide"], r.Fields["i"]})
 		}
 	}

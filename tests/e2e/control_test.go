@@ -146,7 +146,7 @@ func TestControlCloseUnderLoad(t *testing.T) {
 	if st, err := ask(`add p:close/open do_filp_open path=+0(+0(%si)):string`); st != "ok" {
 		t.Fatalf("add: %s %v", st, err)
 	}
-	go g.s.Scenario(t.Context(), "fileread:1000000")
+	go g.box.Scenario(t.Context(), "fileread:1000000")
 
 	var wg sync.WaitGroup
 	var inspectErr, connErr error

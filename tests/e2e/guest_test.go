@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hvprobe/hvprobe/bench"
 	"github.com/hvprobe/hvprobe/kprobes"
 	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/tests/kvmtest"
@@ -30,6 +31,7 @@ const scenarioTimeout = 10 * time.Minute
 type guest struct {
 	s      *session.Session
 	a      *session.Attached
+	box    *bench.Mailbox
 	ended  chan vmm.Result
 	booted time.Duration
 	// blamed is set once a test has failed because this guest ended, so
@@ -312,7 +314,7 @@ func restoreMini(path string, cpus int, name string, opts ...func(*session.Optio
 
 // start runs s in the background.
 func start(s *session.Session) *guest {
-	g := &guest{s: s, ended: make(chan vmm.Result, 1)}
+	g := &guest{s: s, box: bench.NewMailbox(s), ended: make(chan vmm.Result, 1)}
 	go func() { g.ended <- s.Run(context.Background()) }()
 	return g
 }
@@ -348,7 +350,7 @@ func (g *guest) run(t *testing.T, cmd string) []string {
 	}
 	ch := make(chan res, 1)
 	go func() {
-		l, err := g.s.Scenario(ctx, cmd)
+		l, err := g.box.Scenario(ctx, cmd)
 		ch <- res{l, err}
 	}()
 	select {
@@ -368,7 +370,7 @@ func (g *guest) run(t *testing.T, cmd string) []string {
 // report finds the workload line "HVWL: <what> k=v ..." and returns its fields.
 func report(t *testing.T, lines []string, what string) map[string]string {
 	t.Helper()
-	r, err := session.FindReport(lines, what)
+	r, err := bench.FindReport(lines, what)
 	if err != nil {
 		t.Fatal(err)
 	}

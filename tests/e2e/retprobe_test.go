@@ -213,7 +213,7 @@ func TestKretprobeUnregisterMidFlight(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
 		defer cancel()
-		l, err := g.s.Scenario(ctx, "block:3000")
+		l, err := g.box.Scenario(ctx, "block:3000")
 		done <- result{l, err}
 	}()
 	deadline := time.Now().Add(2 * time.Minute)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hvprobe/hvprobe/bench"
 	"github.com/hvprobe/hvprobe/kprobes"
 	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/tests/kvmtest"
@@ -92,7 +93,7 @@ func TestSnapshotRestoreScenarios(t *testing.T) {
 		after := g.text(t)
 		g.stop()
 
-		r, err := session.FindReport(out, sc.report)
+		r, err := bench.FindReport(out, sc.report)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,7 +173,7 @@ func coldResults(t *testing.T, cmds string) map[string]string {
 // lineOf returns the text after "HVWL: " of the first report named what.
 func lineOf(lines []string, what string) string {
 	for _, l := range lines {
-		if r, ok := session.ParseReport(l); ok && r.What == what {
+		if r, ok := bench.ParseReport(l); ok && r.What == what {
 			return strings.TrimPrefix(l, "HVWL: ")
 		}
 	}

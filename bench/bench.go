@@ -1,4 +1,4 @@
-package session
+package bench
 
 import (
 	"context"
@@ -6,23 +6,25 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hvprobe/hvprobe/session"
+
 	"github.com/hvprobe/hvprobe/kprobes"
 	"github.com/hvprobe/hvprobe/probedef"
 )
 
-// BenchCase is one probe configuration measured by Bench.
-type BenchCase struct {
+// Case is one probe configuration measured by Run.
+type Case struct {
 	Name        string
 	PerHit      time.Duration // added cost per probed call
 	ExitsPerHit float64       // VM exits per call above the unprobed run
 }
 
-// BenchResult is what Bench measured, all in one run on one VM.
-type BenchResult struct {
+// Result is what Run measured, all in one run on one VM.
+type Result struct {
 	Calls    int
 	BareExit time.Duration // one guest→host→guest round trip (port I/O)
 	PerCall  time.Duration // one unprobed workload call
-	Cases    []BenchCase
+	Cases    []Case
 	// CPUs is the guest's vCPU count. With more than one, Parallel holds
 	// Cases again measured with one workload thread bound to each vCPU,
 	// all calling at once (Calls each): PerHit is then the wall-clock cost
@@ -30,20 +32,21 @@ type BenchResult struct {
 	// different vCPUs do not slow each other down; ExitsPerHit is per call
 	// of all threads.
 	CPUs     int
-	Parallel []BenchCase
+	Parallel []Case
 }
 
-// Bench measures, on this session's guest, the cost of a bare VM exit and
+// Run measures, on s's guest, the cost of a bare VM exit and
 // of probe hits of each kind on the workload's hvwl_target_add, as host
 // wall-clock time per call over n calls. Ratios between them are what to
 // compare across machines; absolute numbers depend on the host.
-func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
+func Run(ctx context.Context, s *session.Session, n int) (Result, error) {
+	box := NewMailbox(s)
 	a, err := s.Attached()
 	if err != nil {
-		return BenchResult{}, err
+		return Result{}, err
 	}
 	m := a.Manager
-	res := BenchResult{Calls: n, CPUs: s.VM.NumCPUs()}
+	res := Result{Calls: n, CPUs: s.VM.NumCPUs()}
 	// timed runs cmd three times and keeps the fastest run: the mailbox is
 	// polled every 20 ms and the guest's scheduler adds noise of its own
 	// (a threads baseline was once slower than every probed run).
@@ -53,7 +56,7 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 		for i := 0; i < 3; i++ {
 			e0 := s.VM.Stats().Total.Load()
 			t0 := time.Now()
-			if _, err := s.Scenario(ctx, cmd); err != nil {
+			if _, err := box.Scenario(ctx, cmd); err != nil {
 				return 0, 0, err
 			}
 			if d := time.Since(t0); i == 0 || d < best {
@@ -154,7 +157,7 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 			return probeCase{}, err
 		}
 		set(d)
-		var dp *DefProbes
+		var dp *session.DefProbes
 		return probeCase{name, scenario, func() (err error) {
 			dp, err = s.AddDefs(a, []*probedef.Def{d}, func(probedef.Event) {})
 			if err == nil && d.Fast && len(dp.FastProbes()) == 0 {
@@ -246,13 +249,13 @@ func (s *Session) Bench(ctx context.Context, n int) (BenchResult, error) {
 			return res, fmt.Errorf("%s: %w", c.name, err)
 		}
 		b := base[c.scenario]
-		res.Cases = append(res.Cases, BenchCase{
+		res.Cases = append(res.Cases, Case{
 			Name:        c.name,
 			PerHit:      (t - b.t) / time.Duration(n),
 			ExitsPerHit: float64(int64(exits)-int64(b.exits)) / float64(n),
 		})
 		if parallel {
-			res.Parallel = append(res.Parallel, BenchCase{
+			res.Parallel = append(res.Parallel, Case{
 				Name:        c.name,
 				PerHit:      (tp - tThreads) / time.Duration(n),
 				ExitsPerHit: float64(int64(pExits)-int64(threadExits)) / float64(res.CPUs*n),
@@ -274,7 +277,7 @@ type insnAt struct {
 // walkInsns decodes sym with the engine's own decoder (kprobes.Check,
 // which knows endbr64 and the engine's int3s) until f returns true or the
 // function ends.
-func walkInsns(k *RunningKernel, sym string, f func(insnAt) bool) error {
+func walkInsns(k *session.RunningKernel, sym string, f func(insnAt) bool) error {
 	va, err := k.Resolve(sym, 0)
 	if err != nil {
 		return err
@@ -295,7 +298,7 @@ func walkInsns(k *RunningKernel, sym string, f func(insnAt) bool) error {
 }
 
 // nthInsn is sym's n-th instruction (from 0).
-func nthInsn(k *RunningKernel, sym string, n int) (insnAt, error) {
+func nthInsn(k *session.RunningKernel, sym string, n int) (insnAt, error) {
 	var found insnAt
 	i := 0
 	err := walkInsns(k, sym, func(in insnAt) bool {
@@ -307,7 +310,7 @@ func nthInsn(k *RunningKernel, sym string, n int) (insnAt, error) {
 }
 
 // findInsn is the first instruction of sym whose text match accepts.
-func findInsn(k *RunningKernel, sym string, match func(string) bool) (insnAt, error) {
+func findInsn(k *session.RunningKernel, sym string, match func(string) bool) (insnAt, error) {
 	var found insnAt
 	err := walkInsns(k, sym, func(in insnAt) bool {
 		found = in

@@ -1,4 +1,4 @@
-package session
+package bench
 
 import (
 	"context"
@@ -8,6 +8,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+
+	"github.com/hvprobe/hvprobe/session"
 )
 
 // The mini guest's in-kernel workload (images/mini/hvprobe_wl.c), booted
@@ -49,17 +52,28 @@ func ParseReport(line string) (Report, bool) {
 	return r, true
 }
 
+// Mailbox is the way to a session's workload. One Mailbox serves one
+// session: its scenarios run one at a time.
+type Mailbox struct {
+	s  *session.Session
+	mu sync.Mutex
+}
+
+// NewMailbox is the mailbox of s's guest.
+func NewMailbox(s *session.Session) *Mailbox { return &Mailbox{s: s} }
+
 // Scenario runs cmd through the workload's mailbox and returns the
 // workload's "HVWL:" lines up to and including "HVWL: done seq=N". The
 // engine must be attached (the mailbox is found through the running
-// kernel's symbols). Scenarios run one at a time.
-func (s *Session) Scenario(ctx context.Context, cmd string) ([]string, error) {
+// kernel's symbols).
+func (m *Mailbox) Scenario(ctx context.Context, cmd string) ([]string, error) {
+	s := m.s
 	a, err := s.Attached()
 	if err != nil {
 		return nil, err
 	}
-	s.scenarioMu.Lock()
-	defer s.scenarioMu.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	k := a.Kernel
 	box, err := k.Resolve("hvwl_mailbox", 0)
 	if err != nil {
