@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hvprobe/hvprobe/tests/kvmtest"
+	"github.com/hvprobe/hvprobe/vmm/boot"
 )
 
 // A tiny real-mode guest on a real KVM, with no kernel: vCPU 0 runs code
@@ -413,7 +414,7 @@ func TestWatchWritesLongMode(t *testing.T) {
 	// Identity map of the first 1 GiB (2 MiB pages), and highVA+i*4K ->
 	// watch+i*4K through 4 KiB pages, as PML4[511]/PDPT[510] map Linux's text.
 	setupLongMode(t, vm)
-	le.PutUint64(ram[pml4Addr+8*511:], pdptHigh|3)
+	le.PutUint64(ram[boot.PML4Addr+8*511:], pdptHigh|3)
 	le.PutUint64(ram[pdptHigh+8*510:], pdHigh|3)
 	le.PutUint64(ram[pdHigh:], ptHigh|3)
 	for i := range uint64(8) {

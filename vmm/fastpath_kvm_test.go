@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hvprobe/hvprobe/stub"
+	"github.com/hvprobe/hvprobe/vmm/boot"
 )
 
 // The exit-less probe stub (kprobes/fastpath) run by a real vCPU: a tiny
@@ -66,13 +67,13 @@ func newFastpathVM(t testing.TB) *VM {
 	ram := vm.mem.b
 	le := binary.LittleEndian
 	for i, d := range []uint64{0, 0, 0x00af9b000000ffff, 0x00cf93000000ffff} {
-		le.PutUint64(ram[gdtAddr+8*i:], d)
+		le.PutUint64(ram[boot.GDTAddr+8*i:], d)
 	}
-	le.PutUint64(ram[pml4Addr:], pdptAddr|3)
-	le.PutUint64(ram[pml4Addr+8*((fpDirect>>39)&511):], pdptAddr|3)
-	le.PutUint64(ram[pdptAddr:], pdAddr|3)
+	le.PutUint64(ram[boot.PML4Addr:], boot.PDPTAddr|3)
+	le.PutUint64(ram[boot.PML4Addr+8*((fpDirect>>39)&511):], boot.PDPTAddr|3)
+	le.PutUint64(ram[boot.PDPTAddr:], boot.PDAddr|3)
 	for j := range uint64(512) {
-		le.PutUint64(ram[pdAddr+8*j:], j<<21|0x83)
+		le.PutUint64(ram[boot.PDAddr+8*j:], j<<21|0x83)
 	}
 	le.PutUint32(ram[fpPerCPU+fpCPUNum:], 0)
 	le.PutUint64(ram[fpPerCPU+fpCurrent:], fpCurTask)
@@ -419,13 +420,13 @@ func TestFastpathCaptures(t *testing.T) {
 	mem := vm.Memory()
 	ram := vm.mem.b
 	le := binary.LittleEndian
-	le.PutUint64(ram[pdAddr+8*2:], fpPT|3)
+	le.PutUint64(ram[boot.PDAddr+8*2:], fpPT|3)
 	for j := range uint64(512) {
 		if fp4K+j<<12 != fpHole {
 			le.PutUint64(ram[fpPT+8*j:], fp4K+j<<12|3)
 		}
 	}
-	le.PutUint64(ram[pdptAddr+8:], 0x83) // 1 GiB page at 1 GiB -> gpa 0
+	le.PutUint64(ram[boot.PDPTAddr+8:], 0x83) // 1 GiB page at 1 GiB -> gpa 0
 	put := func(gpa uint64, s string) { copy(ram[gpa:], s+"\x00") }
 	put(fpData+0x100, "hello, captures")
 	put(fpHole-8, "faulting")            // its NUL would be on the missing page

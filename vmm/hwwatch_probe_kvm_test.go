@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/hvprobe/hvprobe/vmm/boot"
 	"golang.org/x/sys/unix"
 )
 
@@ -315,12 +316,12 @@ func setupLongMode(t testing.TB, vm *VM) {
 	ram := vm.mem.b
 	le := binary.LittleEndian
 	for i, d := range []uint64{0, 0, 0x00af9b000000ffff, 0x00cf93000000ffff} {
-		le.PutUint64(ram[gdtAddr+8*i:], d)
+		le.PutUint64(ram[boot.GDTAddr+8*i:], d)
 	}
-	le.PutUint64(ram[pml4Addr:], pdptAddr|3)
-	le.PutUint64(ram[pdptAddr:], pdAddr|3)
+	le.PutUint64(ram[boot.PML4Addr:], boot.PDPTAddr|3)
+	le.PutUint64(ram[boot.PDPTAddr:], boot.PDAddr|3)
 	for j := range uint64(512) {
-		le.PutUint64(ram[pdAddr+8*j:], j<<21|0x83)
+		le.PutUint64(ram[boot.PDAddr+8*j:], j<<21|0x83)
 	}
 	v := vm.vcpus[0]
 	err := v.Do(func(CPU) error {

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hvprobe/hvprobe/vmm/boot"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/hvprobe/hvprobe/kimage"
@@ -337,7 +339,7 @@ func (vm *VM) load(img *kimage.Image) error {
 	if len(img.Segments) == 0 {
 		return fmt.Errorf("kernel image has no loadable segments")
 	}
-	usable := reservedStart(vm.cfg.MemSize, vm.cfg.Reserved)
+	usable := boot.ReservedStart(vm.cfg.MemSize, vm.cfg.Reserved)
 	var physDelta, virtDelta uint64
 	if vm.cfg.KASLR {
 		span := kernelHigh - kernelLow
@@ -363,18 +365,18 @@ func (vm *VM) load(img *kimage.Image) error {
 	if _, err := rand.Read(seed); err != nil {
 		return fmt.Errorf("seeding the guest RNG: %w", err)
 	}
-	spec := BootSpec{
+	spec := boot.Spec{
 		MemSize: vm.cfg.MemSize, Reserved: vm.cfg.Reserved, Cmdline: vm.cfg.Cmdline,
 		Initrd: vm.cfg.Initrd, RNGSeed: seed, KASLR: vm.cfg.KASLR,
 	}
-	if err := writeBootParams(vm.mem.b, spec, vm.layout.KernelEnd); err != nil {
+	if err := boot.Write(vm.mem.b, spec, vm.layout.KernelEnd); err != nil {
 		return err
 	}
 	if vm.cfg.CPUs > 1 {
-		if err := writeMPTable(vm.mem.b, vm.cfg.CPUs); err != nil {
+		if err := boot.WriteMPTable(vm.mem.b, vm.cfg.CPUs); err != nil {
 			return err
 		}
-		if err := writeACPI(vm.mem.b, vm.cfg.CPUs); err != nil {
+		if err := boot.WriteACPI(vm.mem.b, vm.cfg.CPUs); err != nil {
 			return err
 		}
 	}
@@ -500,7 +502,7 @@ func (vm *VM) NumCPUs() int { return len(vm.vcpus) }
 // Reserved is hvprobe's private guest-physical region: reserved by the
 // kernel, never allocated by it, but in its direct map (see e820Map).
 func (vm *VM) Reserved() ReservedRegion {
-	return ReservedRegion{Start: reservedStart(vm.cfg.MemSize, vm.cfg.Reserved), Size: vm.cfg.Reserved}
+	return ReservedRegion{Start: boot.ReservedStart(vm.cfg.MemSize, vm.cfg.Reserved), Size: vm.cfg.Reserved}
 }
 
 // Layout is where the kernel was placed.

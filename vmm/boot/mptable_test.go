@@ -1,4 +1,4 @@
-package vmm
+package boot
 
 import (
 	"encoding/binary"
@@ -7,7 +7,7 @@ import (
 
 func TestMPTable(t *testing.T) {
 	ram := make([]byte, 2<<20)
-	if err := writeMPTable(ram, 2); err != nil {
+	if err := WriteMPTable(ram, 2); err != nil {
 		t.Fatal(err)
 	}
 	fp := ram[mpFloatAddr : mpFloatAddr+16]

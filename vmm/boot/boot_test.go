@@ -1,4 +1,4 @@
-package vmm
+package boot
 
 import (
 	"encoding/binary"
@@ -7,7 +7,7 @@ import (
 )
 
 // Zero-page offsets from Documentation/arch/x86/boot.rst, typed by hand
-// so that the kimage.SetupHeader writeBootParams fills is checked against
+// so that the kimage.SetupHeader Write fills is checked against
 // the ABI, not against itself.
 const (
 	hdrBootFlag         = 0x1fe
@@ -25,12 +25,12 @@ func TestWriteBootParams(t *testing.T) {
 	const mem = 64 << 20
 	ram := make([]byte, mem)
 	initrd := []byte("070701fake-cpio")
-	spec := BootSpec{MemSize: mem, Reserved: 2 << 20, Cmdline: "console=ttyS0 x=1", Initrd: initrd, RNGSeed: []byte{1, 2, 3, 4}, KASLR: true}
-	if err := writeBootParams(ram, spec, 0x2000000); err != nil {
+	spec := Spec{MemSize: mem, Reserved: 2 << 20, Cmdline: "console=ttyS0 x=1", Initrd: initrd, RNGSeed: []byte{1, 2, 3, 4}, KASLR: true}
+	if err := Write(ram, spec, 0x2000000); err != nil {
 		t.Fatal(err)
 	}
 	le := binary.LittleEndian
-	zp := ram[zeroPageAddr:]
+	zp := ram[ZeroPageAddr:]
 	if le.Uint16(zp[hdrBootFlag:]) != 0xaa55 || string(zp[hdrHeader:hdrHeader+4]) != "HdrS" {
 		t.Fatal("boot flag / HdrS magic missing")
 	}
@@ -74,13 +74,13 @@ func TestWriteBootParams(t *testing.T) {
 		}
 	}
 	// Identity map: the PD entry for 16 MiB maps 16 MiB as a 2 MiB page.
-	pml4 := le.Uint64(ram[pml4Addr:])
+	pml4 := le.Uint64(ram[PML4Addr:])
 	pdpt := le.Uint64(ram[pml4&^0xfff:])
 	pde := le.Uint64(ram[(pdpt&^0xfff)+8*8:])
 	if pde != 0x1000000|0x83 {
 		t.Fatalf("PDE for 16 MiB = %#x", pde)
 	}
-	if le.Uint64(ram[gdtAddr+16:]) != 0x00af9b000000ffff {
+	if le.Uint64(ram[GDTAddr+16:]) != 0x00af9b000000ffff {
 		t.Fatal("GDT entry 2 is not the 64-bit boot code segment")
 	}
 }
@@ -92,26 +92,11 @@ func TestBootParamsErrors(t *testing.T) {
 	for i := range long {
 		long[i] = 'a'
 	}
-	if err := writeBootParams(ram, BootSpec{MemSize: mem, Cmdline: string(long)}, 0); !errors.Is(err, ErrBoot) {
+	if err := Write(ram, Spec{MemSize: mem, Cmdline: string(long)}, 0); !errors.Is(err, ErrBoot) {
 		t.Errorf("overlong cmdline: err = %v", err)
 	}
 	big := make([]byte, 40<<20)
-	if err := writeBootParams(ram, BootSpec{MemSize: mem, Initrd: big}, 30<<20); !errors.Is(err, ErrBoot) {
+	if err := Write(ram, Spec{MemSize: mem, Initrd: big}, 30<<20); !errors.Is(err, ErrBoot) {
 		t.Errorf("initrd overlapping the kernel: err = %v", err)
-	}
-}
-
-func TestBootSregs(t *testing.T) {
-	var s Sregs
-	bootSregs(&s)
-	if s.CS.Selector != 0x10 || s.CS.L != 1 || s.DS.Selector != 0x18 {
-		t.Fatalf("segments: cs=%+v ds=%+v", s.CS, s.DS)
-	}
-	if s.CR0&(1<<31) == 0 || s.CR4&(1<<5) == 0 || s.EFER&(1<<10) == 0 || s.CR3 != pml4Addr {
-		t.Fatalf("long mode not set up: cr0=%#x cr4=%#x efer=%#x cr3=%#x", s.CR0, s.CR4, s.EFER, s.CR3)
-	}
-	r := bootRegs(0x1000000)
-	if r.RIP != 0x1000000 || r.RSI != zeroPageAddr || r.RFLAGS&FlagIF != 0 {
-		t.Fatalf("regs: %+v", r)
 	}
 }

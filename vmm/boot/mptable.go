@@ -1,4 +1,4 @@
-package vmm
+package boot
 
 import (
 	"encoding/binary"
@@ -17,9 +17,9 @@ const (
 	mpISAIRQs    = 16
 )
 
-// writeMPTable builds the floating pointer and the configuration table for
+// WriteMPTable builds the floating pointer and the configuration table for
 // cpus processors (APIC IDs 0..cpus-1, 0 the BSP) into ram.
-func writeMPTable(ram []byte, cpus int) error {
+func WriteMPTable(ram []byte, cpus int) error {
 	if cpus < 1 || cpus > 254 {
 		return fmt.Errorf("%w: %d vCPUs for an MP table", ErrBoot, cpus)
 	}

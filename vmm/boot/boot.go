@@ -1,4 +1,4 @@
-package vmm
+package boot
 
 import (
 	"bytes"
@@ -13,15 +13,15 @@ import (
 // Everything sits below 1 MiB, in RAM the kernel may reuse once booted,
 // except setup_data, which the kernel reserves itself.
 const (
-	gdtAddr       = 0x500
-	zeroPageAddr  = 0x7000
+	GDTAddr       = 0x500
+	ZeroPageAddr  = 0x7000
 	setupDataAddr = 0x8000
-	pml4Addr      = 0x9000
-	pdptAddr      = 0xa000
-	pdAddr        = 0xb000 // four page directories: 4 GiB identity map
+	PML4Addr      = 0x9000
+	PDPTAddr      = 0xa000
+	PDAddr        = 0xb000 // four page directories: 4 GiB identity map
 	cmdlineAddr   = 0x20000
 	cmdlineMax    = 4096
-	bootStackTop  = 0x6ff0
+	BootStackTop  = 0x6ff0
 
 	lowRAMEnd       = 0x9fc00 // classic PC: EBDA and BIOS area above
 	highRAMStart    = 0x100000
@@ -55,9 +55,9 @@ type E820Entry struct {
 	Type       uint32
 }
 
-// BootSpec is everything the boot writer needs, already loaded and
+// Spec is everything Write needs, already loaded and
 // checked by the caller.
-type BootSpec struct {
+type Spec struct {
 	MemSize  uint64
 	Reserved uint64 // bytes at the top of RAM kept from the guest (e820 reserved)
 	Cmdline  string
@@ -72,7 +72,7 @@ var ErrBoot = errors.New("boot")
 // e820Map is the memory map: low RAM, the BIOS hole, high RAM.
 //
 // hvprobe's private region at the top of RAM stays RAM in the map and is
-// wrapped in a setup_data node instead (writeBootParams): the kernel then
+// wrapped in a setup_data node instead (Write): the kernel then
 // reserves it (E820_TYPE_RESERVED_KERN) yet keeps it in its direct map.
 // That matters because the region holds page tables hvprobe links into
 // the kernel's own, and kernel code that walks those (debug_checkwx,
@@ -92,15 +92,15 @@ func e820Map(memSize uint64) []E820Entry {
 // would fall outside the direct map.
 const reservedGap = 2 << 20
 
-// reservedStart is where the private region begins.
-func reservedStart(memSize, reserved uint64) uint64 {
+// ReservedStart is where the private region begins.
+func ReservedStart(memSize, reserved uint64) uint64 {
 	return memSize - reservedGap - reserved
 }
 
 // initrdPlacement puts the initrd at the highest page-aligned address that
 // fits below the reserved top and initrd_addr_max.
 func initrdPlacement(memSize, reserved uint64, size int, kernelEnd uint64) (uint64, error) {
-	limit := reservedStart(memSize, reserved)
+	limit := ReservedStart(memSize, reserved)
 	if limit > initrdAddrMax+1 {
 		limit = initrdAddrMax + 1
 	}
@@ -115,17 +115,17 @@ func initrdPlacement(memSize, reserved uint64, size int, kernelEnd uint64) (uint
 	return addr, nil
 }
 
-// writeBootParams fills the zero page, cmdline, setup_data, GDT and the
+// Write fills the zero page, cmdline, setup_data, GDT and the
 // identity page tables that the 64-bit boot protocol requires.
 // kernelEnd is the first byte above the loaded kernel image.
-func writeBootParams(ram []byte, spec BootSpec, kernelEnd uint64) error {
+func Write(ram []byte, spec Spec, kernelEnd uint64) error {
 	if len(spec.Cmdline)+1 > cmdlineMax {
 		return fmt.Errorf("kernel command line is %d bytes, at most %d: %w", len(spec.Cmdline), cmdlineMax-1, ErrBoot)
 	}
 	if uint64(len(ram)) != spec.MemSize {
 		return fmt.Errorf("RAM is %d bytes, spec says %d: %w", len(ram), spec.MemSize, ErrBoot)
 	}
-	zp := ram[zeroPageAddr : zeroPageAddr+4096]
+	zp := ram[ZeroPageAddr : ZeroPageAddr+4096]
 	// The kernel proper reads only the loader-filled fields below; a
 	// bzImage's own setup header is for its real-mode and decompressor
 	// stages, which hvprobe skips.
@@ -159,7 +159,7 @@ func writeBootParams(ram []byte, spec BootSpec, kernelEnd uint64) error {
 	next := uint64(0)
 	if spec.Reserved > 0 {
 		// struct setup_data { u64 next; u32 type; u32 len; u8 data[]; }
-		at := reservedStart(spec.MemSize, spec.Reserved)
+		at := ReservedStart(spec.MemSize, spec.Reserved)
 		h := ram[at : at+16]
 		le.PutUint64(h[0:], 0)
 		le.PutUint32(h[8:], setupHVProbe)
@@ -195,46 +195,19 @@ func writeBootParams(ram []byte, spec BootSpec, kernelEnd uint64) error {
 	// GDT: null, null, __BOOT_CS (0x10, 64-bit code), __BOOT_DS (0x18).
 	gdt := []uint64{0, 0, 0x00af9b000000ffff, 0x00cf93000000ffff}
 	for i, d := range gdt {
-		le.PutUint64(ram[gdtAddr+8*i:], d)
+		le.PutUint64(ram[GDTAddr+8*i:], d)
 	}
 
 	// Identity map of the first 4 GiB with 2 MiB pages: the kernel's
 	// startup_64 only needs its own image and the zero page mapped.
-	clear(ram[pml4Addr : pdAddr+4*0x1000])
-	le.PutUint64(ram[pml4Addr:], pdptAddr|0x3)
+	clear(ram[PML4Addr : PDAddr+4*0x1000])
+	le.PutUint64(ram[PML4Addr:], PDPTAddr|0x3)
 	for i := uint64(0); i < 4; i++ {
-		le.PutUint64(ram[pdptAddr+8*i:], (pdAddr+i*0x1000)|0x3)
+		le.PutUint64(ram[PDPTAddr+8*i:], (PDAddr+i*0x1000)|0x3)
 		for j := uint64(0); j < 512; j++ {
 			pa := (i*512 + j) << 21
-			le.PutUint64(ram[pdAddr+i*0x1000+8*j:], pa|0x83) // present, writable, 2 MiB
+			le.PutUint64(ram[PDAddr+i*0x1000+8*j:], pa|0x83) // present, writable, 2 MiB
 		}
 	}
 	return nil
-}
-
-// bootSregs are the segment and control registers for the 64-bit entry.
-func bootSregs(s *Sregs) {
-	code := Segment{Base: 0, Limit: 0xffffffff, Selector: 0x10, Type: 0xb, Present: 1, S: 1, L: 1, G: 1}
-	data := Segment{Base: 0, Limit: 0xffffffff, Selector: 0x18, Type: 0x3, Present: 1, S: 1, DB: 1, G: 1}
-	s.CS = code
-	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
-	s.TR = Segment{Base: 0, Limit: 0x67, Selector: 0x20, Type: 0xb, Present: 1}
-	s.LDT = Segment{Selector: 0, Type: 0x2, Present: 1, Limit: 0xffff}
-	s.GDT = DTable{Base: gdtAddr, Limit: 4*8 - 1}
-	s.IDT = DTable{}
-	const (
-		cr0PE, cr0MP, cr0ET, cr0NE, cr0WP, cr0AM, cr0PG = 1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 18, 1 << 31
-		cr4PAE                                          = 1 << 5
-		eferLME, eferLMA                                = 1 << 8, 1 << 10
-	)
-	s.CR0 = cr0PE | cr0MP | cr0ET | cr0NE | cr0WP | cr0AM | cr0PG
-	s.CR3 = pml4Addr
-	s.CR4 = cr4PAE
-	s.EFER = eferLME | eferLMA
-}
-
-// bootRegs are the general registers for the 64-bit entry: rsi points at
-// the zero page, interrupts off.
-func bootRegs(entry uint64) Regs {
-	return Regs{RIP: entry, RSI: zeroPageAddr, RSP: bootStackTop, RFLAGS: 0x2}
 }

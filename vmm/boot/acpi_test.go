@@ -1,4 +1,4 @@
-package vmm
+package boot
 
 import (
 	"encoding/binary"
@@ -10,7 +10,7 @@ import (
 // entries, every checksum zero.
 func TestACPI(t *testing.T) {
 	ram := make([]byte, 2<<20)
-	if err := writeACPI(ram, 3); err != nil {
+	if err := WriteACPI(ram, 3); err != nil {
 		t.Fatal(err)
 	}
 	le := binary.LittleEndian

@@ -1,4 +1,4 @@
-package vmm
+package boot
 
 import (
 	"encoding/binary"
@@ -24,8 +24,8 @@ const (
 	madtISOEdgeHigh = 0x5
 )
 
-// writeACPI writes the tables for cpus processors (APIC IDs 0..cpus-1).
-func writeACPI(ram []byte, cpus int) error {
+// WriteACPI writes the tables for cpus processors (APIC IDs 0..cpus-1).
+func WriteACPI(ram []byte, cpus int) error {
 	if cpus < 1 || cpus > 254 {
 		return fmt.Errorf("%w: %d vCPUs for a MADT", ErrBoot, cpus)
 	}
