@@ -6,8 +6,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"golang.org/x/arch/x86/x86asm"
-
+	"github.com/hvprobe/hvprobe/internal/x86dec"
 	"github.com/hvprobe/hvprobe/kprobes"
 )
 
@@ -49,7 +48,7 @@ func instructionOffsets(t *testing.T, g *guest, sym string, count int) []uint64 
 	}
 	var offs []uint64
 	for off := 0; len(offs) < count; {
-		inst, err := x86asm.Decode(code[off:], 64)
+		inst, err := x86dec.Decode(code[off:])
 		if err != nil {
 			t.Fatalf("decoding %s+%#x: %v", sym, off, err)
 		}

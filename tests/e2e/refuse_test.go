@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/arch/x86/x86asm"
 
 	kguest "github.com/hvprobe/hvprobe/guest"
+	"github.com/hvprobe/hvprobe/internal/x86dec"
 )
 
 // hvprobeBinary is the CLI `make static` builds.
@@ -53,11 +53,7 @@ func findInsn(k *kguest.Kernel, want func(x86asm.Inst, []byte) bool) (string, ui
 			continue
 		}
 		for pos := 0; pos < len(code); {
-			if bytes.HasPrefix(code[pos:], []byte{0xf3, 0x0f, 0x1e, 0xfa}) {
-				pos += 4
-				continue
-			}
-			inst, err := x86asm.Decode(code[pos:], 64)
+			inst, err := x86dec.Decode(code[pos:])
 			if err != nil {
 				break
 			}

@@ -16,9 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/arch/x86/x86asm"
-
 	kguest "github.com/hvprobe/hvprobe/guest"
+	"github.com/hvprobe/hvprobe/internal/x86dec"
 	"github.com/hvprobe/hvprobe/probedef"
 
 	"github.com/hvprobe/hvprobe/kprobes"
@@ -322,13 +321,9 @@ func randomBoundary(k *kguest.Kernel, f kguest.Symbol, rng *rand.Rand) (uint64, 
 	var starts []uint64
 	for pos := 0; pos < len(code); {
 		starts = append(starts, uint64(pos))
-		if bytes.HasPrefix(code[pos:], []byte{0xf3, 0x0f, 0x1e, 0xfa}) {
-			pos += 4
-			continue
-		}
-		inst, err := x86asm.Decode(code[pos:], 64)
+		inst, err := x86dec.Decode(code[pos:])
 		if err != nil {
-			break // data, or padding x86asm does not know: stop here
+			break // data, or padding: stop here
 		}
 		pos += inst.Len
 	}
@@ -692,15 +687,12 @@ func checkStockTextRestored(t *testing.T, k *kguest.Kernel, a *session.Attached,
 			continue // freed and reused by the kernel
 		}
 		code, ok := k.Image.ReadVirt(link, 16)
-		inst, err := x86asm.Decode(code, 64)
+		inst, err := x86dec.Decode(code)
 		if !ok || err != nil {
 			t.Errorf("%s: no instruction in the image at %#x", p.Name, link)
 			continue
 		}
 		n := inst.Len
-		if bytes.HasPrefix(code, []byte{0xf3, 0x0f, 0x1e, 0xfa}) {
-			n = 4 // endbr64, which x86asm reads as a lone prefix
-		}
 		want := relocated(k, link, n, slide)
 		got := make([]byte, n)
 		if err := a.Kernel.ReadVirt(p.Addr, got); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"github.com/hvprobe/hvprobe/internal/x86dec"
 	"github.com/hvprobe/hvprobe/kprobes"
 	"github.com/hvprobe/hvprobe/session"
 )
@@ -197,7 +198,7 @@ func layoutKeyed(t *testing.T, g *guest) keyedLayout {
 	insts := map[uint64]x86asm.Inst{}
 	var beforeSite []uint64
 	for off := uint64(0); off < l.size; {
-		inst, err := x86asm.Decode(code[off:], 64)
+		inst, err := x86dec.Decode(code[off:])
 		if err != nil {
 			t.Fatalf("decoding hvwl_keyed+%#x: %v", off, err)
 		}
