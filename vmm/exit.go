@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+
+	"github.com/hvprobe/hvprobe/vmm/devices"
 )
 
 // StopReason says why the guest stopped running.
@@ -93,7 +95,7 @@ type exitInfo struct {
 // exitHandler turns exits into device accesses, debug events and assists.
 // It is shared by all vCPUs; everything it touches is safe for that.
 type exitHandler struct {
-	bus       *portBus
+	bus       *devices.Bus
 	mem       PhysMem
 	hook      func() DebugHook
 	symbolize func(uint64) string
@@ -162,9 +164,9 @@ func (h *exitHandler) pio(e *exitInfo) error {
 		buf := e.ioData[i*size : (i+1)*size]
 		for j := range buf {
 			if e.io.Direction == ioDirOut {
-				h.bus.out(e.io.Port+uint16(j), buf[j])
+				h.bus.Out(e.io.Port+uint16(j), buf[j])
 			} else {
-				buf[j] = h.bus.in(e.io.Port + uint16(j))
+				buf[j] = h.bus.In(e.io.Port + uint16(j))
 			}
 		}
 	}

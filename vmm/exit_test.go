@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"testing"
+
+	"github.com/hvprobe/hvprobe/vmm/devices"
 )
 
 // fakeCPU is a register file and event state standing in for a vCPU.
@@ -46,7 +48,7 @@ func (h *recordingHook) HandleDebug(_ CPU, ev DebugEvent) bool {
 
 func newTestHandler(hook DebugHook, mem PhysMem, out *bytes.Buffer) *exitHandler {
 	return &exitHandler{
-		bus:       &portBus{serial: NewSerial(out, nil), reset: func() {}},
+		bus:       &devices.Bus{Serial: devices.NewSerial(out, nil), Reset: func() {}},
 		mem:       mem,
 		hook:      func() DebugHook { return hook },
 		symbolize: func(a uint64) string { return "somefunc+0x4" },
@@ -183,7 +185,7 @@ func TestPortIOExit(t *testing.T) {
 	var out bytes.Buffer
 	h := newTestHandler(nil, nil, &out)
 	data := []byte("OK")
-	e := exitInfo{reason: exitIO, io: ioExit{Direction: ioDirOut, Size: 1, Port: portCOM1Base, Count: 2}, ioData: data}
+	e := exitInfo{reason: exitIO, io: ioExit{Direction: ioDirOut, Size: 1, Port: 0x3f8, Count: 2}, ioData: data}
 	if _, err := h.handle(&fakeCPU{}, &e); err != nil {
 		t.Fatal(err)
 	}
@@ -191,9 +193,9 @@ func TestPortIOExit(t *testing.T) {
 		t.Fatalf("rep outsb to COM1 gave %q", out.String())
 	}
 	in := []byte{0}
-	e = exitInfo{reason: exitIO, io: ioExit{Direction: ioDirIn, Size: 1, Port: portCOM1Base + uartLSR, Count: 1}, ioData: in}
+	e = exitInfo{reason: exitIO, io: ioExit{Direction: ioDirIn, Size: 1, Port: 0x3f8 + 5, Count: 1}, ioData: in} // COM1 LSR
 	h.handle(&fakeCPU{}, &e)
-	if in[0]&lsrTHRE == 0 {
+	if in[0]&0x20 == 0 { // THRE
 		t.Fatalf("LSR read %#x", in[0])
 	}
 }

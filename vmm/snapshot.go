@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 
+	"github.com/hvprobe/hvprobe/vmm/devices"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -62,7 +64,7 @@ type snapshotState struct {
 	IRQChips  [][]byte // PIC master, PIC slave, IOAPIC
 	PIT       []byte
 	Clock     uint64
-	Serial    SerialState
+	Serial    devices.SerialState
 	CMOSIndex uint8
 	Doorbell  *DoorbellState `json:",omitempty"`
 	Meta      json.RawMessage
@@ -303,7 +305,7 @@ func (vm *VM) saveMachine(st *snapshotState) error {
 	})
 	st.Clock = clk.Clock
 	st.Serial = vm.serial.State()
-	st.CMOSIndex = vm.handler.bus.cmos.index
+	st.CMOSIndex = vm.handler.bus.CMOS.Index
 	return err
 }
 
@@ -326,7 +328,7 @@ func (vm *VM) restoreMachine(st *snapshotState) error {
 		return err
 	}
 	vm.serial.SetState(st.Serial)
-	vm.handler.bus.cmos.index = st.CMOSIndex
+	vm.handler.bus.CMOS.Index = st.CMOSIndex
 	if d := st.Doorbell; d != nil {
 		vm.SetInt3Doorbell(d.Entry, d.Handler)
 	}

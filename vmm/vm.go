@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hvprobe/hvprobe/vmm/devices"
+
 	"github.com/hvprobe/hvprobe/vmm/boot"
 
 	"golang.org/x/sys/unix"
@@ -89,7 +91,7 @@ type VM struct {
 	mem     *Memory
 	vcpus   []*VCPU
 	layout  Layout
-	serial  *Serial
+	serial  *devices.Serial
 	console *lineTracker
 	handler *exitHandler
 	stats   ExitStats
@@ -227,9 +229,9 @@ func (vm *VM) create(ram []byte, cpuidFor func(id int, supported []CPUIDEntry) [
 	}
 
 	vm.console = newLineTracker(vm.cfg.Console, vm.cfg.OnConsoleLine)
-	vm.serial = NewSerial(vm.console, func(level bool) { vm.irqLine(comIRQ, level) })
+	vm.serial = devices.NewSerial(vm.console, func(level bool) { vm.irqLine(devices.COM1IRQ, level) })
 	vm.handler = &exitHandler{
-		bus:       &portBus{serial: vm.serial, reset: vm.requestReset},
+		bus:       &devices.Bus{Serial: vm.serial, Reset: vm.requestReset},
 		mem:       vm.mem,
 		hook:      vm.currentHook,
 		symbolize: vm.cfg.Symbolize,

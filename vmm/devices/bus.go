@@ -1,4 +1,4 @@
-package vmm
+package devices
 
 import "time"
 
@@ -11,59 +11,65 @@ const (
 	portI8042Cmd  = 0x64
 	portCMOSIndex = 0x70
 	portCMOSData  = 0x71
-	comIRQ        = 4
+
+	// COM1IRQ is the ISA IRQ of the UART at 0x3f8.
+	COM1IRQ = 4
 
 	i8042ResetCmd = 0xfe // pulse the CPU reset line: Linux's reboot=k
 )
 
-// portBus routes port I/O. It reports a guest reset request through
-// reset(); everything unknown reads as all-ones and ignores writes, as an
+// Bus routes port I/O. It reports a guest reset request through
+// Reset; everything unknown reads as all-ones and ignores writes, as an
 // empty ISA bus does.
-type portBus struct {
-	serial *Serial
-	cmos   cmos
-	reset  func()
+type Bus struct {
+	Serial *Serial
+	CMOS   CMOS
+	Reset  func()
 }
 
-func (b *portBus) in(port uint16) uint8 {
+// In is the guest's inb from port.
+func (b *Bus) In(port uint16) uint8 {
 	switch {
 	case port >= portCOM1Base && port <= portCOM1End:
-		return b.serial.Read(port - portCOM1Base)
+		return b.Serial.Read(port - portCOM1Base)
 	case port == portI8042Cmd:
 		return 0 // output buffer empty, input buffer empty: ready for commands
 	case port == portI8042Data:
 		return 0
 	case port == portCMOSData:
-		return b.cmos.read()
+		return b.CMOS.read()
 	}
 	return 0xff
 }
 
-func (b *portBus) out(port uint16, v uint8) {
+// Out is the guest's outb of v to port.
+func (b *Bus) Out(port uint16, v uint8) {
 	switch {
 	case port >= portCOM1Base && port <= portCOM1End:
-		b.serial.Write(port-portCOM1Base, v)
+		b.Serial.Write(port-portCOM1Base, v)
 	case port == portI8042Cmd && v == i8042ResetCmd:
-		b.reset()
+		b.Reset()
 	case port == portCMOSIndex:
-		b.cmos.index = v & 0x7f // bit 7 is the NMI mask
+		b.CMOS.Index = v & 0x7f // bit 7 is the NMI mask
 	}
 }
 
-// cmos is a read-only MC146818 RTC in binary, 24-hour mode giving the
-// host's UTC time, so the guest's wall clock starts sane.
-type cmos struct {
-	index uint8
-	now   func() time.Time
+// CMOS is a read-only MC146818 RTC in binary, 24-hour mode giving the
+// host's UTC time, so the guest's wall clock starts sane. Index is the
+// selected register (a snapshot keeps it); Now, when set, replaces
+// time.Now.
+type CMOS struct {
+	Index uint8
+	Now   func() time.Time
 }
 
-func (c *cmos) read() uint8 {
+func (c *CMOS) read() uint8 {
 	now := time.Now
-	if c.now != nil {
-		now = c.now
+	if c.Now != nil {
+		now = c.Now
 	}
 	t := now().UTC()
-	switch c.index {
+	switch c.Index {
 	case 0x00:
 		return uint8(t.Second())
 	case 0x02:
