@@ -78,6 +78,7 @@ func (ik *ImageKernel) Entered(va, n uint64) bool { return ik.policy.entered(va,
 // Checked is the verdict on one probe before boot.
 type Checked struct {
 	Probe   string
+	Def     *probedef.Def // the line, for CheckDefs' results
 	Verdict kprobes.Verdict
 	// Deferred: the kernel patches the probed text at boot; the probe is
 	// armed once it has.
@@ -164,7 +165,7 @@ func (ik *ImageKernel) CheckDefs(defs []*probedef.Def) ([]Checked, error) {
 				bad = append(bad, d.Error(d.SymbolCol(), err))
 				continue
 			}
-			out = append(out, Checked{Probe: d.String()})
+			out = append(out, Checked{Probe: d.String(), Def: d})
 			continue
 		}
 		p, err := defProbe(d)
@@ -177,6 +178,7 @@ func (ik *ImageKernel) CheckDefs(defs []*probedef.Def) ([]Checked, error) {
 			bad = append(bad, d.Error(d.SymbolCol(), reason(err)))
 			continue
 		}
+		c.Def = d
 		out = append(out, c)
 	}
 	if len(bad) > 0 {

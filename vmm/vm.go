@@ -170,6 +170,12 @@ func (c *Config) defaults() error {
 	return c.check()
 }
 
+// CheckShape refuses a machine of memSize bytes and cpus vCPUs that New
+// would refuse, before anything is opened.
+func CheckShape(memSize uint64, cpus int) error {
+	return (&Config{MemSize: memSize, CPUs: cpus}).check()
+}
+
 // check validates the machine's shape (also a restored snapshot's).
 func (c *Config) check() error {
 	switch {

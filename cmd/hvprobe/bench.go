@@ -8,20 +8,46 @@ import (
 	"time"
 
 	"github.com/hvprobe/hvprobe/bench"
+	"github.com/hvprobe/hvprobe/runner"
 	"github.com/hvprobe/hvprobe/session"
 	"github.com/hvprobe/hvprobe/vmm"
 )
 
 func cmdBench(args []string) error {
-	fs := flag.NewFlagSet("bench", flag.ExitOnError)
-	kernel, sysmap, initrd := guestFlags(fs)
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var kernel, sysmap, initrd string
+	guestFlags(fs, &kernel, &sysmap, &initrd)
 	calls := fs.Int("calls", 2000, "probed calls per measurement")
 	cpus := fs.Int("cpus", 1, "number of vCPUs; with more than one, every case is measured again with all vCPUs hitting the probe at once")
 	bootTimeout := fs.Duration("boot-timeout", 20*time.Minute, "how long the guest may take to reach its workload")
-	fs.Parse(args)
+	fs.Usage = func() { printUsage(fs, "bench") }
+	if err := fs.Parse(args); err != nil {
+		return usageError(err)
+	}
+	var bad runner.Refusals
+	if fs.NArg() > 0 {
+		bad = append(bad, fmt.Sprintf("unexpected arguments: %q", fs.Args()))
+	}
+	if *calls < 1 {
+		bad = append(bad, fmt.Sprintf("--calls %d: at least one call", *calls))
+	}
+	if err := vmm.CheckShape(512<<20, *cpus); err != nil {
+		bad = append(bad, fmt.Sprintf("--cpus %d: %v", *cpus, err))
+	}
+	if *bootTimeout <= 0 {
+		bad = append(bad, fmt.Sprintf("--boot-timeout %v: must be positive", *bootTimeout))
+	}
+	for _, f := range []struct{ flag, path string }{{"kernel", kernel}, {"system-map", sysmap}, {"initrd", initrd}} {
+		if _, err := os.Stat(f.path); err != nil {
+			bad = append(bad, fmt.Sprintf("--%s: %v", f.flag, err))
+		}
+	}
+	if len(bad) > 0 {
+		return bad
+	}
 
 	s, err := session.New(session.Options{
-		Kernel: *kernel, SystemMap: *sysmap, Initrd: *initrd,
+		Kernel: kernel, SystemMap: sysmap, Initrd: initrd,
 		CmdlineAppend: "hvprobe_wl=serve", Console: nil, CPUs: *cpus,
 	})
 	if err != nil {

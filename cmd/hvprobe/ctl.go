@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"strings"
+
+	"github.com/hvprobe/hvprobe/runner"
 )
 
 // cmdCtl sends one command to a running hvprobe's control socket.
@@ -41,7 +43,7 @@ func cmdCtl(args []string) error {
 			}
 			return nil
 		case "error":
-			return exitError{code: 1, msg: strings.Join(body, "\n")}
+			return &runner.ExitError{Code: runner.ExitRuntime, Msg: strings.Join(body, "\n")}
 		default:
 			body = append(body, l)
 		}

@@ -25,11 +25,11 @@ func defaultPaths() paths {
 	}
 }
 
-// guestFlags registers the flags that name the guest's files.
-func guestFlags(fs *flag.FlagSet) (kernel, sysmap, initrd *string) {
+// guestFlags registers the flags that name the guest's files. The
+// defaults are the mini guest under $HVPROBE_IMAGES (.cache/images).
+func guestFlags(fs *flag.FlagSet, kernel, sysmap, initrd *string) {
 	d := defaultPaths()
-	kernel = fs.String("kernel", d.kernel, "guest kernel: bzImage or vmlinux")
-	sysmap = fs.String("system-map", d.systemMap, "the kernel's System.map")
-	initrd = fs.String("initrd", d.initrd, "initramfs (uncompressed cpio recommended); empty for none")
-	return kernel, sysmap, initrd
+	fs.StringVar(kernel, "kernel", d.kernel, "guest kernel: bzImage or vmlinux")
+	fs.StringVar(sysmap, "system-map", d.systemMap, "the kernel's System.map")
+	fs.StringVar(initrd, "initrd", d.initrd, "initramfs (uncompressed cpio recommended); empty for none")
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/hvprobe/hvprobe/guest"
+	"github.com/hvprobe/hvprobe/runner"
 )
 
 func cmdSymbols(args []string) error {
@@ -58,7 +59,7 @@ func cmdSymbols(args []string) error {
 		fmt.Printf("%s %#x\n", q, a)
 	}
 	if failed {
-		return exitError{code: 1, msg: "some lookups failed"}
+		return &runner.ExitError{Code: runner.ExitRuntime, Msg: "some lookups failed"}
 	}
 	return nil
 }

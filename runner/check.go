@@ -1,4 +1,4 @@
-package main
+package runner
 
 import (
 	"cmp"
@@ -44,23 +44,13 @@ func refusals(err error, file string) []string {
 // exists: a probe that cannot be armed is refused now, with all the others
 // that cannot, and nothing boots (exit status 2). bad are the lines that
 // already failed to parse.
-func checkProbes(k *guest.Kernel, probes *probeSet, defs []*probedef.Def, bad []string, parseErr error, file string, p *printer) error {
+func checkProbes(k *guest.Kernel, defs []*probedef.Def, bad []string, parseErr error, file string, detail bool, p *printer) error {
 	t0 := time.Now()
 	ik, err := session.NewImageKernel(k)
 	if err != nil {
 		return err
 	}
-	var checked []session.Checked
-	for _, q := range probes.probes {
-		c, err := ik.Check(q)
-		if err != nil {
-			bad = append(bad, fmt.Sprintf("hvprobe: %s: %v", q.Name, err))
-			continue
-		}
-		checked = append(checked, c)
-	}
-	cd, err := ik.CheckDefs(defs)
-	checked = append(checked, cd...)
+	checked, err := ik.CheckDefs(defs)
 	var lines probedef.SyntaxErrors
 	for _, e := range []error{parseErr, err} {
 		var se probedef.SyntaxErrors
@@ -76,11 +66,14 @@ func checkProbes(k *guest.Kernel, probes *probeSet, defs []*probedef.Def, bad []
 		for _, b := range bad {
 			fmt.Fprintln(os.Stderr, b)
 		}
-		return exitError{code: 2, msg: fmt.Sprintf("%d probe definition(s) refused in %v; nothing was booted",
-			len(bad), time.Since(t0).Round(time.Millisecond))}
+		return refused("%d probe definition(s) refused in %v; nothing was booted",
+			len(bad), time.Since(t0).Round(time.Millisecond))
 	}
 	var deferred, init int
 	for _, c := range checked {
+		if detail {
+			p.printf("hvprobe: %s", armedHow(c))
+		}
 		if c.Deferred {
 			deferred++
 		}
@@ -91,4 +84,31 @@ func checkProbes(k *guest.Kernel, probes *probeSet, defs []*probedef.Def, bad []
 	p.printf("hvprobe: %d probes checked against %s in %v: %d armed at attach, %d once the kernel has patched its text at boot (%d in .init.text, retired when it is freed)",
 		len(checked), k.Image.Version, time.Since(t0).Round(time.Millisecond), len(checked)-deferred, deferred, init)
 	return nil
+}
+
+// armedHow says where and how c's line will be armed: --dry-run's and
+// `hvprobe check`'s line per probe.
+func armedHow(c session.Checked) string {
+	if c.Def != nil && c.Def.Kind == probedef.Watch {
+		return c.Probe + ": a watch, armed at attach"
+	}
+	v := c.Verdict
+	how := "int3, " + v.Exec
+	if v.ExecPost != v.Exec {
+		how += " (" + v.ExecPost + " with a post handler)"
+	}
+	switch {
+	case c.Def != nil && c.Def.Stealth:
+		how = "a debug-register breakpoint (stealth), stepped"
+	case c.Def != nil && c.Def.Fast:
+		how = "exit-less where the code allows, else " + how
+	}
+	when := "at attach"
+	switch {
+	case c.Deferred:
+		when = "once the kernel has patched its text at boot"
+	case c.Init:
+		when = "at attach, retired when .init.text is freed"
+	}
+	return fmt.Sprintf("%s: %s+%#x %s: %s, %s", c.Probe, v.Symbol, v.Offset, v.Insn, how, when)
 }

@@ -1,4 +1,4 @@
-package main
+package runner
 
 import (
 	"errors"
@@ -52,12 +52,12 @@ func newAnalysis(defs []*probedef.Def, filters, hists []string) (*analysis.Set, 
 }
 
 // printHists writes every hist table, as text or (--format json) JSON.
-func printHists(an *analysis.Set, format string, p *printer) {
+func printHists(an *analysis.Set, format string, p, status *printer) {
 	lines, err := an.Tables("", format == "json")
 	for _, l := range lines {
 		p.printf("%s", l)
 	}
 	if err != nil {
-		p.printf("hvprobe: hist: %v", err)
+		status.printf("hvprobe: hist: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package runner
 
 import (
 	"errors"
@@ -61,10 +61,9 @@ func readDefs(lines []string, file string) ([]*probedef.Def, error) {
 }
 
 // eventPrinter renders events in the chosen format.
-func eventPrinter(format string, p *printer) (func(probedef.Event), error) {
+// Validate has refused any other format.
+func eventPrinter(format string, p *printer) func(probedef.Event) {
 	switch format {
-	case "trace":
-		return func(ev probedef.Event) { p.printf("%s", probedef.FormatTrace(ev)) }, nil
 	case "json":
 		return func(ev probedef.Event) {
 			b, err := probedef.FormatJSON(ev)
@@ -73,11 +72,11 @@ func eventPrinter(format string, p *printer) (func(probedef.Event), error) {
 				return
 			}
 			p.printf("%s", strings.TrimRight(string(b), "\n"))
-		}, nil
+		}
 	case "perfetto": // the events go to the trace only
-		return func(probedef.Event) {}, nil
+		return func(probedef.Event) {}
 	}
-	return nil, fmt.Errorf("--format: %q is not trace, json or perfetto", format)
+	return func(ev probedef.Event) { p.printf("%s", probedef.FormatTrace(ev)) }
 }
 
 // eventCounter aggregates events by probe and argument values (--count).
