@@ -30,7 +30,7 @@ func TestRefusalsExit2(t *testing.T) {
 		{"--restore", junk, "--mem", "1G"},
 		{"--snapshot-at", "x"},
 		{"--kernel", filepath.Join(dir, "missing"), "--system-map", junk},
-		append(files, "--events", events),                         // a garbage kernel and map
+		append(files, "--events", events),                        // a garbage kernel and map
 		append(files, "--probes", filepath.Join(dir, "missing")), // a missing probe file
 	} {
 		if got := runner.Code(cmdRun(args)); got != runner.ExitRefused {
