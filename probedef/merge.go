@@ -103,3 +103,37 @@ func appendable(same []*Def, d *Def, exact bool) *SyntaxError {
 	}
 	return nil
 }
+
+// Expand is d, a line whose symbol is a pattern (IsGlob), on each of
+// names: the same line on each function's entry. A line that named its
+// event puts every function in that event, as probe points of one event;
+// one with ftrace's default event name gets each function's default.
+func Expand(d *Def, names []string) []*Def {
+	defaultName := d.Event == defaultEvent(d)
+	out := make([]*Def, 0, len(names))
+	for _, n := range names {
+		e := *d
+		e.Symbol = n
+		e.Args = make([]Arg, len(d.Args))
+		for i, a := range d.Args {
+			a.Fetch = a.Fetch.clone() // BTF binds each function's own
+			e.Args[i] = a
+		}
+		if defaultName {
+			e.Event = defaultEvent(&e)
+		}
+		e.Text = e.String() // what reports name: this function's line
+		out = append(out, &e)
+	}
+	return out
+}
+
+func (f *Fetch) clone() *Fetch {
+	if f == nil {
+		return nil
+	}
+	c := *f
+	c.Inner = f.Inner.clone()
+	c.Fields = append([]Field(nil), f.Fields...)
+	return &c
+}

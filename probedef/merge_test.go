@@ -55,3 +55,31 @@ func TestMerge(t *testing.T) {
 		}
 	}
 }
+
+func TestExpand(t *testing.T) {
+	named, err := Parse("p:grp/ev vfs_* file=$arg1 n=+0(%si):u32")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dflt, err := Parse("r:grp/ vfs_*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := Expand(named, []string{"vfs_read", "vfs_write"})
+	if len(a) != 2 || a[0].Symbol != "vfs_read" || a[1].Event != "ev" || a[1].Group != "grp" {
+		t.Fatalf("named: %v", a)
+	}
+	a[0].Args[1].Fetch.Inner.Off = 99
+	if named.Args[1].Fetch.Inner.Off == 99 || a[1].Args[1].Fetch.Inner.Off == 99 {
+		t.Fatal("the expansions share their fetch args")
+	}
+	b := Expand(dflt, []string{"vfs_read"})
+	if b[0].Event != "r_vfs_read_0" || b[0].Group != "grp" {
+		t.Fatalf("default name: %s/%s", b[0].Group, b[0].Event)
+	}
+	for _, bad := range []string{"p vfs_*+4", "j vfs_*", "p vfs_[", "p m:vfs_*"} {
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

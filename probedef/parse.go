@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"path"
 	"strings"
 )
 
@@ -319,7 +320,16 @@ func (p *lineParser) parseLocation(d *Def, tok token) *SyntaxError {
 		loc, symOff = loc[i+1:], symOff+i+1
 	}
 	sym, offStr := splitSymOff(loc)
-	if !goodSymbol(sym) {
+	if IsGlob(sym) {
+		// hvprobe's wildcards, as bpftrace's kprobe:vfs_*: the line
+		// stands for a probe on the entry of every matching function.
+		if _, err := path.Match(sym, ""); err != nil || d.Kind == Jprobe || ordinal != "" || d.Module != "" {
+			return p.fail(symOff, "invalid pattern %q (a glob of function names for p: and r: lines)", sym)
+		}
+		if offStr != "" {
+			return p.fail(tok.off, "a pattern probes function entries: no offset")
+		}
+	} else if !goodSymbol(sym) {
 		return p.fail(symOff, "invalid symbol %q", sym)
 	}
 	if offStr != "" {
@@ -812,6 +822,9 @@ func isOrdinal(s string) bool {
 
 // goodSymbol accepts kallsyms-style names: C identifiers plus the '.'
 // of compiler clones such as "foo.isra.0" or "bar.cold".
+// IsGlob reports whether a probe line's symbol is a pattern (Expand).
+func IsGlob(sym string) bool { return strings.ContainsAny(sym, "*?[") }
+
 func goodSymbol(s string) bool {
 	if s == "" || isDigit(s[0]) {
 		return false

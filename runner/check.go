@@ -44,12 +44,8 @@ func refusals(err error, file string) []string {
 // exists: a probe that cannot be armed is refused now, with all the others
 // that cannot, and nothing boots (exit status 2). bad are the lines that
 // already failed to parse.
-func checkProbes(k *guest.Kernel, defs []*probedef.Def, bad []string, parseErr error, file string, detail bool, p *printer) error {
+func checkProbes(k *guest.Kernel, ik *session.ImageKernel, defs []*probedef.Def, bad []string, parseErr error, file string, detail bool, p *printer) error {
 	t0 := time.Now()
-	ik, err := session.NewImageKernel(k)
-	if err != nil {
-		return err
-	}
 	checked, err := ik.CheckDefs(defs)
 	var lines probedef.SyntaxErrors
 	for _, e := range []error{parseErr, err} {
@@ -92,23 +88,32 @@ func armedHow(c session.Checked) string {
 	if c.Def != nil && c.Def.Kind == probedef.Watch {
 		return c.Probe + ": a watch, armed at attach"
 	}
-	v := c.Verdict
-	how := "int3, " + v.Exec
-	if v.ExecPost != v.Exec {
-		how += " (" + v.ExecPost + " with a post handler)"
-	}
+	how := execHow(c)
 	switch {
 	case c.Def != nil && c.Def.Stealth:
 		how = "a debug-register breakpoint (stealth), stepped"
 	case c.Def != nil && c.Def.Fast:
 		how = "exit-less where the code allows, else " + how
 	}
-	when := "at attach"
-	switch {
-	case c.Deferred:
-		when = "once the kernel has patched its text at boot"
-	case c.Init:
-		when = "at attach, retired when .init.text is freed"
+	if c.Deferred {
+		return fmt.Sprintf("%s: %s", c.Probe, how)
 	}
-	return fmt.Sprintf("%s: %s+%#x %s: %s, %s", c.Probe, v.Symbol, v.Offset, v.Insn, how, when)
+	v := c.Verdict
+	return fmt.Sprintf("%s: %s+%#x %s: %s", c.Probe, v.Symbol, v.Offset, v.Insn, how)
+}
+
+// execHow is how a hit on a checked site runs, and when it is armed.
+func execHow(c session.Checked) string {
+	if c.Deferred {
+		return "int3, armed once the kernel has patched this site at boot"
+	}
+	v := c.Verdict
+	how := "int3, " + v.Exec
+	if v.ExecPost != v.Exec {
+		how += " (" + v.ExecPost + " with a post handler)"
+	}
+	if c.Init {
+		how += ", retired when .init.text is freed"
+	}
+	return how
 }

@@ -148,7 +148,7 @@ func (c *Config) Validate() error {
 		no("--stealth: give the probes as p: lines (--probe, --probes); --kprobe, --jprobe and --kretprobe make int3 probes")
 	}
 	files := []struct{ flag, path string }{{"kernel", c.Kernel}, {"system-map", c.SystemMap}, {"probes", c.ProbesFile}, {"restore", c.Restore}}
-	if c.Restore == "" {
+	if c.Restore == "" && !c.DryRun {
 		files = append(files, struct{ flag, path string }{"initrd", c.Initrd})
 	}
 	c.kernelOK = true

@@ -92,13 +92,16 @@ func (r *run) check() error {
 		fastDefs(defs)
 	}
 	bad = append(bad, dataWatchHost(defs)...)
-	k, err := guest.OpenKernel(c.Kernel, c.SystemMap)
+	cat, err := OpenCatalog(c.Kernel, c.SystemMap)
 	if err != nil {
-		return refused("%v", err)
+		return err
 	}
-	r.kernel = k
+	r.kernel = cat.k
+	defs, globErr := cat.expand(defs, r.status)
+	r.defs = defs
+	parseErr = errors.Join(parseErr, globErr)
 	if r.hasProbes() || len(bad) > 0 || parseErr != nil {
-		return checkProbes(k, defs, bad, parseErr, c.ProbesFile, c.DryRun, r.status)
+		return checkProbes(cat.k, cat.ik, defs, bad, parseErr, c.ProbesFile, c.DryRun, r.status)
 	}
 	return nil
 }

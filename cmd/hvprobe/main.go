@@ -17,6 +17,8 @@ const usage = `usage: hvprobe <command> [flags]
 commands:
   run       boot a guest kernel with probes and print their events
   check     check probe lines against a kernel image, booting nothing
+  list      list the functions matching patterns (vfs_*), probe-able or refused
+  show      a function's signature, size and instructions, each as a probe would run it
   symbols   look up symbols in a System.map (name -> address, address -> sym+off)
   ctl       change probes in a running 'hvprobe run --control' session
   bench     measure probe-hit cost against a bare VM exit on the mini guest
@@ -26,7 +28,7 @@ commands:
 `
 
 var commands = map[string]func([]string) error{
-	"run": cmdRun, "check": cmdCheck, "symbols": cmdSymbols, "bench": cmdBench, "ctl": cmdCtl,
+	"run": cmdRun, "check": cmdCheck, "list": cmdList, "show": cmdShow, "symbols": cmdSymbols, "bench": cmdBench, "ctl": cmdCtl,
 }
 
 func main() {

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"flag"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/hvprobe/hvprobe/runner"
@@ -76,4 +78,67 @@ func runOrCheck(name string, args []string, boots bool) error {
 		return runner.Check(c)
 	}
 	return runner.Run(c)
+}
+
+// cmdList is `hvprobe list [-v] PATTERN…`.
+func cmdList(args []string) error {
+	fs := flag.NewFlagSet("list", flag.ContinueOnError)
+	var kernel, sysmap, initrd string
+	guestFlags(fs, &kernel, &sysmap, &initrd)
+	verbose := fs.Bool("v", false, "add each function's BTF signature")
+	fs.Usage = func() { printUsage(fs, "list") }
+	patterns, err := parseInterspersed(fs, args)
+	if err != nil {
+		return usageError(err)
+	}
+	if len(patterns) == 0 {
+		patterns = []string{"*"}
+	}
+	for _, p := range patterns {
+		if err := runner.CheckPattern(p); err != nil {
+			return err
+		}
+	}
+	c, err := runner.OpenCatalog(kernel, sysmap)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(os.Stdout)
+	defer w.Flush()
+	return c.List(w, patterns, *verbose)
+}
+
+// cmdShow is `hvprobe show FUNC`.
+func cmdShow(args []string) error {
+	fs := flag.NewFlagSet("show", flag.ContinueOnError)
+	var kernel, sysmap, initrd string
+	guestFlags(fs, &kernel, &sysmap, &initrd)
+	fs.Usage = func() { printUsage(fs, "show") }
+	names, err := parseInterspersed(fs, args)
+	if err != nil {
+		return usageError(err)
+	}
+	if len(names) != 1 {
+		return runner.Refusals{"show takes one function name"}
+	}
+	c, err := runner.OpenCatalog(kernel, sysmap)
+	if err != nil {
+		return err
+	}
+	return c.Show(os.Stdout, names[0])
+}
+
+// parseInterspersed parses flags before, between and after the
+// positional arguments (`list 'vfs_*' -v`), which flag.Parse stops at.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
+	}
 }
