@@ -218,7 +218,7 @@ func (r *btfResolver) fetch(f *Fetch, top bool) (*Fetch, *Access, error) {
 			}
 		}
 		if arg == -2 {
-			return nil, nil, &UnresolvedError{Event: r.d.Event, Name: f.Str}
+			return nil, nil, &UnresolvedError{Event: r.d.Event, Name: f.Str, Func: r.fn.Name, Params: r.fn.Params}
 		}
 	default:
 		return f, nil, nil

@@ -3,10 +3,11 @@ package probedef
 import (
 	"errors"
 	"fmt"
-	"github.com/hvprobe/hvprobe/guest"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/hvprobe/hvprobe/guest"
 )
 
 // fakeMember is a member of a fake struct: its byte offset and type,

@@ -90,10 +90,21 @@ func (es SyntaxErrors) Unwrap() []error {
 type UnresolvedError struct {
 	Event string
 	Name  string
+	// Func and Params are the probed function and its parameters, when
+	// the prototype is known.
+	Func   string
+	Params []string
 }
 
 func (e *UnresolvedError) Error() string {
-	return fmt.Sprintf("event %s: parameter %q not resolved", e.Event, e.Name)
+	msg := fmt.Sprintf("event %s: parameter %q not resolved", e.Event, e.Name)
+	switch {
+	case e.Func != "" && len(e.Params) == 0:
+		msg += fmt.Sprintf(": %s takes no parameters", e.Func)
+	case e.Func != "":
+		msg += fmt.Sprintf(": %s's parameters are %s", e.Func, strings.Join(e.Params, ", "))
+	}
+	return msg
 }
 
 // Is makes errors.Is(err, ErrUnresolved) true.

@@ -83,3 +83,15 @@ func TestExpand(t *testing.T) {
 		}
 	}
 }
+
+// An unknown parameter name lists the function's real ones.
+func TestUnresolvedListsParams(t *testing.T) {
+	d, err := Parse("p:ev f c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.ResolveParams([]string{"a", "b"})
+	if err == nil || !strings.Contains(err.Error(), `parameter "c" not resolved: f's parameters are a, b`) {
+		t.Fatalf("%v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package probedef
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -115,6 +116,10 @@ func (d *Def) ResolveParams(params []string) error {
 			continue
 		}
 		f, err := resolveFetch(d.Event, a.Fetch, index)
+		var ue *UnresolvedError
+		if errors.As(err, &ue) {
+			ue.Func, ue.Params = d.Symbol, params
+		}
 		if err != nil {
 			return err
 		}
