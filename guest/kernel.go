@@ -21,6 +21,9 @@ type Kernel struct {
 	// section (a bzImage built without CONFIG_DEBUG_INFO_BTF, with BTF made
 	// from its DWARF by pahole; images/mini does this).
 	BTFPath string
+	// BTFFirst makes BTFPath win over the image's own .BTF section: the
+	// user named the file (hvprobe's --btf).
+	BTFFirst bool
 	// MapVersion is the release the map's file name names
 	// ("System.map-6.1.0-28-cloud-amd64"), "" when it names none.
 	MapVersion string
@@ -125,7 +128,11 @@ func orUnknown(v string) string {
 // error wraps ErrNoBTF when there is none.
 func (k *Kernel) BTF() (*Types, error) {
 	k.btfOnce.Do(func() {
-		raw, err := k.Image.Section(".BTF")
+		var raw []byte
+		err := kimage.ErrNoSection
+		if !k.BTFFirst || k.BTFPath == "" {
+			raw, err = k.Image.Section(".BTF")
+		}
 		if errors.Is(err, kimage.ErrNoSection) && k.BTFPath != "" {
 			raw, err = os.ReadFile(k.BTFPath)
 		}

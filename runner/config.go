@@ -14,6 +14,7 @@ import (
 // Config is one `hvprobe run` (or `hvprobe check`): its flags as given.
 type Config struct {
 	Kernel, SystemMap, Initrd string
+	BTF                       string // raw BTF for the kernel's types, instead of its .BTF section
 
 	Mem           string // a size: 512M, 512MiB, 1G
 	CPUs          int
@@ -147,7 +148,7 @@ func (c *Config) Validate() error {
 	if c.Stealth && (len(c.Kprobes)+len(c.Jprobes)+len(c.Kretprobes) > 0) {
 		no("--stealth: give the probes as p: lines (--probe, --probes); --kprobe, --jprobe and --kretprobe make int3 probes")
 	}
-	files := []struct{ flag, path string }{{"kernel", c.Kernel}, {"system-map", c.SystemMap}, {"probes", c.ProbesFile}, {"restore", c.Restore}}
+	files := []struct{ flag, path string }{{"kernel", c.Kernel}, {"system-map", c.SystemMap}, {"btf", c.BTF}, {"probes", c.ProbesFile}, {"restore", c.Restore}}
 	if c.Restore == "" && !c.DryRun {
 		files = append(files, struct{ flag, path string }{"initrd", c.Initrd})
 	}

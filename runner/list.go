@@ -20,11 +20,18 @@ type Catalog struct {
 	ik *session.ImageKernel
 }
 
-// OpenCatalog opens the kernel image and its System.map.
-func OpenCatalog(kernel, sysmap string) (*Catalog, error) {
+// OpenCatalog opens the kernel image and its System.map, with the types
+// of a raw BTF file (btf, optional) instead of the image's own.
+func OpenCatalog(kernel, sysmap, btf string) (*Catalog, error) {
 	k, err := guest.OpenKernel(kernel, sysmap)
 	if err != nil {
 		return nil, refused("%v", err)
+	}
+	if btf != "" {
+		k.BTFPath, k.BTFFirst = btf, true
+		if _, err := k.BTF(); err != nil {
+			return nil, refused("--btf %s: %v", btf, err)
+		}
 	}
 	ik, err := session.NewImageKernel(k)
 	if err != nil {

@@ -92,7 +92,7 @@ func (r *run) check() error {
 		fastDefs(defs)
 	}
 	bad = append(bad, dataWatchHost(defs)...)
-	cat, err := OpenCatalog(c.Kernel, c.SystemMap)
+	cat, err := OpenCatalog(c.Kernel, c.SystemMap, c.BTF)
 	if err != nil {
 		return err
 	}

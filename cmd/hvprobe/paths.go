@@ -29,7 +29,7 @@ func defaultPaths() paths {
 // defaults are the mini guest under $HVPROBE_IMAGES (.cache/images).
 func guestFlags(fs *flag.FlagSet, kernel, sysmap, initrd *string) {
 	d := defaultPaths()
-	fs.StringVar(kernel, "kernel", d.kernel, "guest kernel: bzImage or vmlinux")
-	fs.StringVar(sysmap, "system-map", d.systemMap, "the kernel's System.map")
-	fs.StringVar(initrd, "initrd", d.initrd, "initramfs (uncompressed cpio recommended); empty for none")
+	fs.StringVar(kernel, "kernel", d.kernel, "guest kernel: `FILE`, a bzImage or vmlinux")
+	fs.StringVar(sysmap, "system-map", d.systemMap, "the kernel's System.map `FILE`")
+	fs.StringVar(initrd, "initrd", d.initrd, "initramfs `FILE` (uncompressed cpio recommended); empty for none")
 }
