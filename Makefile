@@ -27,7 +27,7 @@ static:
 	CGO_ENABLED=0 $(GO) test -c -o $(OUT)/e2e.test ./tests/e2e
 	CGO_ENABLED=0 $(GO) test -c -tags kvm -o $(OUT)/vmm-kvm.test ./vmm
 
-demo: images static
+demo: images build static
 	$(WITH_KVM) $(CURDIR)/$(OUT)/hvprobe-static run --timeout 15m $(DEMO_PROBES) \
 		--cmdline-append '$(DEMO_WORKLOAD)'
 

@@ -23,7 +23,7 @@ var flagGroups = []struct {
 }
 
 const examples = `examples:
-  hvprobe run --probe 'p:open do_sys_openat2 name=+0($arg2):string' --timeout 30s
+  hvprobe run --probe 'p:open do_sys_openat2 name=+0($arg2):ustring' --timeout 30s
   hvprobe run --probe 'r:rd vfs_read ret=$retval' --hist 'rd:hist:keys=ret' --format json
   hvprobe check --kernel vmlinuz --system-map System.map --probes my.probes
 `
