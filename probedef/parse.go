@@ -323,7 +323,13 @@ func (p *lineParser) parseLocation(d *Def, tok token) *SyntaxError {
 	if IsGlob(sym) {
 		// hvprobe's wildcards, as bpftrace's kprobe:vfs_*: the line
 		// stands for a probe on the entry of every matching function.
-		if _, err := path.Match(sym, ""); err != nil || d.Kind == Jprobe || ordinal != "" || d.Module != "" {
+		bare := strings.Map(func(r rune) rune {
+			if strings.ContainsRune(globChars, r) {
+				return -1
+			}
+			return r
+		}, sym)
+		if _, err := path.Match(sym, ""); err != nil || (bare != "" && !goodSymbolChars(bare)) || d.Kind == Jprobe || ordinal != "" || d.Module != "" {
 			return p.fail(symOff, "invalid pattern %q (a glob of function names for p: and r: lines)", sym)
 		}
 		if offStr != "" {
@@ -370,6 +376,12 @@ func defaultEvent(d *Def) string {
 		s = fmt.Sprintf("%s_0x%016x", d.Kind, d.Addr)
 	}
 	s = strings.NewReplacer(":", "_", ".", "_").Replace(s)
+	s = strings.Map(func(r rune) rune { // a pattern's
+		if strings.ContainsRune(globChars, r) {
+			return '_'
+		}
+		return r
+	}, s)
 	if len(s) > MaxEventNameLen-1 {
 		s = s[:MaxEventNameLen-1]
 	}
@@ -825,10 +837,14 @@ func isOrdinal(s string) bool {
 // IsGlob reports whether a probe line's symbol is a pattern (Expand).
 func IsGlob(sym string) bool { return strings.ContainsAny(sym, "*?[") }
 
+// globChars may appear in a pattern besides a symbol's own characters.
+const globChars = "*?[]^-"
+
 func goodSymbol(s string) bool {
-	if s == "" || isDigit(s[0]) {
-		return false
-	}
+	return s != "" && !isDigit(s[0]) && goodSymbolChars(s)
+}
+
+func goodSymbolChars(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !isAlpha(c) && !isDigit(c) && c != '_' && c != '.' {
