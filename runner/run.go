@@ -193,7 +193,7 @@ func (r *run) boot() error {
 		}
 	}()
 	defer s.Close()
-	if err := s.WriteWatch(); err != nil && r.hasProbes() {
+	if err := s.FollowText(); err != nil && r.hasProbes() {
 		r.status.printf("hvprobe: warning: %v: a probe whose text the guest rewrites is not re-checked", err)
 	}
 	dp := r.armAtAttach(s, notify)

@@ -209,7 +209,7 @@ func (s *Session) startEngine(rk *RunningKernel, area, free kprobes.SlotArea) er
 	}
 	a := &Attached{Manager: mgr, Kernel: rk, Slots: area}
 	s.watchBoot(a)
-	if s.watchErr == nil {
+	if s.textLogErr == nil {
 		s.workers.Add(1)
 		go s.followWrites(a)
 	}

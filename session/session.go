@@ -64,7 +64,7 @@ type Session struct {
 	watches     watchSet
 	stealth     stealthSet
 	fast        fastSet
-	watchErr    error
+	textLogErr    error
 	// done ends the session's own goroutines (workers) at Close.
 	done      chan struct{}
 	closeOnce sync.Once
@@ -141,7 +141,7 @@ func New(o Options) (*Session, error) {
 	if err := s.setVM(vm); err != nil {
 		return nil, err
 	}
-	s.watchText()
+	s.logTextWrites()
 	return s, nil
 }
 

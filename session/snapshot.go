@@ -142,7 +142,7 @@ func Restore(o Options, path string) (*Session, error) {
 	if err := s.setVM(vm); err != nil {
 		return nil, err
 	}
-	s.watchText()
+	s.logTextWrites()
 	if !m.Attached {
 		return s, nil // attaches on a console line, as during a boot
 	}

@@ -10,7 +10,7 @@ import (
 )
 
 // Guest RAM is one host mapping (Memory) covered by KVM memslots. Without
-// a write watch that is one slot; WatchWrites splits it into [0,start),
+// a write watch that is one slot; LogDirty splits it into [0,start),
 // [start,end) with KVM_MEM_LOG_DIRTY_PAGES and [end,size), all three over
 // the same mapping at offset = guest-physical address, so nothing but KVM
 // knows there are three. KVM logs the guest's writes (a write fault on a
@@ -22,9 +22,9 @@ import (
 var (
 	// ErrNoDirtyLog: this KVM cannot log guest writes to a memslot.
 	ErrNoDirtyLog = errors.New("KVM dirty-page logging is not available")
-	// ErrWatchRefused: WatchWrites was called a second time, or after the
+	// ErrDirtyLogRefused: LogDirty was called a second time, or after the
 	// vCPUs first ran; the memslot layout is then fixed.
-	ErrWatchRefused = errors.New("write watch refused")
+	ErrDirtyLogRefused = errors.New("write watch refused")
 	// ErrNotWatching: DirtyPages on a VM without a write watch.
 	ErrNotWatching = errors.New("no guest-physical range is watched")
 )
@@ -46,18 +46,18 @@ type memslot struct {
 	flags uint32
 }
 
-// writeWatch is the dirty-logged range and KVM_GET_DIRTY_LOG's buffer
+// dirtyRange is the dirty-logged range and KVM_GET_DIRTY_LOG's buffer
 // (allocated once, on the heap, reused under VM.slotMu).
-type writeWatch struct {
+type dirtyRange struct {
 	start, end uint64
 	bitmap     []uint64
 }
 
-func (w *writeWatch) pages() uint64 { return (w.end - w.start) / pageSize }
+func (w *dirtyRange) pages() uint64 { return (w.end - w.start) / pageSize }
 
 // memslotLayout is the slots that cover RAM of size bytes: one, or with a
 // watch up to three (empty pieces are left out). Pure: unit-tested.
-func memslotLayout(size uint64, w *writeWatch) []memslot {
+func memslotLayout(size uint64, w *dirtyRange) []memslot {
 	if w == nil {
 		return []memslot{{id: slotLow, gpa: 0, size: size}}
 	}
@@ -72,8 +72,8 @@ func memslotLayout(size uint64, w *writeWatch) []memslot {
 	return s
 }
 
-// checkWatchRange validates a WatchWrites range against RAM of size bytes.
-func checkWatchRange(start, end, size uint64) error {
+// checkDirtyRange validates a LogDirty range against RAM of size bytes.
+func checkDirtyRange(start, end, size uint64) error {
 	switch {
 	case start%pageSize != 0 || end%pageSize != 0:
 		return fmt.Errorf("%w: watch range [%#x,%#x) is not page-aligned", ErrBadConfig, start, end)
@@ -108,35 +108,35 @@ func dirtyGPAs(bitmap []uint64, base, pages uint64) []uint64 {
 	return out
 }
 
-// WatchWrites makes KVM log the guest's writes to the guest-physical range
+// LogDirty makes KVM log the guest's writes to the guest-physical range
 // [start,end) (page-aligned, within RAM); DirtyPages reads the log. Call it
 // once, before Run: after the kernel is placed (New) or after Restore (a
 // restored VM starts without a watch; snapshots do not record one). It
-// refuses (ErrWatchRefused) a second call or a call once the vCPUs have
+// refuses (ErrDirtyLogRefused) a second call or a call once the vCPUs have
 // run, since re-laying out memslots under running vCPUs would show them a
 // hole. ErrNoDirtyLog: this KVM cannot do it; RAM is left as it was.
 //
 // Writes by hvprobe itself (WritePhys) are not logged.
-func (vm *VM) WatchWrites(start, end uint64) error {
+func (vm *VM) LogDirty(start, end uint64) error {
 	if !vm.life.enter() {
 		return ErrClosed
 	}
 	defer vm.life.exit()
-	if err := checkWatchRange(start, end, vm.mem.Size()); err != nil {
+	if err := checkDirtyRange(start, end, vm.mem.Size()); err != nil {
 		return err
 	}
 	vm.slotMu.Lock()
 	defer vm.slotMu.Unlock()
 	switch {
 	case vm.watch != nil:
-		return fmt.Errorf("%w: [%#x,%#x) is already watched (the memslot layout is set once)", ErrWatchRefused, vm.watch.start, vm.watch.end)
+		return fmt.Errorf("%w: [%#x,%#x) is already watched (the memslot layout is set once)", ErrDirtyLogRefused, vm.watch.start, vm.watch.end)
 	case vm.ran.Load():
-		return fmt.Errorf("%w: the vCPUs have run (re-laying out memslots under them would show them a hole)", ErrWatchRefused)
+		return fmt.Errorf("%w: the vCPUs have run (re-laying out memslots under them would show them a hole)", ErrDirtyLogRefused)
 	}
 	if err := vm.checkWatchVsTraps(start, end); err != nil {
 		return err
 	}
-	w := &writeWatch{start: start, end: end}
+	w := &dirtyRange{start: start, end: end}
 	w.bitmap = make([]uint64, bitmapWords(w.pages()))
 	want := memslotLayoutTraps(vm.mem.Size(), w, vm.trapPagesLocked())
 	// KVM_GET_DIRTY_LOG is basic API with no capability of its own; what
@@ -164,7 +164,7 @@ func (vm *VM) WatchWrites(start, end uint64) error {
 
 // DirtyPages returns the guest-physical addresses (page-aligned, ascending)
 // of the watched pages the guest wrote since the previous call (or since
-// WatchWrites); KVM write-protects them again before it returns, so a
+// LogDirty); KVM write-protects them again before it returns, so a
 // later write is reported by a later call. Safe from any goroutine while
 // the vCPUs run (KVM_GET_DIRTY_LOG is a VM ioctl; calls are serialized).
 //
@@ -194,7 +194,7 @@ func (vm *VM) DirtyPages() ([]uint64, error) {
 }
 
 // setMemslots is the one place guest RAM's memslots are set: VM creation
-// (New and Restore, through create) and WatchWrites. It deletes the
+// (New and Restore, through create) and LogDirty. It deletes the
 // current slots, then adds want: KVM refuses overlapping slots and does
 // not resize one in place. On an error it puts the previous slots back, so
 // RAM is not left with a hole. Precondition: no vCPU runs (vm.slotMu held,

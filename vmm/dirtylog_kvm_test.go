@@ -198,10 +198,10 @@ func wantDirtyFirst(t *testing.T, vm *VM, what string, first []uint64, want ...u
 	}
 }
 
-// TestWatchWritesTinyGuest: KVM logs exactly the watched pages the guest
+// TestDirtyLogTinyGuest: KVM logs exactly the watched pages the guest
 // wrote, not the ones it only read, not pages outside the range and not
 // hvprobe's own writes; a read re-arms; DirtyPages works while the vCPU runs.
-func TestWatchWritesTinyGuest(t *testing.T) {
+func TestDirtyLogTinyGuest(t *testing.T) {
 	vm := newTinyVM(t, tinyMem)
 	t.Logf("KVM_CAP_NR_MEMSLOTS=%d KVM_CAP_READONLY_MEM=%d KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2=%#x KVM_CAP_DIRTY_LOG_RING=%d",
 		vm.checkExtension(capNRMemslots), vm.checkExtension(capReadonlyMem),
@@ -227,11 +227,11 @@ func TestWatchWritesTinyGuest(t *testing.T) {
 		t.Fatalf("after a refused change the slots are %+v, want %+v", vm.slots, before)
 	}
 
-	if err := vm.WatchWrites(tinyWatch, tinyEnd); err != nil {
-		t.Fatalf("WatchWrites: %v", err)
+	if err := vm.LogDirty(tinyWatch, tinyEnd); err != nil {
+		t.Fatalf("LogDirty: %v", err)
 	}
-	if err := vm.WatchWrites(tinyWatch, tinyEnd); !errors.Is(err, ErrWatchRefused) {
-		t.Errorf("second WatchWrites: %v, want ErrWatchRefused", err)
+	if err := vm.LogDirty(tinyWatch, tinyEnd); !errors.Is(err, ErrDirtyLogRefused) {
+		t.Errorf("second LogDirty: %v, want ErrDirtyLogRefused", err)
 	}
 	wantDirty(t, vm, "before the guest ran")
 
@@ -359,7 +359,7 @@ func BenchmarkGuestWrites(b *testing.B) {
 					b.Fatal(err)
 				}
 				if watched {
-					if err := vm.WatchWrites(0x20000, 0xa0000); err != nil {
+					if err := vm.LogDirty(0x20000, 0xa0000); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -383,7 +383,7 @@ func BenchmarkGuestWrites(b *testing.B) {
 // (a kernel's text and rodata) with nothing written.
 func BenchmarkDirtyPagesIdle(b *testing.B) {
 	vm := newTinyVM(b, 64<<20)
-	if err := vm.WatchWrites(16<<20, 32<<20); err != nil {
+	if err := vm.LogDirty(16<<20, 32<<20); err != nil {
 		b.Fatal(err)
 	}
 	for b.Loop() {
@@ -393,12 +393,12 @@ func BenchmarkDirtyPagesIdle(b *testing.B) {
 	}
 }
 
-// TestWatchWritesLongMode: the same in 64-bit mode at CPL 0 with paging,
+// TestDirtyLogLongMode: the same in 64-bit mode at CPL 0 with paging,
 // the guest writing its watched pages through a kernel-style high virtual
 // mapping (as Linux writes its text through text_poke's or the direct
 // map's alias): KVM logs the guest-physical page whatever the VA. On an
 // emulating KVM this is its instruction emulator's store path.
-func TestWatchWritesLongMode(t *testing.T) {
+func TestDirtyLogLongMode(t *testing.T) {
 	const (
 		watch    = 0x200000 // watched: [watch, watch+8 pages)
 		highVA   = 0xffffffff80000000
@@ -449,8 +449,8 @@ func TestWatchWritesLongMode(t *testing.T) {
 	copy(ram[tinyCode:], code)
 
 	v := vm.vcpus[0]
-	if err := vm.WatchWrites(watch, watch+8*pageSize); err != nil {
-		t.Fatalf("WatchWrites: %v", err)
+	if err := vm.LogDirty(watch, watch+8*pageSize); err != nil {
+		t.Fatalf("LogDirty: %v", err)
 	}
 	runTo(t, v, tinyCode)
 	if ram[watch+0x1000] != 0xa1 || ram[watch+0x3000] != 0xa3 || ram[watch+0x4000] != 0xa1 ||

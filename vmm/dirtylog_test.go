@@ -78,9 +78,9 @@ func TestMemslotLayout(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var w *writeWatch
+			var w *dirtyRange
 			if c.end != 0 {
-				w = &writeWatch{start: c.start, end: c.end}
+				w = &dirtyRange{start: c.start, end: c.end}
 			}
 			got := memslotLayout(size, w)
 			if !slices.Equal(got, c.want) {
@@ -129,37 +129,37 @@ func TestCheckWatchRange(t *testing.T) {
 		{0x100000, size + pageSize, ErrOutOfRange},
 	}
 	for _, c := range cases {
-		err := checkWatchRange(c.start, c.end, size)
+		err := checkDirtyRange(c.start, c.end, size)
 		if (c.want == nil) != (err == nil) || (c.want != nil && !errors.Is(err, c.want)) {
-			t.Errorf("checkWatchRange(%#x, %#x) = %v, want %v", c.start, c.end, err, c.want)
+			t.Errorf("checkDirtyRange(%#x, %#x) = %v, want %v", c.start, c.end, err, c.want)
 		}
 	}
 }
 
-// WatchWrites refuses before touching KVM: these need no /dev/kvm.
-func TestWatchWritesRefusals(t *testing.T) {
+// LogDirty refuses before touching KVM: these need no /dev/kvm.
+func TestDirtyLogRefusals(t *testing.T) {
 	newVM := func() *VM { return &VM{vmFD: -1, mem: NewMemoryFromBytes(make([]byte, 1<<20))} }
 
 	vm := newVM()
 	if _, err := vm.DirtyPages(); !errors.Is(err, ErrNotWatching) {
 		t.Errorf("DirtyPages without a watch: %v, want ErrNotWatching", err)
 	}
-	if err := vm.WatchWrites(0x1000, 0x1800); !errors.Is(err, ErrBadConfig) {
+	if err := vm.LogDirty(0x1000, 0x1800); !errors.Is(err, ErrBadConfig) {
 		t.Errorf("unaligned range: %v, want ErrBadConfig", err)
 	}
-	if err := vm.WatchWrites(0x1000, 2<<20); !errors.Is(err, ErrOutOfRange) {
+	if err := vm.LogDirty(0x1000, 2<<20); !errors.Is(err, ErrOutOfRange) {
 		t.Errorf("range beyond RAM: %v, want ErrOutOfRange", err)
 	}
 
 	vm = newVM()
-	vm.watch = &writeWatch{start: 0x1000, end: 0x2000}
-	if err := vm.WatchWrites(0x4000, 0x5000); !errors.Is(err, ErrWatchRefused) {
-		t.Errorf("second WatchWrites: %v, want ErrWatchRefused", err)
+	vm.watch = &dirtyRange{start: 0x1000, end: 0x2000}
+	if err := vm.LogDirty(0x4000, 0x5000); !errors.Is(err, ErrDirtyLogRefused) {
+		t.Errorf("second LogDirty: %v, want ErrDirtyLogRefused", err)
 	}
 
 	vm = newVM()
 	vm.ran.Store(true)
-	if err := vm.WatchWrites(0x4000, 0x5000); !errors.Is(err, ErrWatchRefused) {
-		t.Errorf("WatchWrites after Run: %v, want ErrWatchRefused", err)
+	if err := vm.LogDirty(0x4000, 0x5000); !errors.Is(err, ErrDirtyLogRefused) {
+		t.Errorf("LogDirty after Run: %v, want ErrDirtyLogRefused", err)
 	}
 }

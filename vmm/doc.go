@@ -47,7 +47,7 @@
 // DebugEvent a KVM_EXIT_DEBUG gives.
 //
 // Guest RAM is one host mapping; KVM sees it as memslots set in one place
-// (setMemslots, dirtylog.go): one slot, or three once WatchWrites has
+// (setMemslots, dirtylog.go): one slot, or three once LogDirty has
 // split off a dirty-logged range (kernel text) so that DirtyPages reports
 // the pages the guest wrote there. The layout is fixed once the vCPUs have
 // run. hvprobe's own writes to guest memory are never logged.

@@ -225,7 +225,7 @@ func runStepped(t *testing.T, vm *VM) <-chan Result {
 // crash (run with -race), and typed errors afterwards.
 func TestCloseWhileInUse(t *testing.T) {
 	vm := newTinyVM(t, tinyMem)
-	if err := vm.WatchWrites(tinyWatch, tinyEnd); err != nil && !errors.Is(err, ErrNoDirtyLog) {
+	if err := vm.LogDirty(tinyWatch, tinyEnd); err != nil && !errors.Is(err, ErrNoDirtyLog) {
 		t.Fatal(err)
 	}
 	if err := vm.Memory().WritePhys(tinyCode, spinLoop); err != nil {

@@ -111,7 +111,7 @@ type VM struct {
 	// the watch's layout is fixed) is set under it and read anywhere.
 	slotMu sync.Mutex
 	slots  []memslot
-	watch  *writeWatch
+	watch  *dirtyRange
 	ran    atomic.Bool
 
 	// pauseCh is the pause lock (pause.go), a channel so that a vCPU
@@ -559,7 +559,7 @@ func (vm *VM) Run(ctx context.Context) Result {
 		return Result{Reason: StopError, Err: ErrClosed}
 	}
 	defer vm.life.exit()
-	// From here on the memslot layout is fixed (WatchWrites refuses).
+	// From here on the memslot layout is fixed (LogDirty refuses).
 	// Under both locks: no pause and no memslot change is half-way.
 	vm.lockPause()
 	vm.slotMu.Lock()

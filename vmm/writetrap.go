@@ -41,7 +41,7 @@ var (
 	// ErrNoReadonlyMem: this KVM has no KVM_CAP_READONLY_MEM.
 	ErrNoReadonlyMem = errors.New("KVM read-only memslots are not available")
 	// ErrTrapRefused: the range overlaps the dirty-logged range of
-	// WatchWrites (whose memslot must not be re-created: its log would be
+	// LogDirty (whose memslot must not be re-created: its log would be
 	// lost), or the trap id is unknown.
 	ErrTrapRefused = errors.New("write trap refused")
 )
@@ -199,7 +199,7 @@ func storeBytes(mem PhysMem, gpa uint64, p []byte) error {
 // KVM_MEM_READONLY, the other ids are 0, 2, 3, ... in address order. ro
 // must be sorted, merged, page-aligned, inside RAM and outside the watch.
 // Without ro it is memslotLayout. Pure: unit-tested.
-func memslotLayoutTraps(size uint64, w *writeWatch, ro []pageRange) []memslot {
+func memslotLayoutTraps(size uint64, w *dirtyRange, ro []pageRange) []memslot {
 	if len(ro) == 0 {
 		return memslotLayout(size, w)
 	}
@@ -319,7 +319,7 @@ func (vm *VM) withSlots(f func() error) error {
 // range is reported to the WriteHook (SetWriteHook) with its old and new
 // bytes. Callable before Run or while the guest runs (every vCPU is
 // paused for the memslot change, the others only from a vCPU's own
-// thread). The range must lie in RAM and outside a WatchWrites
+// thread). The range must lie in RAM and outside a LogDirty
 // range (ErrTrapRefused). Snapshots do not record traps.
 func (vm *VM) TrapWrites(gpa, size uint64) (TrapID, error) {
 	if !vm.life.enter() {
@@ -415,12 +415,12 @@ func (vm *VM) trapPagesLocked() []pageRange {
 	return nil
 }
 
-// checkWatchVsTraps refuses a WatchWrites range over trapped pages
+// checkWatchVsTraps refuses a LogDirty range over trapped pages
 // (vm.slotMu held): one memslot cannot be both dirty-logged and read-only.
 func (vm *VM) checkWatchVsTraps(start, end uint64) error {
 	for _, r := range vm.trapPagesLocked() {
 		if r.start < end && start < r.end {
-			return fmt.Errorf("%w: [%#x,%#x) overlaps the write-trapped pages [%#x,%#x)", ErrWatchRefused, start, end, r.start, r.end)
+			return fmt.Errorf("%w: [%#x,%#x) overlaps the write-trapped pages [%#x,%#x)", ErrDirtyLogRefused, start, end, r.start, r.end)
 		}
 	}
 	return nil

@@ -155,11 +155,11 @@ func TestWriteTrapTinyGuest(t *testing.T) {
 	}
 }
 
-// TestWriteTrapWithDirtyLog: a trap and a WatchWrites range coexist; an
+// TestWriteTrapWithDirtyLog: a trap and a LogDirty range coexist; an
 // overlapping one is refused; the dirty log survives a trap's add/remove.
 func TestWriteTrapWithDirtyLog(t *testing.T) {
 	vm := newTinyVM(t, tinyMem)
-	if err := vm.WatchWrites(tinyWatch+2*pageSize, tinyEnd); err != nil {
+	if err := vm.LogDirty(tinyWatch+2*pageSize, tinyEnd); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := vm.TrapWrites(tinyWatch+3*pageSize, 1); !errors.Is(err, ErrTrapRefused) {
@@ -317,7 +317,7 @@ func TestWriteTrapLongMode(t *testing.T) {
 }
 
 // TestTrapWritesRefusals: bad ranges and unknown ids are refused with
-// typed errors, and a WatchWrites range over trapped pages is refused.
+// typed errors, and a LogDirty range over trapped pages is refused.
 func TestTrapWritesRefusals(t *testing.T) {
 	vm := newTinyVM(t, tinyMem)
 	if _, err := vm.TrapWrites(0x1000, 0); !errors.Is(err, ErrBadConfig) {
@@ -337,8 +337,8 @@ func TestTrapWritesRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := vm.WatchWrites(tinyWatch, tinyEnd); !errors.Is(err, ErrWatchRefused) {
-		t.Errorf("WatchWrites over a trapped page: %v, want ErrWatchRefused", err)
+	if err := vm.LogDirty(tinyWatch, tinyEnd); !errors.Is(err, ErrDirtyLogRefused) {
+		t.Errorf("LogDirty over a trapped page: %v, want ErrDirtyLogRefused", err)
 	}
 	// One trap gone, the page stays read-only for the other.
 	if err := vm.UntrapWrites(id1); err != nil {
@@ -354,7 +354,7 @@ func TestTrapWritesRefusals(t *testing.T) {
 		t.Errorf("slots %+v after the last trap, want one", vm.slots)
 	}
 	// With the traps gone the watch can be set.
-	if err := vm.WatchWrites(tinyWatch, tinyEnd); err != nil {
-		t.Errorf("WatchWrites after the traps: %v", err)
+	if err := vm.LogDirty(tinyWatch, tinyEnd); err != nil {
+		t.Errorf("LogDirty after the traps: %v", err)
 	}
 }

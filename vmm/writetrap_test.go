@@ -47,10 +47,10 @@ func TestTrapPages(t *testing.T) {
 
 func TestMemslotLayoutTraps(t *testing.T) {
 	const size = 64 << 20
-	text := &writeWatch{start: 0x1000000, end: 0x1e00000}
+	text := &dirtyRange{start: 0x1000000, end: 0x1e00000}
 	cases := []struct {
 		name string
-		w    *writeWatch
+		w    *dirtyRange
 		ro   []pageRange
 		want []memslot
 	}{

@@ -385,7 +385,7 @@ func bootStockOnce(t *testing.T, k *kguest.Kernel, dir string, defs []*probedef.
 			s.Close()
 		}
 	}()
-	if err := s.WriteWatch(); err != nil {
+	if err := s.FollowText(); err != nil {
 		t.Errorf("guest writes to text are not watched: %v", err)
 	}
 	var events []probedef.Event

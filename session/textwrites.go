@@ -12,28 +12,28 @@ import (
 // much time; hits in between run the old slot (see Recheck).
 const writePoll = 20 * time.Millisecond
 
-// watchText has KVM log the guest's writes to its kernel text (_text to
+// logTextWrites has KVM log the guest's writes to its kernel text (_text to
 // _etext, physically contiguous), so that probes follow the kernel's own
 // patches. It runs before the vCPUs do; WriteWatch tells whether it works.
-func (s *Session) watchText() {
+func (s *Session) logTextWrites() {
 	l := s.VM.Layout()
 	text := s.Kernel.Symbols.Slid(l.VirtDelta)
 	start, err1 := text.Lookup("_text")
 	end, err2 := text.Lookup("_etext")
 	if err1 != nil || err2 != nil {
-		s.watchErr = fmt.Errorf("finding kernel text: no _text/_etext in the System.map")
+		s.textLogErr = fmt.Errorf("finding kernel text: no _text/_etext in the System.map")
 		return
 	}
 	lo := kernelGPA(l, start.Addr) &^ 0xfff
 	hi := (kernelGPA(l, end.Addr) + 0xfff) &^ 0xfff
-	if err := s.VM.WatchWrites(lo, hi); err != nil {
-		s.watchErr = fmt.Errorf("watching the guest's writes to its text: %w", err)
+	if err := s.VM.LogDirty(lo, hi); err != nil {
+		s.textLogErr = fmt.Errorf("watching the guest's writes to its text: %w", err)
 	}
 }
 
-// WriteWatch is nil when the guest's writes to its own text are detected
+// FollowText is nil when the guest's writes to its own text are detected
 // (and probes there re-checked); otherwise it says why they are not.
-func (s *Session) WriteWatch() error { return s.watchErr }
+func (s *Session) FollowText() error { return s.textLogErr }
 
 // followWrites hands the text pages the guest wrote to the engine until
 // the session closes, and reports what the engine did about them.
