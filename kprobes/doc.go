@@ -29,15 +29,9 @@
 // non-jprobes at the head of their list; hvprobe keeps the order callers
 // see). Then the displaced instruction executes in one of three ways:
 //   - emulated by the host from the registers the pre handlers left, post
-//     handlers in the same exit: nop, endbr, push/pop %reg, push $imm,
-//     leave, pushf, popf (CPL 0 rules), cli; mov, movzx, movsx, movsxd
-//     and lea at any GPR width and addressing (%rip-relative, FS/GS
-//     bases from the vCPU's sregs); add, sub, and, or, xor, cmp, test,
-//     inc, dec with the CPU's flags; cmovcc, setcc; push/pop m64;
-//     movs/stos up to a page, DF either way; near control transfers
-//     (jmp/jcc/loop/jrcxz rel,
-//     call rel32, call/jmp through a register or memory, ret,
-//     ret $imm16). One exit, no slot. Memory goes through the guest's page
+//     handlers in the same exit, for the instruction kinds of insn.go's
+//     emulation table (emulNop … emulRet, each with what it covers: the
+//     one list of them). One exit, no slot. Memory goes through the guest's page
 //     tables, data operands through AtomicVirt (one host access of the
 //     CPU's width, so other vCPUs never see a torn value). A lower-half,
 //     unmapped, read-only, MMIO, page-crossing or non-canonical access

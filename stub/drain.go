@@ -5,8 +5,9 @@ import (
 	"fmt"
 )
 
-// Mem is guest-physical memory: vmm.PhysMem's methods, restated because
-// vmm's own KVM test of the stubs imports this package.
+// Mem is the guest-physical memory a drain reads, declared here where it
+// is used (vmm.Memory satisfies it); stub stays a leaf that vmm's KVM
+// test of the stubs can import.
 type Mem interface {
 	ReadPhys(gpa uint64, p []byte) error
 	WritePhys(gpa uint64, p []byte) error
