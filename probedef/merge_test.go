@@ -95,3 +95,11 @@ func TestUnresolvedListsParams(t *testing.T) {
 		t.Fatalf("%v", err)
 	}
 }
+
+// A file saved with a UTF-8 byte order mark parses as without one.
+func TestParseFileBOM(t *testing.T) {
+	defs, err := ParseFile(strings.NewReader("\ufeffp:a f\r\np:b g\n"))
+	if err != nil || len(defs) != 2 || defs[0].Event != "a" || defs[0].Symbol != "f" {
+		t.Fatalf("%v %v", defs, err)
+	}
+}

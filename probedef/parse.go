@@ -39,6 +39,9 @@ func ParseFile(r io.Reader) ([]*Def, error) {
 			break
 		}
 		text := strings.TrimRight(line, "\r")
+		if n == 1 {
+			text = strings.TrimPrefix(text, "\ufeff") // an editor's UTF-8 byte order mark
+		}
 		switch {
 		case long:
 			bad = append(bad, &SyntaxError{Line: n, Col: 1, Input: text[:64] + "...",
