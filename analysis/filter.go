@@ -1,6 +1,7 @@
 package analysis
 
 import (
+	"cmp"
 	"fmt"
 	"strconv"
 	"strings"
@@ -159,9 +160,9 @@ func (p numPred) match(ev *probedef.Event) bool {
 	}
 	var c int
 	if p.signed {
-		c = cmp3(v.S64, p.s)
+		c = cmp.Compare(v.S64, p.s)
 	} else {
-		c = cmp3(v.U64, p.u)
+		c = cmp.Compare(v.U64, p.u)
 	}
 	switch p.op {
 	case "==":

@@ -1,6 +1,7 @@
 package analysis
 
 import (
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -488,11 +489,11 @@ func (h *Hist) compare(a, b histEntry) int {
 		case s.key >= 0:
 			c = h.compareKey(s.key, a.key[s.key], b.key[s.key])
 		case s.val >= 0 && h.vals[s.val].typ.Signed():
-			c = cmp3(int64(a.sums[s.val]), int64(b.sums[s.val]))
+			c = cmp.Compare(int64(a.sums[s.val]), int64(b.sums[s.val]))
 		case s.val >= 0:
-			c = cmp3(a.sums[s.val], b.sums[s.val])
+			c = cmp.Compare(a.sums[s.val], b.sums[s.val])
 		default:
-			c = cmp3(a.hits, b.hits)
+			c = cmp.Compare(a.hits, b.hits)
 		}
 		if s.desc {
 			c = -c
@@ -522,9 +523,9 @@ func (h *Hist) compareKey(i int, a, b keyPart) int {
 	case k.isString():
 		return strings.Compare(a.str, b.str)
 	case k.mod == modLog2 || k.typ.Signed():
-		return cmp3(a.s, b.s)
+		return cmp.Compare(a.s, b.s)
 	}
-	return cmp3(a.u, b.u)
+	return cmp.Compare(a.u, b.u)
 }
 
 // bars reports whether Text draws the table as one bpftrace histogram:

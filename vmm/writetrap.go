@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -351,7 +352,7 @@ func (vm *VM) TrapWrites(gpa, size uint64) (TrapID, error) {
 		}
 		t := writeTrap{id: TrapID(vm.handler.writes.seq.Add(1)), start: gpa, end: end}
 		traps = append(traps, t)
-		slices.SortFunc(traps, func(a, b writeTrap) int { return cmpU64(a.start, b.start) })
+		slices.SortFunc(traps, func(a, b writeTrap) int { return cmp.Compare(a.start, b.start) })
 		id = t.id
 		return vm.relayout(&trapSet{traps: traps, pages: trapPages(traps)})
 	})
@@ -395,16 +396,6 @@ func (vm *VM) SetWriteHook(h WriteHook) {
 // WriteTrapStats reads the write-trap counters.
 func (vm *VM) WriteTrapStats() WriteTrapStats {
 	return WriteTrapStats{Exits: vm.handler.writes.exits.Load(), Events: vm.handler.writes.events.Load()}
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // trapPagesLocked is the read-only pages in force (vm.slotMu held).
