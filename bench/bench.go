@@ -40,89 +40,131 @@ type Result struct {
 // wall-clock time per call over n calls. Ratios between them are what to
 // compare across machines; absolute numbers depend on the host.
 func Run(ctx context.Context, s *session.Session, n int) (Result, error) {
-	box := NewMailbox(s)
 	a, err := s.Attached()
 	if err != nil {
 		return Result{}, err
 	}
-	m := a.Manager
+	b := &bencher{ctx: ctx, s: s, a: a, box: NewMailbox(s), n: n, calls: fmt.Sprintf("calls:%d", n), base: map[string]timing{}}
 	res := Result{Calls: n, CPUs: s.VM.NumCPUs()}
-	// timed runs cmd three times and keeps the fastest run: the mailbox is
-	// polled every 20 ms and the guest's scheduler adds noise of its own
-	// (a threads baseline was once slower than every probed run).
-	timed := func(cmd string) (time.Duration, uint64, error) {
-		var best time.Duration
-		var bestExits uint64
-		for i := 0; i < 3; i++ {
-			e0 := s.VM.Stats().Total.Load()
-			t0 := time.Now()
-			if _, err := box.Scenario(ctx, cmd); err != nil {
-				return 0, 0, err
-			}
-			if d := time.Since(t0); i == 0 || d < best {
-				best, bestExits = d, s.VM.Stats().Total.Load()-e0
-			}
-		}
-		return best, bestExits, nil
-	}
-	calls := fmt.Sprintf("calls:%d", n)
+	b.threads = fmt.Sprintf("threads:%d:%d", res.CPUs, n)
 	// Warm up (first-touch page faults, caches) before measuring.
-	if _, _, err := timed(calls); err != nil {
+	if _, err := b.timed(b.calls); err != nil {
 		return res, err
 	}
-	tExit, exits, err := timed(fmt.Sprintf("exits:%d", n))
+	exit, err := b.timed(fmt.Sprintf("exits:%d", n))
 	if err != nil {
 		return res, err
 	}
-	tBase, baseExits, err := timed(calls)
-	if err != nil {
+	if b.base[b.calls], err = b.timed(b.calls); err != nil {
 		return res, err
 	}
-	res.BareExit = tExit / time.Duration(exits)
-	res.PerCall = tBase / time.Duration(n)
-	threads := fmt.Sprintf("threads:%d:%d", res.CPUs, n)
-	var tThreads time.Duration
-	var threadExits uint64
+	res.BareExit = exit.t / time.Duration(exit.exits)
+	res.PerCall = b.base[b.calls].t / time.Duration(n)
 	if res.CPUs > 1 {
 		// Warmed up too: the first threads run also creates the kthreads'
 		// stacks.
-		if _, _, err := timed(threads); err != nil {
+		if _, err := b.timed(b.threads); err != nil {
 			return res, err
 		}
-		if tThreads, threadExits, err = timed(threads); err != nil {
+		if b.threadBase, err = b.timed(b.threads); err != nil {
 			return res, err
 		}
 	}
+	var cases []probeCase
+	for _, more := range []func() ([]probeCase, error){b.engineCases, b.mixCases, b.lineCases} {
+		c, err := more()
+		if err != nil {
+			return res, err
+		}
+		cases = append(cases, c...)
+	}
+	for _, c := range cases {
+		if err := b.measure(c, &res); err != nil {
+			return res, fmt.Errorf("%s: %w", c.name, err)
+		}
+	}
+	return res, nil
+}
 
+// bencher is one Run's guest and its unprobed baselines.
+type bencher struct {
+	ctx            context.Context
+	s              *session.Session
+	a              *session.Attached
+	box            *Mailbox
+	n              int
+	calls, threads string // the scenarios of hvwl_target_add's calls
+	base           map[string]timing
+	threadBase     timing
+}
+
+// timing is a scenario's wall-clock time and VM exits.
+type timing struct {
+	t     time.Duration
+	exits uint64
+}
+
+// probeCase is one measured probe: armed by add, measured over n calls of
+// scenario, removed by remov.
+type probeCase struct {
+	name       string
+	scenario   string
+	add, remov func() error
+}
+
+// timed runs cmd three times and keeps the fastest run: the mailbox is
+// polled every 20 ms and the guest's scheduler adds noise of its own (a
+// threads baseline was once slower than every probed run).
+func (b *bencher) timed(cmd string) (timing, error) {
+	var best timing
+	for i := 0; i < 3; i++ {
+		e0 := b.s.VM.Stats().Total.Load()
+		t0 := time.Now()
+		if _, err := b.box.Scenario(b.ctx, cmd); err != nil {
+			return timing{}, err
+		}
+		if d := time.Since(t0); i == 0 || d < best.t {
+			best = timing{d, b.s.VM.Stats().Total.Load() - e0}
+		}
+	}
+	return best, nil
+}
+
+func nop(*kprobes.Context) bool { return false }
+func post(*kprobes.Context)     {}
+
+func (b *bencher) kprobe(name, scenario string, p *kprobes.Kprobe) probeCase {
+	m := b.a.Manager
+	return probeCase{name, scenario, func() error { return m.Register(p) }, func() error { return m.Unregister(p) }}
+}
+
+// engineCases are the engine's probe kinds on hvwl_target_add.
+func (b *bencher) engineCases() ([]probeCase, error) {
 	// The target's third instruction, after push %rbp; mov %rsp,%rbp:
 	// its body (lea (%rdi,%rsi),%rax on the mini kernel).
-	body, err := nthInsn(a.Kernel, "hvwl_target_add", 2)
+	body, err := nthInsn(b.a.Kernel, "hvwl_target_add", 2)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
-	nop := func(*kprobes.Context) bool { return false }
-	post := func(*kprobes.Context) {}
-	type probeCase struct {
-		name       string
-		scenario   string // the calls measured, n of them
-		add, remov func() error
-	}
-	kprobe := func(name, scenario string, p *kprobes.Kprobe) probeCase {
-		return probeCase{name, scenario, func() error { return m.Register(p) }, func() error { return m.Unregister(p) }}
-	}
+	m := b.a.Manager
 	jp := &kprobes.Jprobe{Symbol: "hvwl_target_add", Entry: func(*kprobes.JprobeContext) {}}
 	rp := &kprobes.Kretprobe{Symbol: "hvwl_target_add", Handler: func(*kprobes.RetContext) {}}
-	cases := []probeCase{
-		kprobe("kprobe at entry (host-emulated push)", calls, &kprobes.Kprobe{Symbol: "hvwl_target_add", PreHandler: nop}),
-		kprobe(fmt.Sprintf("kprobe on %s: +%#x (%s)", body.Text, body.Offset, body.Exec), calls,
+	return []probeCase{
+		b.kprobe("kprobe at entry (host-emulated push)", b.calls, &kprobes.Kprobe{Symbol: "hvwl_target_add", PreHandler: nop}),
+		b.kprobe(fmt.Sprintf("kprobe on %s: +%#x (%s)", body.Text, body.Offset, body.Exec), b.calls,
 			&kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body.Offset, PreHandler: nop}),
-		kprobe(fmt.Sprintf("kprobe on %s: +%#x (%s with post handler)", body.Text, body.Offset, body.ExecPost), calls,
+		b.kprobe(fmt.Sprintf("kprobe on %s: +%#x (%s with post handler)", body.Text, body.Offset, body.ExecPost), b.calls,
 			&kprobes.Kprobe{Symbol: "hvwl_target_add", Offset: body.Offset, PreHandler: nop, PostHandler: post}),
-		{"jprobe", calls, func() error { return m.RegisterJprobe(jp) }, func() error { return m.UnregisterJprobe(jp) }},
-		{"kretprobe (entry + return)", calls, func() error { return m.RegisterKretprobe(rp) }, func() error { return m.UnregisterKretprobe(rp) }},
-	}
-	// hvwl_target_mix (mix:N) has one instruction of each class below.
-	mix := fmt.Sprintf("mix:%d", n)
+		{"jprobe", b.calls, func() error { return m.RegisterJprobe(jp) }, func() error { return m.UnregisterJprobe(jp) }},
+		{"kretprobe (entry + return)", b.calls, func() error { return m.RegisterKretprobe(rp) }, func() error { return m.UnregisterKretprobe(rp) }},
+	}, nil
+}
+
+// mixCases are kprobes on hvwl_target_mix (mix:N), which has one
+// instruction of each class below.
+func (b *bencher) mixCases() ([]probeCase, error) {
+	mix := fmt.Sprintf("mix:%d", b.n)
+	var cases []probeCase
 	for _, c := range []struct {
 		what  string
 		match func(string) bool
@@ -136,9 +178,9 @@ func Run(ctx context.Context, s *session.Session, n int) (Result, error) {
 		{"a call", func(i string) bool { return strings.HasPrefix(i, "call") }, false},
 		{"a ret", func(i string) bool { return strings.HasPrefix(i, "ret") }, false},
 	} {
-		v, err := findInsn(a.Kernel, "hvwl_target_mix", c.match)
+		v, err := findInsn(b.a.Kernel, "hvwl_target_mix", c.match)
 		if err != nil {
-			return res, fmt.Errorf("bench case %s: %w", c.what, err)
+			return nil, fmt.Errorf("bench case %s: %w", c.what, err)
 		}
 		p := &kprobes.Kprobe{Symbol: "hvwl_target_mix", Offset: v.Offset, PreHandler: nop}
 		exec := v.Exec
@@ -146,53 +188,55 @@ func Run(ctx context.Context, s *session.Session, n int) (Result, error) {
 			p.PostHandler = post
 			exec = v.ExecPost + " with post handler"
 		}
-		cases = append(cases, kprobe(fmt.Sprintf("kprobe on %s: +%#x (%s)", c.what, v.Offset, exec), mix, p))
+		cases = append(cases, b.kprobe(fmt.Sprintf("kprobe on %s: +%#x (%s)", c.what, v.Offset, exec), mix, p))
 	}
-	// Probe lines: a stealth probe where debug registers fire, and a write
-	// watch (write:N makes a watched store and one to its neighbour on the
-	// same page per call: both exit).
-	defCase := func(name, scenario, line string, set func(*probedef.Def)) (probeCase, error) {
-		d, err := probedef.Parse(line)
-		if err != nil {
-			return probeCase{}, err
-		}
-		set(d)
-		var dp *session.DefProbes
-		return probeCase{name, scenario, func() (err error) {
-			dp, err = s.AddDefs(a, []*probedef.Def{d}, func(probedef.Event) {})
-			if err == nil && d.Fast && len(dp.FastProbes()) == 0 {
-				err = fmt.Errorf("%s took the int3 path", line)
-			}
-			return err
-		}, func() error { return dp.Remove() }}, nil
-	}
-	caps, err := s.VM.WatchCaps()
+	return cases, nil
+}
+
+// defCase is a probe line, armed through the session.
+func (b *bencher) defCase(name, scenario, line string, set func(*probedef.Def)) (probeCase, error) {
+	d, err := probedef.Parse(line)
 	if err != nil {
-		return res, err
+		return probeCase{}, err
 	}
-	var lines []probeCase
-	if caps.HWExecute {
-		c, err := defCase("stealth kprobe at entry (debug register)", calls, "p:bench/stealth hvwl_target_add",
-			func(d *probedef.Def) { d.Stealth = true })
-		if err != nil {
-			return res, err
+	set(d)
+	var dp *session.DefProbes
+	return probeCase{name, scenario, func() (err error) {
+		dp, err = b.s.AddDefs(b.a, []*probedef.Def{d}, func(probedef.Event) {})
+		if err == nil && d.Fast && len(dp.FastProbes()) == 0 {
+			err = fmt.Errorf("%s took the int3 path", line)
 		}
-		lines = append(lines, c)
+		return err
+	}, func() error { return dp.Remove() }}, nil
+}
+
+// lineCases are probe lines: a stealth probe where debug registers fire,
+// a write watch (write:N makes a watched store and one to its neighbour
+// on the same page per call: both exit), and lines measured on both
+// paths, int3 then exit-less: the 5-byte nop at hvwl_target_fentry+4
+// (ftrace's fentry site on a distro kernel); fetch args that read a
+// struct field and a string through it (the stub walks the page tables
+// for each page it reads); a return probe (an int3 kretprobe exits at
+// entry and at the return).
+func (b *bencher) lineCases() ([]probeCase, error) {
+	caps, err := b.s.VM.WatchCaps()
+	if err != nil {
+		return nil, err
+	}
+	type line struct {
+		name, scenario, line string
+		set                  func(*probedef.Def)
+	}
+	var lines []line
+	if caps.HWExecute {
+		lines = append(lines, line{"stealth kprobe at entry (debug register)", b.calls, "p:bench/stealth hvwl_target_add",
+			func(d *probedef.Def) { d.Stealth = true }})
 	}
 	if caps.ReadonlyMem {
-		c, err := defCase("write watch (page trap): 1 watched + 1 neighbour store", fmt.Sprintf("write:%d", n), "w:bench/watch w@hvwl_wvar:8",
-			func(*probedef.Def) {})
-		if err != nil {
-			return res, err
-		}
-		lines = append(lines, c)
+		lines = append(lines, line{"write watch (page trap): 1 watched + 1 neighbour store", fmt.Sprintf("write:%d", b.n),
+			"w:bench/watch w@hvwl_wvar:8", func(*probedef.Def) {}})
 	}
-	// Lines measured on both paths, int3 then exit-less: the 5-byte nop
-	// at hvwl_target_fentry+4 (ftrace's fentry site on a distro kernel);
-	// fetch args that read a struct field and a string through it (the
-	// stub walks the page tables for each page it reads); a return probe
-	// (an int3 kretprobe exits at entry and at the return).
-	fentry, fstr := fmt.Sprintf("fentry:%d", n), fmt.Sprintf("fstr:%d", n)
+	fentry, fstr := fmt.Sprintf("fentry:%d", b.n), fmt.Sprintf("fstr:%d", b.n)
 	for _, l := range []struct{ int3, fast, scenario, line string }{
 		{"kprobe on the 5-byte fentry nop (int3)", "exit-less kprobe on the 5-byte fentry nop (jmp, recording stub)",
 			fentry, "p:bench/nop hvwl_target_fentry+4 a=%di b=%si"},
@@ -201,68 +245,65 @@ func Run(ctx context.Context, s *session.Session, n int) (Result, error) {
 		{"kretprobe line on hvwl_target_fentry (int3 entry + return)", "exit-less kretprobe line (entry stub + trampoline)",
 			fentry, "r:bench/ret hvwl_target_fentry a=$arg1 ret=$retval"},
 	} {
-		for _, fast := range []bool{false, true} {
-			name := l.int3
-			if fast {
-				name = l.fast
-			}
-			c, err := defCase(name, l.scenario, l.line, func(d *probedef.Def) { d.Fast = fast })
-			if err != nil {
-				return res, err
-			}
-			lines = append(lines, c)
-		}
+		lines = append(lines,
+			line{l.int3, l.scenario, l.line, func(d *probedef.Def) { d.Fast = false }},
+			line{l.fast, l.scenario, l.line, func(d *probedef.Def) { d.Fast = true }})
 	}
-	cases = append(cases, lines...)
-	base := map[string]struct {
-		t     time.Duration
-		exits uint64
-	}{calls: {tBase, baseExits}}
-	for _, c := range cases {
-		if _, ok := base[c.scenario]; !ok {
-			if _, _, err := timed(c.scenario); err != nil { // warm up
-				return res, err
-			}
-			t, e, err := timed(c.scenario)
-			if err != nil {
-				return res, err
-			}
-			base[c.scenario] = struct {
-				t     time.Duration
-				exits uint64
-			}{t, e}
-		}
-		if err := c.add(); err != nil {
-			return res, fmt.Errorf("%s: %w", c.name, err)
-		}
-		t, exits, err := timed(c.scenario)
-		var tp time.Duration
-		var pExits uint64
-		parallel := res.CPUs > 1 && c.scenario == calls
-		if err == nil && parallel {
-			tp, pExits, err = timed(threads)
-		}
-		if rerr := c.remov(); err == nil {
-			err = rerr
-		}
+	var cases []probeCase
+	for _, l := range lines {
+		c, err := b.defCase(l.name, l.scenario, l.line, l.set)
 		if err != nil {
-			return res, fmt.Errorf("%s: %w", c.name, err)
+			return nil, err
 		}
-		b := base[c.scenario]
-		res.Cases = append(res.Cases, Case{
-			Name:        c.name,
-			PerHit:      (t - b.t) / time.Duration(n),
-			ExitsPerHit: float64(int64(exits)-int64(b.exits)) / float64(n),
-		})
-		if parallel {
-			res.Parallel = append(res.Parallel, Case{
-				Name:        c.name,
-				PerHit:      (tp - tThreads) / time.Duration(n),
-				ExitsPerHit: float64(int64(pExits)-int64(threadExits)) / float64(res.CPUs*n),
-			})
-		}
+		cases = append(cases, c)
 	}
-	return res, nil
+	return cases, nil
+}
+
+// measure arms c, times its scenario (and, on an SMP guest, the threads
+// of hvwl_target_add's calls) against the unprobed baseline, and removes
+// it.
+func (b *bencher) measure(c probeCase, res *Result) error {
+	base, ok := b.base[c.scenario]
+	if !ok {
+		if _, err := b.timed(c.scenario); err != nil { // warm up
+			return err
+		}
+		var err error
+		if base, err = b.timed(c.scenario); err != nil {
+			return err
+		}
+		b.base[c.scenario] = base
+	}
+	if err := c.add(); err != nil {
+		return err
+	}
+	probed, err := b.timed(c.scenario)
+	var par timing
+	parallel := res.CPUs > 1 && c.scenario == b.calls
+	if err == nil && parallel {
+		par, err = b.timed(b.threads)
+	}
+	if rerr := c.remov(); err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return err
+	}
+	n := time.Duration(b.n)
+	res.Cases = append(res.Cases, Case{
+		Name:        c.name,
+		PerHit:      (probed.t - base.t) / n,
+		ExitsPerHit: float64(int64(probed.exits)-int64(base.exits)) / float64(b.n),
+	})
+	if parallel {
+		res.Parallel = append(res.Parallel, Case{
+			Name:        c.name,
+			PerHit:      (par.t - b.threadBase.t) / n,
+			ExitsPerHit: float64(int64(par.exits)-int64(b.threadBase.exits)) / float64(res.CPUs*b.n),
+		})
+	}
+	return nil
 }
 
 // insnAt is one instruction of a function, as the engine decodes it.
