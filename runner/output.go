@@ -2,11 +2,16 @@ package runner
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/hvprobe/hvprobe/session"
+	"golang.org/x/sys/unix"
 )
 
 // printer serializes event lines from vCPU threads onto one writer without
@@ -29,11 +34,22 @@ func newPrinter(w io.Writer) *printer {
 		defer bw.Flush()
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
+		shown := false // a progress line is on the terminal, without newline
 		for {
 			select {
 			case l, ok := <-p.ch:
+				if shown {
+					bw.WriteString("\r\x1b[K") // the progress line goes
+					shown = false
+				}
 				if !ok {
 					return
+				}
+				if rest, isProgress := strings.CutPrefix(l, progressMark); isProgress {
+					bw.WriteString(rest)
+					bw.Flush()
+					shown = true
+					continue
 				}
 				bw.WriteString(l)
 				bw.WriteByte('\n')
@@ -59,6 +75,13 @@ func (p *printer) printf(format string, args ...any) {
 		p.dropped++
 	}
 }
+
+// progressMark starts a progress line: written in place of the last
+// one, without a newline, and wiped before the next line.
+const progressMark = "\x00"
+
+// progress shows s as the one-line status, until the next line.
+func (p *printer) progress(s string) { p.printf("%s%s", progressMark, s) }
 
 // close writes what is queued, then the number of lines dropped, if any.
 func (p *printer) close() {
@@ -103,4 +126,49 @@ func outputTo(path string) (io.Writer, func() error, error) {
 		return nil, nil, err
 	}
 	return f, f.Close, nil
+}
+
+// terminalWidth is f's width in columns when f is a terminal.
+func terminalWidth(f *os.File) (int, bool) {
+	ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ)
+	if err != nil {
+		return 0, false
+	}
+	if ws.Col == 0 {
+		return 80, true
+	}
+	return int(ws.Col), true
+}
+
+// showProgress rewrites one status line on stderr every second until ctx
+// ends: elapsed time, hits so far and the last console line. It is for a
+// terminal whose console output goes to a file; a long stock boot shows
+// it is alive.
+func showProgress(ctx context.Context, s *session.Session, status *printer, width int) {
+	t0 := time.Now()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		line := fmt.Sprintf("hvprobe: %s", time.Since(t0).Round(time.Second))
+		if a, err := s.Attached(); err == nil {
+			line += fmt.Sprintf(", %d hits", a.Manager.Stats().Hits)
+		}
+		if l, ok := s.LastLine(); ok {
+			line += " | " + strings.Map(func(r rune) rune {
+				if r < ' ' {
+					return -1
+				}
+				return r
+			}, l.Text)
+		}
+		if r := []rune(line); len(r) > width-1 {
+			line = string(r[:width-1])
+		}
+		status.progress(line)
+	}
 }

@@ -309,6 +309,9 @@ func (r *run) background(bgCtx, ctx context.Context, s *session.Session, notify 
 	if c.Restore == "" {
 		goBg(func() { reportBoot(bgCtx, s, r.status) })
 	}
+	if width, tty := terminalWidth(os.Stderr); tty && c.Console != "" {
+		goBg(func() { showProgress(bgCtx, s, r.status, width) })
+	}
 	if c.Inspect != "" {
 		goBg(func() { inspectAt(bgCtx, s, c.Inspect, r.status) })
 	}

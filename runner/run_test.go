@@ -115,3 +115,19 @@ func TestFastDefs(t *testing.T) {
 		t.Fatalf("Fast on p/r/w: %v %v %v, want the p and r lines", defs[0].Fast, defs[1].Fast, defs[2].Fast)
 	}
 }
+
+// A progress line is rewritten in place and wiped before any other line
+// and at the end, so it never mixes into the lines.
+func TestPrinterProgress(t *testing.T) {
+	var out strings.Builder
+	p := newPrinter(&out)
+	p.progress("hvprobe: 1s")
+	p.printf("line")
+	p.progress("hvprobe: 2s")
+	p.progress("hvprobe: 3s")
+	p.close()
+	want := "hvprobe: 1s\r\x1b[Kline\nhvprobe: 2s\r\x1b[Khvprobe: 3s\r\x1b[K"
+	if out.String() != want {
+		t.Fatalf("%q, want %q", out.String(), want)
+	}
+}

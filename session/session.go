@@ -64,7 +64,7 @@ type Session struct {
 	watches     watchSet
 	stealth     stealthSet
 	fast        fastSet
-	textLogErr    error
+	textLogErr  error
 	// done ends the session's own goroutines (workers) at Close.
 	done      chan struct{}
 	closeOnce sync.Once
@@ -255,6 +255,16 @@ func (s *Session) Lines() []Line {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Line(nil), s.lines...)
+}
+
+// LastLine is the console's latest line, if any.
+func (s *Session) LastLine() (Line, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.lines) == 0 {
+		return Line{}, false
+	}
+	return s.lines[len(s.lines)-1], true
 }
 
 // Subscribe delivers future console lines for which match is true.
