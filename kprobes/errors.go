@@ -39,6 +39,9 @@ var (
 	// ErrNotYetPatched: the kernel rewrites these bytes at boot and has not
 	// done so yet; a probe there can be armed once it has.
 	ErrNotYetPatched = errors.New("text not yet patched by the kernel")
+	// ErrUnsafeContext: the kernel runs this text in a state where a
+	// probe hit cannot be taken (the user's stack at the syscall entry).
+	ErrUnsafeContext = errors.New("text where a probe hit cannot be taken")
 )
 
 // ProbeError says why one probe could not be registered. Probe names the

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"github.com/hvprobe/hvprobe/internal/x86dec"
+	"golang.org/x/arch/x86/x86asm"
+
 	"github.com/hvprobe/hvprobe/guest"
 	"github.com/hvprobe/hvprobe/kprobes"
 )
@@ -24,10 +27,23 @@ import (
 //     on for that function: armed (the guest's ftrace then meets the int3,
 //     docs/QUIRKS.md);
 //   - .exit.text never runs and .init.text is freed once the kernel has
-//     booted: refused, but for .init.text probes given before that.
+//     booted: refused, but for .init.text probes given before that;
+//   - the syscall entry and exit where the kernel still (or again) runs
+//     on the user's stack: refused (userStackWindows).
+//
+// The rest of what Linux refuses to probe (.entry.text, .noinstr.text,
+// NOKPROBE_SYMBOL functions) is allowed: Linux refuses it because its
+// kprobe handlers run in the guest, in that context, and would recurse
+// or run on a half-set-up CPU state. hvprobe's handlers run on the host,
+// and a hit there is a VM exit (or the doorbell's one out), which needs
+// nothing of the guest's state but a stack for the exception frame where
+// int3 is reflected.
 type textPolicy struct {
 	sites *guest.PatchSites // link-time addresses
 	slide uint64
+	// userStack are link-time [lo, hi) ranges refused because the kernel
+	// runs there on the user's stack.
+	userStack [][2]uint64
 	// bootDone: the kernel has finished patching its text at boot.
 	bootDone atomic.Bool
 	// initFreed: .init.text is gone (or going).
@@ -39,7 +55,49 @@ func newTextPolicy(k *guest.Kernel, slide uint64) (*textPolicy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the kernel's patch-site tables: %w", err)
 	}
-	return &textPolicy{sites: sites, slide: slide}, nil
+	return &textPolicy{sites: sites, slide: slide, userStack: userStackWindows(k)}, nil
+}
+
+// userStackWindows are the instructions of the 64-bit syscall entry and
+// exit that run in ring 0 on the user's %rsp: entry_SYSCALL_64 and
+// entry_SYSCALL_compat up to the mov that loads the kernel stack (64
+// bytes at most; the whole function if none is found there), and
+// entry_SYSRET*_unsafe_stack, after the kernel has put the user's %rsp
+// back. An int3 that reaches the guest's IDT there (a host that reflects
+// int3 to the guest, docs/QUIRKS.md #17) pushes its frame onto user
+// memory: a fault under SMAP, a double fault, a dead guest. Linux refuses
+// all of .entry.text; this is the part where no kprobe can be made safe
+// from outside.
+func userStackWindows(k *guest.Kernel) [][2]uint64 {
+	var out [][2]uint64
+	for _, name := range []string{"entry_SYSCALL_64", "entry_SYSCALL_compat"} {
+		sym, err := k.Symbols.Lookup(name)
+		if err != nil {
+			continue
+		}
+		end := sym.Addr + sym.Size
+		code, ok := k.Image.ReadVirt(sym.Addr, 64)
+		for off := 0; ok && off < len(code); {
+			in, err := x86dec.Decode(code[off:])
+			if err != nil {
+				break
+			}
+			off += in.Len
+			// The stack switch loads %rsp from the per-CPU top of stack;
+			// under PTI %rsp is a scratch register for %cr3 before it.
+			if m, isMem := in.Args[1].(x86asm.Mem); in.Op == x86asm.MOV && in.Args[0] == x86asm.RSP && isMem && m.Segment == x86asm.GS {
+				end = sym.Addr + uint64(off)
+				break
+			}
+		}
+		out = append(out, [2]uint64{sym.Addr, end})
+	}
+	for _, name := range []string{"entry_SYSRETQ_unsafe_stack", "entry_SYSRETL_compat_unsafe_stack"} {
+		if sym, err := k.Symbols.Lookup(name); err == nil {
+			out = append(out, [2]uint64{sym.Addr, sym.Addr + sym.Size})
+		}
+	}
+	return out
 }
 
 // reserved implements kprobes.Kernel.Reserved.
@@ -51,6 +109,11 @@ func (p *textPolicy) reserved(va, n uint64) error {
 			return kprobes.Reserved(kprobes.ErrPatchedText, "in %s, which the kernel discards without running", sec)
 		case p.initFreed.Load():
 			return kprobes.Reserved(kprobes.ErrPatchedText, "in .init.text, which the kernel has freed")
+		}
+	}
+	for _, w := range p.userStack {
+		if a < w[1] && a+n > w[0] {
+			return kprobes.Reserved(kprobes.ErrUnsafeContext, "runs on the user's stack (the syscall entry before its stack switch, or the exit after it): an int3 the guest's IDT takes there, where a host reflects int3, would push its frame onto user memory")
 		}
 	}
 	for _, s := range p.sites.Overlapping(a, n) {

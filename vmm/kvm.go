@@ -27,6 +27,7 @@ var (
 	kvmIRQLine             = ioc(iocWrite, 0x61, 8)
 	kvmCreatePIT2          = ioc(iocWrite, 0x77, 64)
 	kvmGetRegs             = ioc(iocRead, 0x81, 144)
+	kvmNMI                 = ioc(iocNone, 0x9a, 0)
 	kvmSetRegs             = ioc(iocWrite, 0x82, 144)
 	kvmGetSregs            = ioc(iocRead, 0x83, 312)
 	kvmSetSregs            = ioc(iocWrite, 0x84, 312)

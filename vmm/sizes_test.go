@@ -62,8 +62,8 @@ func TestMirrorSizesMatchIoctlNumbers(t *testing.T) {
 		t.Errorf("kvmRun = %#x, want %#x", kvmRun, ioc(iocNone, 0x80, 0))
 	}
 	// Known absolute values from kvm.h, to catch a wrong ioc() encoding.
-	if kvmGetRegs != 0x8090AE81 || kvmSetGuestDebug != 0x4048AE9B || kvmRun != 0xAE80 {
-		t.Errorf("ioctl encoding: KVM_GET_REGS=%#x KVM_SET_GUEST_DEBUG=%#x KVM_RUN=%#x", kvmGetRegs, kvmSetGuestDebug, kvmRun)
+	if kvmGetRegs != 0x8090AE81 || kvmSetGuestDebug != 0x4048AE9B || kvmRun != 0xAE80 || kvmNMI != 0xAE9A {
+		t.Errorf("ioctl encoding: KVM_GET_REGS=%#x KVM_SET_GUEST_DEBUG=%#x KVM_RUN=%#x KVM_NMI=%#x", kvmGetRegs, kvmSetGuestDebug, kvmRun, kvmNMI)
 	}
 	// _IOW(KVMIO, 0x42, struct kvm_dirty_log): 16 bytes, written by user space.
 	if kvmGetDirtyLog != 0x4010AE42 {

@@ -486,6 +486,20 @@ func (vm *VM) GuestTSC(cpu int) (tsc uint64, at time.Time, khz uint64, err error
 	return tsc, at, khz, err
 }
 
+// InjectNMI queues an NMI on vCPU cpu (KVM_NMI), as another CPU's NMI
+// IPI or a watchdog would raise it. KVM holds one pending NMI: a second
+// one before the guest takes the first is lost, as on hardware.
+func (vm *VM) InjectNMI(cpu int) error {
+	return vm.Do(cpu, func(c CPU) error {
+		v, ok := c.(*VCPU)
+		if !ok {
+			return fmt.Errorf("injecting an NMI: vCPU %d is not a KVM vCPU", cpu)
+		}
+		_, err := ioctl(v.fd, kvmNMI, 0)
+		return wrap("KVM_NMI", err)
+	})
+}
+
 // Mem is guest RAM.
 func (vm *VM) Mem() PhysMem { return vm.mem }
 

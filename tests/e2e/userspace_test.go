@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,7 +37,15 @@ var userProbes = []string{
 	"r:hvuser/exec begin_new_exec ret=$retval:s32 comm=$comm",
 	// hrtimer_nanosleep(ktime_t rqtp, mode, clockid): rqtp in ns.
 	"r:hvuser/sleep hrtimer_nanosleep ns=$arg1:s64 ret=$retval:s64",
+	// In .entry.text, which Linux's kprobes refuse: the syscall entry
+	// right after its stack switch (%rax is the syscall number), and the
+	// NMI entry, hit by the NMIs the test injects (userNMIs).
+	"p:hvuser/sysent entry_SYSCALL_64_safe_stack nr=%ax:s64",
+	"p:hvuser/nmi asm_exc_nmi",
 }
+
+// userNMIs is how many NMIs the test injects into vCPU 0 once /init runs.
+const userNMIs = 3
 
 // TestUserSpaceSyscalls boots Debian's stock kernel (KASLR on) with the
 // user-space initramfs, whose /init is the workload hvuser, and checks the
@@ -74,8 +83,10 @@ func TestUserSpaceSyscalls(t *testing.T) {
 	}
 	for _, cpus := range []int{1, 2} {
 		t.Run(fmt.Sprintf("%dcpu", cpus), func(t *testing.T) {
-			lines, events := bootUser(t, k, dir, initrd, cpus)
-			checkUserEvents(t, parseUserLines(t, lines), events, cpus)
+			lines, events, nmis := bootUser(t, k, dir, initrd, cpus)
+			reps := parseUserLines(t, lines)
+			checkEntryEvents(t, reps, events, nmis)
+			checkUserEvents(t, reps, events, cpus)
 		})
 	}
 }
@@ -85,24 +96,24 @@ func TestUserSpaceSyscalls(t *testing.T) {
 // console and the probes' events. A boot whose console goes silent
 // (docs/QUIRKS.md #23) or that resets before /init without saying so
 // (#44) is retried, and said so.
-func bootUser(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int) ([]session.Line, []probedef.Event) {
+func bootUser(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int) ([]session.Line, []probedef.Event, int) {
 	t.Helper()
 	defs := parseDefs(t, userProbes...)
 	const attempts = 3
 	for i := 1; i <= attempts; i++ {
-		lines, events, retry := bootUserOnce(t, k, dir, initrd, cpus, defs, i)
+		lines, events, nmis, retry := bootUserOnce(t, k, dir, initrd, cpus, defs, i)
 		if retry == "" {
-			return lines, events
+			return lines, events, nmis
 		}
 		t.Logf("attempt %d: %s; retrying", i, retry)
 	}
 	t.Fatalf("the user-space guest failed to boot in all %d attempts", attempts)
-	return nil, nil
+	return nil, nil, 0
 }
 
 // bootUserOnce is one boot of bootUser; retry says why a boot that failed
 // before /init is worth another.
-func bootUserOnce(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, defs []*probedef.Def, attempt int) (_ []session.Line, _ []probedef.Event, retry string) {
+func bootUserOnce(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, defs []*probedef.Def, attempt int) (_ []session.Line, _ []probedef.Event, nmis int, retry string) {
 	t.Helper()
 	console, err := os.Create(filepath.Join(logDir(), fmt.Sprintf("hvprobe-e2e-user-%dcpu-console-%d.log", cpus, attempt)))
 	if err != nil {
@@ -149,9 +160,24 @@ func bootUserOnce(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, 
 		res = s.Run(ctx)
 	}()
 	silent := cancelWhenSilent(s, ended, cancel)
+	// NMIs into vCPU 0 while the workload runs, apart enough for the guest
+	// to take each (KVM holds one pending NMI).
+	var injected atomic.Int32
+	go func() {
+		if _, err := s.WaitLineSeen(ctx, "Run /init"); err != nil {
+			return
+		}
+		for range userNMIs {
+			if s.VM.InjectNMI(0) != nil {
+				return // the guest has ended
+			}
+			injected.Add(1)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
 	<-ended
 	if silent.Load() {
-		return nil, nil, fmt.Sprintf("the guest's console was silent for %v (console: %s)", stallAfter(), console.Name())
+		return nil, nil, 0, fmt.Sprintf("the guest's console was silent for %v (console: %s)", stallAfter(), console.Name())
 	}
 	lines := s.Lines()
 	l := s.VM.Layout()
@@ -159,7 +185,7 @@ func bootUserOnce(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, 
 	if res.Reason == vmm.StopReset && !slices.ContainsFunc(lines, func(l session.Line) bool {
 		return strings.Contains(l.Text, "Run /init") || strings.Contains(l.Text, "reboot: ")
 	}) {
-		return nil, nil, fmt.Sprintf("the guest reset before /init without announcing it (%s); last lines: %s", where, strings.Join(res.Tail, " | "))
+		return nil, nil, 0, fmt.Sprintf("the guest reset before /init without announcing it (%s); last lines: %s", where, strings.Join(res.Tail, " | "))
 	}
 	if err := s.AttachErr(); err != nil {
 		t.Fatal(err)
@@ -195,7 +221,46 @@ func bootUserOnce(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, 
 	}
 	t.Logf("%d vCPU(s): \"Run /init\" %.1fs after the VM started, \"HVUSER: done\" after %.1fs; %d events (console: %s)",
 		cpus, initAt.Seconds(), doneAt.Seconds(), len(events.all()), console.Name())
-	return lines, events.all(), ""
+	return lines, events.all(), int(injected.Load()), ""
+}
+
+// checkEntryEvents: the probes in .entry.text fired and the guest lived
+// on (checkUserEvents and bootUserOnce check that): one NMI-entry event
+// per injected NMI, all on vCPU 0, and one syscall-entry event with
+// open's or openat's number for each open the workload reported.
+func checkEntryEvents(t *testing.T, reps []userReport, events []probedef.Event, nmis int) {
+	t.Helper()
+	opens := map[int64]int{}
+	for _, r := range reps {
+		if r.what == "opened" {
+			opens[r.int(t, "pid")]++
+		}
+	}
+	var nmiEvents, sysents int
+	sysOpens := map[int64]int{}
+	for _, ev := range events {
+		switch ev.Def.Event {
+		case "nmi":
+			nmiEvents++
+			if ev.CPU != 0 {
+				t.Errorf("an NMI-entry event on CPU %d; the NMIs went to vCPU 0", ev.CPU)
+			}
+		case "sysent":
+			sysents++
+			if nr := value(t, ev, "nr").S64; nr == 2 || nr == 85 || nr == 257 || nr == 437 { // open, creat, openat, openat2
+				sysOpens[int64(ev.PID)]++
+			}
+		}
+	}
+	if nmis == 0 || nmiEvents != nmis {
+		t.Errorf("%d NMI-entry events for %d injected NMIs", nmiEvents, nmis)
+	}
+	for pid, n := range opens {
+		if sysOpens[pid] != n {
+			t.Errorf("pid %d: %d open/openat syscall entries, the workload reported %d opens", pid, sysOpens[pid], n)
+		}
+	}
+	t.Logf("%d NMIs injected, %d NMI-entry events; %d syscall-entry events, open/openat by pid %v", nmis, nmiEvents, sysents, sysOpens)
 }
 
 // userReport is one "HVUSER: <what> k=v ..." line of the workload.
@@ -345,8 +410,8 @@ func checkUserEvents(t *testing.T, reps []userReport, events []probedef.Event, c
 	counts := map[string]int{}
 	for _, ev := range events {
 		pid := int64(ev.PID)
-		if _, ours := comm[pid]; !ours {
-			continue // kernel threads (usermode helpers' execs, ...)
+		if _, ours := comm[pid]; !ours || ev.Def.Event == "sysent" || ev.Def.Event == "nmi" {
+			continue // kernel threads (usermode helpers' execs, ...); checkEntryEvents
 		}
 		counts[ev.Def.Event]++
 		seenCPU[ev.CPU] = true
