@@ -79,7 +79,6 @@ func (r *run) check() error {
 	if parseErr != nil && !errors.As(parseErr, &se) {
 		return refused("%v", parseErr) // the file could not be read
 	}
-	r.defs = defs
 	an, bad := newAnalysis(defs, c.Filters, c.Hists)
 	r.an = an
 	for _, d := range defs {
@@ -120,9 +119,11 @@ func (r *run) openOutputs() error {
 	}
 	eventsTo, perfettoTo := c.Events, c.Perfetto
 	if c.Format == "perfetto" {
-		eventsTo, perfettoTo = "", c.Events // the events file is the trace
+		eventsTo, perfettoTo = "", c.Events
 	}
-	eventsW := io.Writer(io.Discard)
+	// With --format perfetto the events file is the trace: hist tables
+	// and counts go to stderr.
+	eventsW := io.Writer(os.Stderr)
 	if eventsTo != "" {
 		w, closeW, err := outputTo(eventsTo)
 		if err != nil {

@@ -163,7 +163,9 @@ func bootUserOnce(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, 
 	// NMIs into vCPU 0 while the workload runs, apart enough for the guest
 	// to take each (KVM holds one pending NMI).
 	var injected atomic.Int32
+	injecting := make(chan struct{})
 	go func() {
+		defer close(injecting)
 		if _, err := s.WaitLineSeen(ctx, "Run /init"); err != nil {
 			return
 		}
@@ -176,6 +178,8 @@ func bootUserOnce(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, 
 		}
 	}()
 	<-ended
+	cancel() // ends the injector's wait if /init never ran
+	<-injecting
 	if silent.Load() {
 		return nil, nil, 0, fmt.Sprintf("the guest's console was silent for %v (console: %s)", stallAfter(), console.Name())
 	}
