@@ -72,7 +72,7 @@ func TestRepFaultMidway(t *testing.T) {
 				t.Error("single-step left on in the guest's handler")
 			}
 			// The guest's handler maps the page and returns.
-			e.k.maps = append(e.k.maps, mapping{dataVA + dataSize, 0x580000, pageSize})
+			e.k.maps = append(e.k.maps, mapping{dataVA + dataSize, spareGPA, pageSize})
 			e.run(sentinel, 50)
 			if r.RCX != 0 || r.RDI != dataVA+dataSize+16 || r.RSP != rsp+8 || r.RFLAGS&vmm.FlagIF == 0 {
 				t.Errorf("end: rcx %d rdi %#x rsp %#x rflags %#x", r.RCX, r.RDI, r.RSP, r.RFLAGS)

@@ -20,20 +20,21 @@ import (
 
 const (
 	textVA    = 0xffffffff81000000
-	textGPA   = 0x100000
+	textGPA   = 0x1000
 	textSize  = 0x10000
 	dataVA    = 0xffffffff82000000
-	dataGPA   = 0x200000
+	dataGPA   = 0x11000
 	dataSize  = 0x1000
 	stackVA   = 0xffffc90000010000
-	stackGPA  = 0x300000
+	stackGPA  = 0x12000
 	stackSize = 0x4000
 	slotAVA   = 0xffffffffa0000000
-	slotAGPA  = 0x400000
+	slotAGPA  = 0x16000
 	slotASize = 0x4000
 	idtVA     = 0xffffffff83000000
-	idtGPA    = 0x500000
-	memSize   = 0x600000
+	idtGPA    = 0x1a000
+	spareGPA  = 0x1b000 // one page no mapping uses yet
+	memSize   = 0x1c000
 
 	kernelCS   = 0x10
 	sentinel   = 0xffffffff8100f000 // return address of the outermost call; the run ends there
