@@ -446,6 +446,45 @@ func (t *SymbolTable) SymbolAt(addr uint64) (sym Symbol, off uint64, ok bool) {
 	return t.slid(s), off, true
 }
 
+// Describe says where addr is for an error message about an address
+// that no function contains: in which symbol of any type (data, rodata,
+// bss), or outside them all. Sizes run to the next symbol, so only the
+// ends of the map leave an address in none.
+func (t *SymbolTable) Describe(addr uint64) string {
+	a := addr - t.slide
+	i, _ := slices.BinarySearchFunc(t.syms, a+1, func(s Symbol, a uint64) int { return cmp.Compare(s.Addr, a) })
+	for j := i - 1; j >= 0; j-- { // the nearest located symbol at or below
+		if !t.syms[j].Slides() {
+			continue
+		}
+		p := t.slid(t.syms[j])
+		off := addr - p.Addr
+		if off < p.Size || off == 0 {
+			return fmt.Sprintf("in %s+%#x/%#x, %s", p.Name, off, p.Size, typeName(p.Type))
+		}
+		return fmt.Sprintf("past the kernel's last symbol, %s+%#x", p.Name, off)
+	}
+	for _, s := range t.syms[i:] {
+		if s.Slides() {
+			s = t.slid(s)
+			return fmt.Sprintf("below the kernel's first symbol, %s at %#x", s.Name, s.Addr)
+		}
+	}
+	return "in no symbol: the map locates none"
+}
+
+// typeName spells out an nm type letter.
+func typeName(c byte) string {
+	name := map[byte]string{'t': "text", 'd': "data", 'b': "bss", 'r': "read-only data", 'w': "weak", 'v': "weak object"}[c|0x20]
+	if name == "" {
+		return fmt.Sprintf("a %q symbol", c)
+	}
+	if c >= 'a' {
+		return "a local " + name + " symbol"
+	}
+	return "a global " + name + " symbol"
+}
+
 // Text is _stext.._etext in this view.
 func (t *SymbolTable) Text() Range { return t.shift(t.text) }
 

@@ -3,6 +3,7 @@ package guest
 import (
 	"errors"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -316,3 +317,25 @@ func TestAtRefusesPastEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestDescribe: an address no function contains is placed in a symbol of
+// any type, between two, or outside them all, in a slid view too.
+func TestDescribe(t *testing.T) {
+	const slide = 0x1c000000
+	for _, tab := range []*SymbolTable{fixtureTable(t), fixtureTable(t).Slid(slide)} {
+		s := tab.Slide()
+		for addr, want := range map[uint64]string{
+			0xffffffff81002800: "in linux_banner+0x800/0x1000, a global read-only data symbol",
+			0xffffffff81003010: "in jiffies$1+0x10/0x1000, a global data symbol",
+			0xffffffff81005010: "past the kernel's last symbol, __bss_start+0x10",
+			0xffffffff80000000: "below the kernel's first symbol, _text at " + hex(0xffffffff81000000+s),
+			0xffffffff81000100: "in secondary_startup_64+0x0/0xf00, a local text symbol",
+		} {
+			if got := tab.Describe(addr + s); got != want {
+				t.Errorf("slide %#x: Describe(%#x) = %q, want %q", s, addr, got, want)
+			}
+		}
+	}
+}
+
+func hex(v uint64) string { return "0x" + strconv.FormatUint(v, 16) }

@@ -63,6 +63,9 @@ func (k *RunningKernel) SymbolAt(va uint64) (string, uint64, uint64, bool) {
 	return s.Name, off, s.Size, ok
 }
 
+// Describe says where va is when no function contains it.
+func (k *RunningKernel) Describe(va uint64) string { return k.Syms.Describe(va) }
+
 // InText reports whether va is kernel text.
 func (k *RunningKernel) InText(va uint64) bool { return k.Syms.InText(va) }
 

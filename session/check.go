@@ -42,6 +42,9 @@ func (ik *ImageKernel) SymbolAt(va uint64) (string, uint64, uint64, bool) {
 	return s.Name, off, s.Size, ok
 }
 
+// Describe says where va is when no function contains it.
+func (ik *ImageKernel) Describe(va uint64) string { return ik.k.Symbols.Describe(va) }
+
 // InText reports whether va is kernel text.
 func (ik *ImageKernel) InText(va uint64) bool { return ik.k.Symbols.InText(va) }
 

@@ -63,6 +63,10 @@ func TestListShowCheck(t *testing.T) {
 	if out, code := runCLI(t, append([]string{"check", "--probe", "p:past vfs_read+0x1000"}, files...)...); code != 2 || !strings.Contains(out, "past the end of vfs_read") {
 		t.Errorf("check past the end: exit %d: %s", code, out)
 	}
+	// A data address is placed in its symbol.
+	if out, code := runCLI(t, append([]string{"check", "--probe", "p:data jiffies_64+8"}, files...)...); code != 2 || !strings.Contains(out, "is not in kernel text: it is in jiffies_64+0x8/") {
+		t.Errorf("check of a data address: exit %d: %s", code, out)
+	}
 }
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
