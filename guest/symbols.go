@@ -475,8 +475,19 @@ func (t *SymbolTable) Describe(addr uint64) string {
 
 // typeName spells out an nm type letter.
 func typeName(c byte) string {
-	name := map[byte]string{'t': "text", 'd': "data", 'b': "bss", 'r': "read-only data", 'w': "weak", 'v': "weak object"}[c|0x20]
-	if name == "" {
+	var name string
+	switch c | 0x20 {
+	case 't':
+		name = "text"
+	case 'd':
+		name = "data"
+	case 'b':
+		name = "bss"
+	case 'r':
+		name = "read-only data"
+	case 'w', 'v':
+		name = "weak"
+	default:
 		return fmt.Sprintf("a %q symbol", c)
 	}
 	if c >= 'a' {

@@ -69,18 +69,6 @@ func CheckEntry(k Kernel, addr uint64, name string) (Verdict, error) {
 	return Check(k, addr, name)
 }
 
-// describer is a Kernel that can say where an address is when no
-// function contains it (guest.SymbolTable.Describe).
-type describer interface{ Describe(va uint64) string }
-
-// where is ": it is …" for an address no function contains, or "".
-func where(k Kernel, va uint64) string {
-	if d, ok := k.(describer); ok {
-		return ": it is " + d.Describe(va)
-	}
-	return ""
-}
-
 // textReader reads n bytes of kernel text at va as the guest kernel wrote
 // them (the engine's own int3s replaced by the originals).
 type textReader func(va uint64, n int) ([]byte, error)
@@ -92,11 +80,11 @@ func check(k Kernel, read textReader, addr uint64, name string) (*insn, string, 
 		if err := k.Reserved(addr, 1); err != nil {
 			return nil, "", 0, probeErr(name, ErrNotInText, "%#x is not kernel text that runs: %v", addr, err)
 		}
-		return nil, "", 0, probeErr(name, ErrNotInText, "%#x is not in kernel text%s", addr, where(k, addr))
+		return nil, "", 0, probeErr(name, ErrNotInText, "%#x is not in kernel text: it is %s", addr, k.Describe(addr))
 	}
 	sym, off, _, ok := k.SymbolAt(addr)
 	if !ok {
-		return nil, "", 0, probeErr(name, ErrNotBoundary, "no function contains %#x, so its instruction boundaries cannot be checked%s", addr, where(k, addr))
+		return nil, "", 0, probeErr(name, ErrNotBoundary, "no function contains %#x, so its instruction boundaries cannot be checked: it is %s", addr, k.Describe(addr))
 	}
 	if err := checkBoundary(read, addr, sym, off, name); err != nil {
 		return nil, "", 0, err

@@ -116,6 +116,10 @@ func (k *fakeKernel) SymbolAt(va uint64) (string, uint64, uint64, bool) {
 
 func (k *fakeKernel) InText(va uint64) bool { return va >= textVA && va < textVA+textSize }
 
+func (k *fakeKernel) Describe(va uint64) string {
+	return fmt.Sprintf("outside the fake's functions (%#x)", va)
+}
+
 func (k *fakeKernel) Translate(va uint64) (uint64, error) {
 	for _, m := range k.maps {
 		if va >= m.va && va-m.va < m.size {
