@@ -22,6 +22,7 @@ type Set struct {
 	hists   map[string][]*Hist
 	order   []*Hist // as added, for printing
 	syms    probedef.Symbols
+	tap     func(probedef.Event)
 }
 
 // NewSet knows the events of defs; Define adds more.
@@ -163,12 +164,23 @@ func (a *Set) Symbolize(syms probedef.Symbols) {
 	}
 }
 
+// Tap gives f every event that a Wrap is given, before the filters
+// (run --record). Call it before events flow.
+func (a *Set) Tap(f func(probedef.Event)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.tap = f
+}
+
 // Wrap puts the filters and hists in front of emit.
 func (a *Set) Wrap(emit func(probedef.Event)) func(probedef.Event) {
 	return func(ev probedef.Event) {
 		a.mu.RLock()
-		filters, hists := a.filters[key(ev.Def)], a.hists[key(ev.Def)]
+		filters, hists, tap := a.filters[key(ev.Def)], a.hists[key(ev.Def)], a.tap
 		a.mu.RUnlock()
+		if tap != nil {
+			tap(ev)
+		}
 		for _, f := range filters {
 			if !f.Match(ev) {
 				return

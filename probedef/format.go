@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Event is one probe hit, ready to print.
@@ -129,7 +130,7 @@ func writeValue(b *strings.Builder, v Value) {
 	case t.Signed():
 		b.WriteString(strconv.FormatInt(v.S64, 10))
 	case t.Base >= X8 && t.Base <= X64:
-		b.WriteString("0x" + strconv.FormatUint(v.U64, 16))
+		b.WriteString(hex(v.U64))
 	default:
 		b.WriteString(strconv.FormatUint(v.U64, 10))
 	}
@@ -150,19 +151,48 @@ func escape(s string) string {
 
 // jsonEvent fixes the key order of FormatJSON's objects.
 type jsonEvent struct {
-	Comm    string   `json:"comm"`
-	PID     int      `json:"pid"`
-	CPU     int      `json:"cpu"`
-	IRQsOff bool     `json:"irqs_off"`
-	TimeNS  int64    `json:"time_ns"`
-	Group   string   `json:"group"`
-	Event   string   `json:"event"`
-	Kind    string   `json:"kind"`
-	Where   string   `json:"where"`
-	Func    string   `json:"func,omitempty"`
-	Args    jsonArgs `json:"args"`
-	DurNS   int64    `json:"duration_ns,omitempty"`
-	Stack   []string `json:"stack,omitempty"`
+	Comm    any          `json:"comm"` // jsonText
+	PID     int          `json:"pid"`
+	CPU     int          `json:"cpu"`
+	IRQsOff bool         `json:"irqs_off"`
+	TimeNS  int64        `json:"time_ns"`
+	Group   string       `json:"group"`
+	Event   string       `json:"event"`
+	Kind    string       `json:"kind"`
+	Where   string       `json:"where"`
+	Func    string       `json:"func,omitempty"`
+	Args    jsonArgs     `json:"args"`
+	DurNS   int64        `json:"duration_ns,omitempty"`
+	Stack   *[]jsonFrame `json:"stack,omitempty"` // a pointer, so that an empty stack stays []
+}
+
+// jsonFrame is one stack frame: the address, for hist keys and
+// symbolizing again, and its rendering.
+type jsonFrame struct {
+	Addr  string `json:"addr"`
+	Where string `json:"where"`
+}
+
+// jsonSym is a symbol or symstr value: the address beside its rendering,
+// which .sym hist keys and a later report need.
+type jsonSym struct {
+	Addr string `json:"addr"`
+	Sym  any    `json:"sym"` // jsonText
+}
+
+// jsonBytes carries text that is not UTF-8, which a JSON string cannot
+// hold without loss.
+type jsonBytes struct {
+	Base64 []byte `json:"base64"`
+}
+
+// jsonText is s as a JSON string, or as {"base64": …} when s is not
+// UTF-8.
+func jsonText(s string) any {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return jsonBytes{[]byte(s)}
 }
 
 // jsonArgs is an object whose keys keep the definition's order.
@@ -193,7 +223,9 @@ func (a jsonArgs) MarshalJSON() ([]byte, error) {
 
 // JSON types a value for JSON: decimal types as numbers, hex types
 // as "0x…" strings (64-bit addresses do not survive float64 readers),
-// text and symbols as strings, arrays as arrays and faults as null.
+// text as strings ({"base64": …} when not UTF-8), symbol and symstr
+// values as {"addr": "0x…", "sym": …}, arrays as arrays and faults as
+// null. ParseJSON reads every value back as it was.
 func (v Value) JSON() any {
 	if v.Fault {
 		return nil
@@ -206,28 +238,40 @@ func (v Value) JSON() any {
 		return out
 	}
 	switch t := v.Type; {
-	case t.IsString(), t.Base == Symbol:
-		return v.Str
+	case t.Base == Symbol || t.Base == SymStr:
+		return jsonSym{Addr: hex(v.U64), Sym: jsonText(v.Str)}
+	case t.IsString():
+		return jsonText(v.Str)
 	case t.Base == Char:
-		return string([]byte{byte(v.U64)})
+		return jsonText(string([]byte{byte(v.U64)}))
 	case t.Signed():
 		return v.S64
 	case t.Base >= X8 && t.Base <= X64:
-		return "0x" + strconv.FormatUint(v.U64, 16)
+		return hex(v.U64)
 	}
 	return v.U64
 }
 
-// FormatJSON renders ev as one JSON object, without a newline. Strings
-// that are not UTF-8 have their bad bytes replaced by U+FFFD.
+func hex(u uint64) string { return "0x" + strconv.FormatUint(u, 16) }
+
+// FormatJSON renders ev as one JSON object, without a newline; ParseJSON
+// reads it back.
 func FormatJSON(ev Event) ([]byte, error) {
-	return json.Marshal(jsonEvent{
-		Comm: ev.Comm, PID: ev.PID, CPU: ev.CPU, IRQsOff: ev.IRQsOff,
+	je := jsonEvent{
+		Comm: jsonText(ev.Comm), PID: ev.PID, CPU: ev.CPU, IRQsOff: ev.IRQsOff,
 		TimeNS: ev.Time.Nanoseconds(),
 		Group:  ev.Def.Group, Event: ev.Def.Event, Kind: ev.Def.Kind.String(),
 		Where: ev.Where, Func: ev.Func, Args: jsonArgs(ev.Values),
-		DurNS: ev.Duration.Nanoseconds(), Stack: StackWhere(ev.Stack),
-	})
+		DurNS: ev.Duration.Nanoseconds(),
+	}
+	if ev.Stack != nil {
+		st := make([]jsonFrame, len(ev.Stack))
+		for i, f := range ev.Stack {
+			st[i] = jsonFrame{hex(f.Addr), f.Where}
+		}
+		je.Stack = &st
+	}
+	return json.Marshal(je)
 }
 
 // StackWhere is each frame's Where, nil for no stack.

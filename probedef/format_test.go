@@ -61,7 +61,7 @@ func TestFormatJSON(t *testing.T) {
 	}
 	want := `{"comm":"bash","pid":3,"cpu":0,"irqs_off":false,"time_ns":2000000000,"group":"g","event":"e","kind":"p",` +
 		`"where":"do_sys_open+0x0/0xd6","args":{"z":1,"a":1,"k":-2,"h":"0x3","n":"/etc/passwd",` +
-		`"arr":["0xb4","0xff","0x12","0x80",null],"bad":null,"c":"h","s":"do_sys_open+0x0/0x100"}}`
+		`"arr":["0xb4","0xff","0x12","0x80",null],"bad":null,"c":"h","s":{"addr":"0xffffffff81000100","sym":"do_sys_open+0x0/0x100"}}}`
 	if string(b) != want {
 		t.Fatalf("FormatJSON:\n got %s\nwant %s", b, want)
 	}
@@ -93,7 +93,9 @@ func TestFormatStackAndDuration(t *testing.T) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
-	if m["duration_ns"] != 1500.0 || !reflect.DeepEqual(m["stack"], []any{"g+0x5/0x20", "h+0x1/0x9"}) {
+	if m["duration_ns"] != 1500.0 || !reflect.DeepEqual(m["stack"], []any{
+		map[string]any{"addr": "0xffffffff81000005", "where": "g+0x5/0x20"},
+		map[string]any{"addr": "0xffffffff81000105", "where": "h+0x1/0x9"}}) {
 		t.Errorf("FormatJSON: %s", b)
 	}
 	if got := StackAddrs(&ev); !reflect.DeepEqual(got, []uint64{0xffffffff81000005, 0xffffffff81000105}) {

@@ -12,8 +12,9 @@ import (
 // newAnalysis builds the --filter and --hist flags into a
 // analysis.Set over defs and returns all the bad ones at once,
 // rendered with a caret under the fault in the flag's value. A hist keyed
-// on stacktrace makes its event's definition carry stacks.
-func newAnalysis(defs []*probedef.Def, filters, hists []string) (*analysis.Set, []string) {
+// on stacktrace makes its event's definition carry stacks when arming
+// (a run); report's definitions have them or not.
+func newAnalysis(defs []*probedef.Def, filters, hists []string, arming bool) (*analysis.Set, []string) {
 	an := analysis.NewSet(defs)
 	var bad []string
 	each := func(flag, value string, add func(event, body string) error) {
@@ -38,7 +39,7 @@ func newAnalysis(defs []*probedef.Def, filters, hists []string) (*analysis.Set, 
 	}
 	for _, v := range hists {
 		each("hist", v, func(event, spec string) error {
-			if first, err := an.Def(event); err == nil && analysis.KeysOnStack(spec) {
+			if first, err := an.Def(event); err == nil && arming && analysis.KeysOnStack(spec) {
 				for _, d := range defs { // every probe point of the event
 					if d.Group == first.Group && d.Event == first.Event {
 						d.Stack = true

@@ -10,7 +10,7 @@ import (
 func TestAnalysisRefusals(t *testing.T) {
 	_, bad := newAnalysis(mustParse(t, "p:myev hvwl_target_add a=%di:u64 b=%si:u64"),
 		[]string{"myev:a > 3 && nosuch == 1", "other:a == 1", "nocolon"},
-		[]string{"myev:hist:keys=a:vals=bogus"})
+		[]string{"myev:hist:keys=a:vals=bogus"}, true)
 	if len(bad) != 4 {
 		t.Fatalf("refusals %q", bad)
 	}
@@ -31,7 +31,7 @@ func TestAnalysisRefusals(t *testing.T) {
 
 func TestAnalysisFiltersAndHists(t *testing.T) {
 	defs := mustParse(t, "p:grp/one f a=%di:u64", "p:two g a=%di:u64")
-	an, bad := newAnalysis(defs, []string{"grp/one:a >= 1"}, []string{"two:hist:keys=a"})
+	an, bad := newAnalysis(defs, []string{"grp/one:a >= 1"}, []string{"two:hist:keys=a"}, true)
 	if len(bad) > 0 {
 		t.Fatal(bad)
 	}
@@ -56,7 +56,7 @@ func TestAnalysisFiltersAndHists(t *testing.T) {
 // every probe point appended to it.
 func TestAnalysisMultiProbeEvent(t *testing.T) {
 	defs := mustParse(t, "p:g/ev f a=%di:u64", "p:g/ev g a=%di:u64")
-	an, bad := newAnalysis(defs, []string{"ev:a == 1"}, []string{"g/ev:hist:keys=a"})
+	an, bad := newAnalysis(defs, []string{"ev:a == 1"}, []string{"g/ev:hist:keys=a"}, true)
 	if len(bad) > 0 {
 		t.Fatal(bad)
 	}

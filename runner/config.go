@@ -42,6 +42,9 @@ type Config struct {
 	Hists    []string
 	Interval time.Duration
 	Perfetto string
+	// Record is --record FILE, where every event goes before the
+	// filters and hists, for Report.
+	Record string
 
 	Control  bool
 	Inspect  string
@@ -112,15 +115,7 @@ func (c *Config) Validate() error {
 	default:
 		no("--host: %q is not auto, hardware or emulating", c.Host)
 	}
-	switch c.Format {
-	case "trace", "json":
-	case "perfetto":
-		if c.Events == "-" || c.Perfetto != "" {
-			no("--format perfetto writes the trace to --events FILE (and replaces --perfetto)")
-		}
-	default:
-		no("--format: %q is not trace, json or perfetto", c.Format)
-	}
+	c.checkOutput(no)
 	if c.Console == "-" && c.Events == "-" {
 		no("--console -: the console and the events would share stdout; give --events FILE")
 	}
@@ -175,6 +170,20 @@ func (c *Config) Validate() error {
 		return bad
 	}
 	return nil
+}
+
+// checkOutput refuses a --format, --events and --perfetto combination
+// that cannot be written (run's and report's).
+func (c *Config) checkOutput(no func(format string, args ...any)) {
+	switch c.Format {
+	case "trace", "json":
+	case "perfetto":
+		if c.Events == "-" || c.Perfetto != "" {
+			no("--format perfetto writes the trace to --events FILE (and replaces --perfetto)")
+		}
+	default:
+		no("--format: %q is not trace, json or perfetto", c.Format)
+	}
 }
 
 // ParseSize reads a memory size: a number of bytes with an optional unit,

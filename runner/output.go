@@ -24,6 +24,9 @@ type printer struct {
 	ch      chan string
 	done    chan struct{}
 	w       io.Writer
+	// dropLine, when set, is close's line for n dropped lines, instead
+	// of the message for people.
+	dropLine func(n uint64) string
 }
 
 func newPrinter(w io.Writer) *printer {
@@ -76,6 +79,13 @@ func (p *printer) printf(format string, args ...any) {
 	}
 }
 
+// drop counts a line that was never made.
+func (p *printer) drop() {
+	p.mu.Lock()
+	p.dropped++
+	p.mu.Unlock()
+}
+
 // progressMark starts a progress line: written in place of the last
 // one, without a newline, and wiped before the next line.
 const progressMark = "\x00"
@@ -97,7 +107,10 @@ func (p *printer) close() {
 	p.mu.Lock()
 	n := p.dropped
 	p.mu.Unlock()
-	if n > 0 {
+	switch {
+	case n > 0 && p.dropLine != nil:
+		fmt.Fprintln(p.w, p.dropLine(n))
+	case n > 0:
 		fmt.Fprintf(p.w, "hvprobe: %d event lines dropped (the output could not keep up)\n", n)
 	}
 }

@@ -29,6 +29,7 @@ type run struct {
 	an      *analysis.Set
 	emit    func(probedef.Event) // through the filters and hists
 	printed func(probedef.Event) // after them: the control socket's probes
+	rec     *recorder            // --record
 	kernel  *guest.Kernel
 	closers []func()
 }
@@ -79,7 +80,7 @@ func (r *run) check() error {
 	if parseErr != nil && !errors.As(parseErr, &se) {
 		return refused("%v", parseErr) // the file could not be read
 	}
-	an, bad := newAnalysis(defs, c.Filters, c.Hists)
+	an, bad := newAnalysis(defs, c.Filters, c.Hists, true)
 	r.an = an
 	for _, d := range defs {
 		d.Stack = d.Stack || c.Stacktrace
@@ -134,6 +135,16 @@ func (r *run) openOutputs() error {
 	}
 	r.events = newPrinter(eventsW)
 	r.onClose(r.events.close)
+	if c.Record != "" {
+		w, closeW, err := outputTo(c.Record)
+		if err != nil {
+			return fmt.Errorf("--record: %w", err)
+		}
+		r.onClose(func() { closeW() })
+		r.rec = newRecorder(w)
+		r.onClose(r.rec.out.close)
+		r.an.Tap(r.rec.add)
+	}
 	return r.outputs(perfettoTo)
 }
 
@@ -256,6 +267,9 @@ func (r *run) armAtAttach(s *session.Session, notify func(session.Notice)) *atom
 	var dp atomic.Pointer[session.DefProbes]
 	s.AtAttach(func(a *session.Attached) error {
 		r.an.Symbolize(a.Kernel) // before any event reaches a hist
+		if r.rec != nil {
+			return r.rec.header(r.kernel.Image.Version, r.cfg.SystemMap, a.Kernel.Syms.Slide())
+		}
 		return nil
 	})
 	if !r.hasProbes() {
@@ -264,6 +278,11 @@ func (r *run) armAtAttach(s *session.Session, notify func(session.Notice)) *atom
 	s.AtAttach(func(a *session.Attached) error {
 		p, err := s.AddDefs(a, r.defs, r.emit)
 		dp.Store(p)
+		if r.rec != nil { // the events that had no hit yet, for report's filters
+			for _, d := range r.defs {
+				r.rec.define(d)
+			}
+		}
 		if err != nil {
 			for _, l := range refusals(err, r.cfg.ProbesFile) {
 				r.status.printf("%s", l)

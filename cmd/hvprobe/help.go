@@ -16,7 +16,7 @@ var flagGroups = []struct {
 }{
 	{"guest", []string{"kernel", "system-map", "btf", "initrd", "mem", "cpus", "cmdline-append", "host", "nokaslr", "timeout", "console", "interactive"}},
 	{"probes", []string{"probe", "probes", "kprobe", "jprobe", "kretprobe", "stacktrace", "stealth", "fast", "fast-records", "keep-going", "dry-run"}},
-	{"output", []string{"format", "events", "count", "perfetto"}},
+	{"output", []string{"format", "events", "count", "perfetto", "record"}},
 	{"analysis", []string{"filter", "hist", "interval"}},
 	{"live", []string{"control", "inspect", "scenario"}},
 	{"snapshots", []string{"snapshot-at", "snapshot-out", "restore"}},
@@ -26,6 +26,7 @@ const examples = `examples:
   hvprobe run --probe 'p:open do_sys_openat2 name=+0($arg2):ustring' --timeout 30s
   hvprobe run --probe 'r:rd vfs_read ret=$retval' --hist 'rd:hist:keys=ret' --format json
   hvprobe check --kernel vmlinuz --system-map System.map --probes my.probes
+  hvprobe run --probes my.probes --record rec.jsonl; hvprobe report rec.jsonl --hist 'ev:hist:keys=comm'
 `
 
 const exitCodes = `exit status:

@@ -16,6 +16,7 @@ const usage = `usage: hvprobe <command> [flags]
 
 commands:
   run       boot a guest kernel with probes and print their events
+  report    print a 'run --record' file's events again, with other filters, hists or formats
   check     check probe lines against a kernel image, booting nothing
   list      list the functions matching patterns (vfs_*), probe-able or refused
   show      a function's signature, size and instructions, each as a probe would run it
@@ -28,7 +29,7 @@ commands:
 `
 
 var commands = map[string]func([]string) error{
-	"run": cmdRun, "check": cmdCheck, "list": cmdList, "show": cmdShow, "symbols": cmdSymbols, "bench": cmdBench, "ctl": cmdCtl,
+	"run": cmdRun, "report": cmdReport, "check": cmdCheck, "list": cmdList, "show": cmdShow, "symbols": cmdSymbols, "bench": cmdBench, "ctl": cmdCtl,
 }
 
 func main() {

@@ -18,6 +18,7 @@ func TestRefusalsExit2(t *testing.T) {
 	}
 	files := []string{"--kernel", junk, "--system-map", junk, "--initrd", ""}
 	events := filepath.Join(dir, "events.out")
+	record := filepath.Join(dir, "record.jsonl")
 	for _, args := range [][]string{
 		{"extra", "args"},
 		{"--bogus"},
@@ -30,15 +31,22 @@ func TestRefusalsExit2(t *testing.T) {
 		{"--restore", junk, "--mem", "1G"},
 		{"--snapshot-at", "x"},
 		{"--kernel", filepath.Join(dir, "missing"), "--system-map", junk},
-		append(files, "--events", events),                        // a garbage kernel and map
+		append(files, "--events", events, "--record", record),    // a garbage kernel and map
 		append(files, "--probes", filepath.Join(dir, "missing")), // a missing probe file
 	} {
 		if got := runner.Code(cmdRun(args)); got != runner.ExitRefused {
 			t.Errorf("run %q: exit %d, want 2", args, got)
 		}
 	}
-	if _, err := os.Stat(events); !os.IsNotExist(err) {
-		t.Errorf("a refused run created its --events file: %v", err)
+	for _, f := range []string{events, record} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("a refused run created %s: %v", f, err)
+		}
+	}
+	for _, args := range [][]string{{}, {junk, junk}, {filepath.Join(dir, "missing")}, {junk}, {junk, "--format", "xml"}} {
+		if got := runner.Code(cmdReport(args)); got != runner.ExitRefused {
+			t.Errorf("report %q: exit %d, want 2", args, got)
+		}
 	}
 	if got := runner.Code(cmdCheck([]string{"--kernel", junk, "--system-map", junk})); got != runner.ExitRefused {
 		t.Errorf("check with a garbage kernel: exit %d, want 2", got)

@@ -30,12 +30,12 @@ func runFlags(fs *flag.FlagSet, c *runner.Config, boots bool) {
 	fs.BoolVar(&c.Stealth, "stealth", false, "arm p: lines in the vCPUs' debug registers (at most 4), so the guest reading its text sees no int3; refused where KVM does not deliver hardware breakpoints")
 	fs.BoolVar(&c.Fast, "fast", false, "arm p: and r: lines exit-less where they can be: a jmp to a stub that records into a per-vCPU ring in guest memory, with no VM exit per hit; the others, each with its reason, take the int3 path")
 	fs.IntVar(&c.FastRecords, "fast-records", session.DefaultFastRecords, "with --fast: records per vCPU ring (a power of two); hits that find it full are counted as lost")
-	fs.Var((*multiFlag)(&c.Filters), "filter", "`EVENT:EXPR` (repeatable): pass only EVENT's hits that match an ftrace event filter, e.g. 'myev:count > 100 && comm ~ \"kw*\"'")
-	fs.Var((*multiFlag)(&c.Hists), "hist", "`EVENT:hist:SPEC` (keys=...[:vals=...][:sort=...], repeatable): aggregate EVENT's hits as an ftrace hist trigger; the table prints at exit instead of the events")
-	fs.StringVar(&c.Format, "format", "trace", "event `FORMAT`: trace (trace_pipe lines), json (JSON lines), or perfetto (a Perfetto timeline in --events FILE)")
+	analysisFlags(fs, c)
 	if !boots {
 		return
 	}
+	outputFlags(fs, c)
+	fs.StringVar(&c.Record, "record", "", "also write every event, before --filter and --hist, to `FILE`, for 'hvprobe report'")
 	fs.StringVar(&c.Mem, "mem", "512M", "guest memory `SIZE`: 512M, 512MiB, 1G")
 	fs.IntVar(&c.CPUs, "cpus", 1, "number of vCPUs (1 to 8)")
 	fs.StringVar(&c.CmdlineAppend, "cmdline-append", "", "`ARGS` added to the kernel command line")
@@ -43,10 +43,7 @@ func runFlags(fs *flag.FlagSet, c *runner.Config, boots bool) {
 	fs.BoolVar(&c.NoKASLR, "nokaslr", false, "boot the kernel at its link-time addresses")
 	fs.DurationVar(&c.Timeout, "timeout", 0, "stop the guest after this long (0 = never); exit status 124")
 	fs.StringVar(&c.Console, "console", "", "where the guest console goes: stderr (default), a `FILE`, or - for stdout (with --events FILE)")
-	fs.StringVar(&c.Events, "events", "-", "where events, hist tables and counts go: - for stdout, or a `FILE`")
-	fs.BoolVar(&c.Count, "count", false, "count events per probe and argument values; print the table at exit instead of every event")
 	fs.DurationVar(&c.Interval, "interval", 0, "with --hist: also print the hist tables every interval (they always print at exit)")
-	fs.StringVar(&c.Perfetto, "perfetto", "", "also write the events to `FILE` as a Perfetto (Chrome trace-event JSON) timeline")
 	fs.BoolVar(&c.KeepGoing, "keep-going", false, "when a probe cannot be armed once the guest runs, report it and carry on (default: stop the guest, exit status 6)")
 	fs.BoolVar(&c.DryRun, "dry-run", false, "check everything, the probes against the kernel image included, and boot nothing (as 'hvprobe check')")
 	fs.BoolVar(&c.Interactive, "interactive", false, "send standard input to the guest's serial console")
@@ -56,6 +53,39 @@ func runFlags(fs *flag.FlagSet, c *runner.Config, boots bool) {
 	fs.StringVar(&c.SnapshotAt, "snapshot-at", "", "when a console line contains this `TEXT`, snapshot the guest to --snapshot-out and stop")
 	fs.StringVar(&c.SnapshotOut, "snapshot-out", "", "snapshot `FILE` written at --snapshot-at")
 	fs.StringVar(&c.Restore, "restore", "", "start from this snapshot `FILE` instead of booting (memory, vCPUs and command line are the snapshot's)")
+}
+
+// analysisFlags are the filter, hist and format flags of run, check and
+// report.
+func analysisFlags(fs *flag.FlagSet, c *runner.Config) {
+	fs.Var((*multiFlag)(&c.Filters), "filter", "`EVENT:EXPR` (repeatable): pass only EVENT's hits that match an ftrace event filter, e.g. 'myev:count > 100 && comm ~ \"kw*\"'")
+	fs.Var((*multiFlag)(&c.Hists), "hist", "`EVENT:hist:SPEC` (keys=...[:vals=...][:sort=...], repeatable): aggregate EVENT's hits as an ftrace hist trigger; the table prints at exit instead of the events")
+	fs.StringVar(&c.Format, "format", "trace", "event `FORMAT`: trace (trace_pipe lines), json (JSON lines), or perfetto (a Perfetto timeline in --events FILE)")
+}
+
+// outputFlags are where run's and report's events go.
+func outputFlags(fs *flag.FlagSet, c *runner.Config) {
+	fs.StringVar(&c.Events, "events", "-", "where events, hist tables and counts go: - for stdout, or a `FILE`")
+	fs.BoolVar(&c.Count, "count", false, "count events per probe and argument values; print the table at exit instead of every event")
+	fs.StringVar(&c.Perfetto, "perfetto", "", "also write the events to `FILE` as a Perfetto (Chrome trace-event JSON) timeline")
+}
+
+// cmdReport is `hvprobe report [flags] FILE`.
+func cmdReport(args []string) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	c := &runner.Config{Events: "-"}
+	analysisFlags(fs, c)
+	outputFlags(fs, c)
+	fs.StringVar(&c.SystemMap, "system-map", "", "System.map `FILE` for .sym and stacktrace hist keys (default: the one the record names; it must be the same file)")
+	fs.Usage = func() { printUsage(fs, "report FILE") }
+	files, err := parseInterspersed(fs, args)
+	if err != nil {
+		return usageError(err)
+	}
+	if len(files) != 1 {
+		return runner.Refusals{"report takes one record FILE (written by 'hvprobe run --record FILE')"}
+	}
+	return runner.Report(c, files[0])
 }
 
 // cmdRun is `hvprobe run`; cmdCheck is `hvprobe check`.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -16,12 +17,15 @@ import (
 // stdout must hold only JSON lines, one per event, with the arguments the
 // workload passed (hvwl_target_add(i, 1000+i) for i < 5); the console and
 // hvprobe's own lines go to stderr; the clean power-off is exit status 0.
+// The same run's --record, read back by `hvprobe report`, gives that
+// stdout byte for byte, and its filters and hists see the same events.
 func TestCLIJSONStream(t *testing.T) {
 	kvmtest.RequireKVM(t)
 	bin := hvprobeBinary(t)
 	kernel, sysmap, initrd := miniPaths()
+	rec := filepath.Join(t.TempDir(), "rec.jsonl")
 	cmd := exec.Command(bin, "run", "--kernel", kernel, "--system-map", sysmap, "--initrd", initrd,
-		"--timeout", "10m", "--format", "json",
+		"--timeout", "10m", "--format", "json", "--record", rec,
 		"--kprobe", "hvwl_target_add",
 		"--probe", "r:ret hvwl_target_add ret=$retval:u64",
 		"--cmdline-append", "hvprobe_wl=calls:5,poweroff")
@@ -65,6 +69,35 @@ func TestCLIJSONStream(t *testing.T) {
 	if entries != 5 || returns != 5 {
 		t.Errorf("%d entry and %d return events, want 5 and 5; stdout:\n%s", entries, returns, stdout.String())
 	}
+
+	if got := runReport(t, bin, rec, "--format", "json"); got != stdout.String() {
+		t.Errorf("report --format json differs from the run's stdout:\n got %s\nwant %s", got, stdout.String())
+	}
+	// Returns 1004, 1006 and 1008 pass the filter; the entries go to the
+	// hist, one hit per di.
+	got := runReport(t, bin, rec, "--filter", "ret:ret >= 1004", "--hist", "p_hvwl_target_add_0:hist:keys=di")
+	var rets []string
+	for _, l := range strings.Split(got, "\n") {
+		if strings.Contains(l, ": ret: (") {
+			rets = append(rets, l[strings.LastIndex(l, " ")+1:])
+		}
+	}
+	if strings.Join(rets, " ") != "ret=1004 ret=1006 ret=1008" || !strings.Contains(got, "Hits: 5") || !strings.Contains(got, "Entries: 5") ||
+		!strings.Contains(got, "{ di:          4 } hitcount:          1") {
+		t.Errorf("report --filter --hist: returns %q; output:\n%s", rets, got)
+	}
+}
+
+// runReport is `hvprobe report FILE ARGS...`'s stdout; it must exit 0.
+func runReport(t *testing.T, bin, file string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"report", file}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("hvprobe report %s %q: %v; stderr:\n%s", file, args, err, stderr.String())
+	}
+	return stdout.String()
 }
 
 func hexOf(n int) string { return fmt.Sprintf("%#x", n) }
