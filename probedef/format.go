@@ -149,21 +149,22 @@ func escape(s string) string {
 	return b.String()
 }
 
-// jsonEvent fixes the key order of FormatJSON's objects.
+// jsonEvent fixes the key order of FormatJSON's objects; ParseJSON reads
+// the same struct back.
 type jsonEvent struct {
-	Comm    any          `json:"comm"` // jsonText
-	PID     int          `json:"pid"`
-	CPU     int          `json:"cpu"`
-	IRQsOff bool         `json:"irqs_off"`
-	TimeNS  int64        `json:"time_ns"`
-	Group   string       `json:"group"`
-	Event   string       `json:"event"`
-	Kind    string       `json:"kind"`
-	Where   string       `json:"where"`
-	Func    string       `json:"func,omitempty"`
-	Args    jsonArgs     `json:"args"`
-	DurNS   int64        `json:"duration_ns,omitempty"`
-	Stack   *[]jsonFrame `json:"stack,omitempty"` // a pointer, so that an empty stack stays []
+	Comm    json.RawMessage `json:"comm"` // jsonText
+	PID     int             `json:"pid"`
+	CPU     int             `json:"cpu"`
+	IRQsOff bool            `json:"irqs_off"`
+	TimeNS  int64           `json:"time_ns"`
+	Group   string          `json:"group"`
+	Event   string          `json:"event"`
+	Kind    string          `json:"kind"`
+	Where   string          `json:"where"`
+	Func    string          `json:"func,omitempty"`
+	Args    json.RawMessage `json:"args"` // jsonArgs
+	DurNS   int64           `json:"duration_ns,omitempty"`
+	Stack   *[]jsonFrame    `json:"stack,omitempty"` // a pointer, so that an empty stack stays []
 }
 
 // jsonFrame is one stack frame: the address, for hist keys and
@@ -257,11 +258,19 @@ func hex(u uint64) string { return "0x" + strconv.FormatUint(u, 16) }
 // FormatJSON renders ev as one JSON object, without a newline; ParseJSON
 // reads it back.
 func FormatJSON(ev Event) ([]byte, error) {
+	comm, err := json.Marshal(jsonText(ev.Comm))
+	if err != nil {
+		return nil, err
+	}
+	args, err := jsonArgs(ev.Values).MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
 	je := jsonEvent{
-		Comm: jsonText(ev.Comm), PID: ev.PID, CPU: ev.CPU, IRQsOff: ev.IRQsOff,
+		Comm: comm, PID: ev.PID, CPU: ev.CPU, IRQsOff: ev.IRQsOff,
 		TimeNS: ev.Time.Nanoseconds(),
 		Group:  ev.Def.Group, Event: ev.Def.Event, Kind: ev.Def.Kind.String(),
-		Where: ev.Where, Func: ev.Func, Args: jsonArgs(ev.Values),
+		Where: ev.Where, Func: ev.Func, Args: args,
 		DurNS: ev.Duration.Nanoseconds(),
 	}
 	if ev.Stack != nil {

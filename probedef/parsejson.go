@@ -77,21 +77,7 @@ func ParseType(s string) (Type, error) {
 // values (an argument it does not know, such as a hit's "error", must be
 // text).
 func ParseJSON(line []byte, def func(group, event string) (*Def, error)) (Event, error) {
-	var je struct {
-		Comm    json.RawMessage `json:"comm"`
-		PID     int             `json:"pid"`
-		CPU     int             `json:"cpu"`
-		IRQsOff bool            `json:"irqs_off"`
-		TimeNS  int64           `json:"time_ns"`
-		Group   string          `json:"group"`
-		Event   string          `json:"event"`
-		Kind    string          `json:"kind"`
-		Where   string          `json:"where"`
-		Func    string          `json:"func"`
-		Args    json.RawMessage `json:"args"`
-		DurNS   int64           `json:"duration_ns"`
-		Stack   *[]jsonFrame    `json:"stack"`
-	}
+	var je jsonEvent
 	if err := json.Unmarshal(line, &je); err != nil {
 		return Event{}, err
 	}
