@@ -81,7 +81,7 @@ unit-kvm: static
 # KVM's L1, which 2-vCPU guests provoke (docs/QUIRKS.md #43), costs a
 # retry of minutes. The stock kernel (e2e-stock) and user space
 # (e2e-user) have stages of their own too.
-E2E_ALONE := TestStockKernelBootProbe|TestUserSpaceSyscalls
+E2E_ALONE := TestStockKernelBootProbe|TestUserSpaceSyscalls|TestUserSpaceDisk
 E2E_RUN = cd tests/e2e && HVPROBE_E2E_LOGDIR=$(CURDIR)/$(OUT)/logs/$(1) $(CURDIR)/$(STAGE) $(1)
 e2e: images static
 	$(call E2E_RUN,e2e) ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 40m -test.skip 'SMP|$(E2E_ALONE)'
@@ -94,7 +94,8 @@ e2e-smp: images static
 e2e-stock: images-stock static
 	$(call E2E_RUN,e2e-stock) env HVPROBE_NESTED_TIMEOUT=1200 ../../$(WITH_KVM) $(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 55m -test.run '^TestStockKernelBootProbe$$'
 
-# User space in the guest (tests/e2e/userspace_test.go): always in the
+# User space in the guest (tests/e2e/userspace_test.go, and the stock
+# kernel's disk through its own virtio modules, userdisk_test.go): always in the
 # nested KVM, even where /dev/kvm works, because PVM's guest user space
 # cannot make system calls (docs/QUIRKS.md #13). There the test cannot
 # skip: HVPROBE_REQUIRE_KVM=1, and the KVM does not emulate. QEMU TCG's SVM
@@ -106,7 +107,10 @@ e2e-user: images-stock images-user static
 		HVPROBE_REQUIRE_KVM=1 HVPROBE_INT3=reflected HVPROBE_HWBP=none \
 		../../images/nested/retry.sh 3 --timeout 1500 --watch "$$HVPROBE_E2E_LOGDIR" -- \
 			$(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 20m -test.run "^TestUserSpaceSyscalls$$/^$${n}cpu$$" || exit 1; \
-	done'
+	done; \
+	HVPROBE_REQUIRE_KVM=1 HVPROBE_INT3=reflected HVPROBE_HWBP=none \
+		../../images/nested/retry.sh 3 --timeout 1500 --watch "$$HVPROBE_E2E_LOGDIR" -- \
+			$(CURDIR)/$(OUT)/e2e.test -test.v -test.timeout 20m -test.run "^TestUserSpaceDisk$$"'
 
 # A machine without /dev/kvm, simulated on one with it: the same command in
 # a mount namespace whose /dev has no kvm node (images/nested/nokvm.sh).

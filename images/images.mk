@@ -45,5 +45,5 @@ USER_INITRAMFS := $(USER_DIR)/initramfs.cpio
 .PHONY: images-user
 images-user: $(USER_INITRAMFS)
 
-$(USER_INITRAMFS): images/user/hvuser.c images/user/build.sh
+$(USER_INITRAMFS): images/user/hvuser.c images/user/hvdisk.c images/user/build.sh images/stock/fetch.sh
 	images/user/build.sh $(USER_DIR)

@@ -19,7 +19,8 @@ type Config struct {
 	Mem           string // a size: 512M, 512MiB, 1G
 	CPUs          int
 	CmdlineAppend string
-	Host          string // auto, hardware or emulating
+	Host          string   // auto, hardware or emulating
+	Disks         []string // PATH[,ro] each
 	NoKASLR       bool
 	Timeout       time.Duration
 	Console       string // "" for stderr, or a file
@@ -61,6 +62,7 @@ type Config struct {
 
 	memSize  uint64
 	host     *vmm.Host
+	disks    []vmm.Disk
 	kernelOK bool     // the kernel and System.map files are there to check probes against
 	lines    []string // Probes, then the shorthand flags' lines
 }
@@ -90,6 +92,21 @@ func (c *Config) Validate() error {
 	}
 	if c.SnapshotOut != "" && (len(c.lines) > 0 || c.ProbesFile != "" || c.Control) {
 		no("--snapshot-out: a snapshot holds no probes; take it without probes and add them after --restore")
+	}
+	c.disks = nil
+	for _, spec := range c.Disks {
+		d, err := parseDisk(spec)
+		if err == nil {
+			err = vmm.CheckDisk(d)
+		}
+		if err != nil {
+			no("--disk %s: %v", spec, err)
+			continue
+		}
+		c.disks = append(c.disks, d)
+	}
+	if len(c.Disks) > 0 && (c.SnapshotAt != "" || c.Restore != "") {
+		no("--disk: a guest with disks cannot be snapshotted or restored (its image would not match its memory)")
 	}
 	if c.Restore != "" {
 		for _, f := range []string{"mem", "cpus", "cmdline-append", "nokaslr", "initrd"} {
@@ -170,6 +187,25 @@ func (c *Config) Validate() error {
 		return bad
 	}
 	return nil
+}
+
+// parseDisk reads --disk PATH[,ro].
+func parseDisk(spec string) (vmm.Disk, error) {
+	path, opts, _ := strings.Cut(spec, ",")
+	d := vmm.Disk{Path: path}
+	if path == "" {
+		return d, fmt.Errorf("want PATH[,ro]")
+	}
+	for _, o := range strings.Split(opts, ",") {
+		switch o {
+		case "":
+		case "ro":
+			d.ReadOnly = true
+		default:
+			return d, fmt.Errorf("unknown option %q (want PATH[,ro])", o)
+		}
+	}
+	return d, nil
 }
 
 // checkOutput refuses a --format, --events and --perfetto combination

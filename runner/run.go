@@ -251,6 +251,7 @@ func (r *run) open(notify func(session.Notice)) (*session.Session, error) {
 	if c.Restore == "" {
 		opts.Initrd, opts.MemSize, opts.CPUs = c.Initrd, c.memSize, c.CPUs
 		opts.CmdlineAppend, opts.NoKASLR = c.CmdlineAppend, c.NoKASLR
+		opts.Disks = c.disks
 		return session.New(opts)
 	}
 	t0 := time.Now()
@@ -371,6 +372,10 @@ func (r *run) report(ctx context.Context, s *session.Session, dp *atomic.Pointer
 		for _, l := range s.WhereCPUs() {
 			r.status.printf("hvprobe: at the timeout, %s", l)
 		}
+	}
+	for _, d := range s.VM.Disks() {
+		r.status.printf("hvprobe: %s (%s): %d requests: %d reads (%d bytes), %d writes (%d bytes), %d flushes, %d other",
+			d.Name, d.Path, d.Requests(), d.Reads, d.BytesRead, d.Writes, d.BytesWritten, d.Flushes, d.Other)
 	}
 	a, err := s.Attached()
 	if err != nil || !r.hasProbes() {

@@ -37,6 +37,8 @@ type Options struct {
 	// FastRecords is the size of each vCPU's ring for exit-less probes
 	// (a power of two; DefaultFastRecords when 0).
 	FastRecords int
+	// Disks are virtio-blk disks (vda, vdb, …).
+	Disks []vmm.Disk
 	// Image, when set, is the kernel already opened from Kernel and
 	// SystemMap (to check probes before boot without opening it twice).
 	Image *guest.Kernel
@@ -134,6 +136,7 @@ func New(o Options) (*Session, error) {
 		Console:       o.Console,
 		OnConsoleLine: s.onLine,
 		Symbolize:     s.symbolize,
+		Disks:         o.Disks,
 	})
 	if err != nil {
 		return nil, err

@@ -124,6 +124,9 @@ func (h *exitHandler) handle(c cpuOps, e *exitInfo) (StopReason, error) {
 				return 0, err
 			}
 		}
+		if h.bus.MMIO(e.mmio.PhysAddr, e.mmio.Data[:min(e.mmio.Len, 8)], e.mmio.IsWrite != 0) {
+			return 0, nil // a device's BAR
+		}
 		if e.mmio.IsWrite == 0 {
 			// Nothing is mapped there: reads float high.
 			for i := range e.mmio.Data {

@@ -25,6 +25,7 @@ var (
 	kvmSetIdentityMapAddr  = ioc(iocWrite, 0x48, 8)
 	kvmCreateIRQChip       = ioc(iocNone, 0x60, 0)
 	kvmIRQLine             = ioc(iocWrite, 0x61, 8)
+	kvmSignalMSI           = ioc(iocWrite, 0xa5, 32)
 	kvmCreatePIT2          = ioc(iocWrite, 0x77, 64)
 	kvmGetRegs             = ioc(iocRead, 0x81, 144)
 	kvmNMI                 = ioc(iocNone, 0x9a, 0)
@@ -273,6 +274,12 @@ type mmioExit struct {
 	Data     [8]uint8
 	Len      uint32
 	IsWrite  uint8
+}
+
+// kvmMSI mirrors struct kvm_msi (KVM_SIGNAL_MSI).
+type kvmMSI struct {
+	AddressLo, AddressHi, Data, Flags, DevID uint32
+	_                                        [12]uint8
 }
 
 // debugExit mirrors struct kvm_debug_exit_arch.

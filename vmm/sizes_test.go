@@ -33,6 +33,7 @@ func TestMirrorSizesMatchIoctlNumbers(t *testing.T) {
 		{"kvm_xcrs", unsafe.Sizeof(xcrs{}), kvmGetXCRs},
 		{"kvm_mp_state", unsafe.Sizeof(uint32(0)), kvmGetMPState},
 		{"kvm_dirty_log", unsafe.Sizeof(dirtyLog{}), kvmGetDirtyLog},
+		{"kvm_msi", unsafe.Sizeof(kvmMSI{}), kvmSignalMSI},
 	}
 	for _, c := range cases {
 		if c.got != size(c.req) {

@@ -230,6 +230,11 @@ func (vm *VM) Snapshot(path string, meta func() (json.RawMessage, error)) (Snaps
 		return SnapshotInfo{}, ErrClosed
 	}
 	defer vm.life.exit()
+	if len(vm.disks) > 0 {
+		// A disk's queues live in guest RAM and its image outside it: the
+		// two would not restore in step.
+		return SnapshotInfo{}, fmt.Errorf("%w: a VM with disks cannot be snapshotted", ErrBadConfig)
+	}
 	caps, err := vm.stateCaps()
 	if err != nil {
 		return SnapshotInfo{}, err

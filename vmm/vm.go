@@ -46,6 +46,8 @@ type Config struct {
 	Symbolize func(addr uint64) string
 	// DevKVM is the KVM device path; default /dev/kvm.
 	DevKVM string
+	// Disks are virtio-blk disks over raw images, on a PCI bus.
+	Disks []Disk
 }
 
 // Layout is where the kernel was placed, as the guest will see it.
@@ -92,6 +94,7 @@ type VM struct {
 	vcpus   []*VCPU
 	layout  Layout
 	serial  *devices.Serial
+	disks   []*disk
 	console *lineTracker
 	handler *exitHandler
 	stats   ExitStats
@@ -242,6 +245,9 @@ func (vm *VM) create(ram []byte, cpuidFor func(id int, supported []CPUIDEntry) [
 		hook:      vm.currentHook,
 		symbolize: vm.cfg.Symbolize,
 		stats:     &vm.stats,
+	}
+	if err := vm.attachDisks(); err != nil {
+		return err
 	}
 
 	mmapSize, err := ioctl(kfd, kvmGetVCPUMmapSize, 0)
@@ -624,6 +630,7 @@ func (vm *VM) Close() error {
 		return nil
 	}
 	vm.stopAll()
+	vm.closeDisks() // their workers signal MSIs through the VM fd
 	vm.life.close()
 	for _, v := range vm.vcpus {
 		v.stopThread()

@@ -14,7 +14,7 @@ var flagGroups = []struct {
 	title string
 	flags []string
 }{
-	{"guest", []string{"kernel", "system-map", "btf", "initrd", "mem", "cpus", "cmdline-append", "host", "nokaslr", "timeout", "console", "interactive"}},
+	{"guest", []string{"kernel", "system-map", "btf", "initrd", "disk", "mem", "cpus", "cmdline-append", "host", "nokaslr", "timeout", "console", "interactive"}},
 	{"probes", []string{"probe", "probes", "kprobe", "jprobe", "kretprobe", "stacktrace", "stealth", "fast", "fast-records", "keep-going", "dry-run"}},
 	{"output", []string{"format", "events", "count", "perfetto", "record"}},
 	{"analysis", []string{"filter", "hist", "interval"}},

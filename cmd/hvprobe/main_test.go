@@ -30,6 +30,10 @@ func TestRefusalsExit2(t *testing.T) {
 		{"--timeout", "-5s"},
 		{"--restore", junk, "--mem", "1G"},
 		{"--snapshot-at", "x"},
+		{"--disk", filepath.Join(dir, "missing")},
+		{"--disk", dir},          // a directory
+		{"--disk", junk},         // 24 bytes: not whole sectors
+		{"--disk", junk + ",rw"}, // an unknown option
 		{"--kernel", filepath.Join(dir, "missing"), "--system-map", junk},
 		append(files, "--events", events, "--record", record),    // a garbage kernel and map
 		append(files, "--probes", filepath.Join(dir, "missing")), // a missing probe file

@@ -38,6 +38,7 @@ func runFlags(fs *flag.FlagSet, c *runner.Config, boots bool) {
 	fs.StringVar(&c.Record, "record", "", "also write every event, before --filter and --hist, to `FILE`, for 'hvprobe report'")
 	fs.StringVar(&c.Mem, "mem", "512M", "guest memory `SIZE`: 512M, 512MiB, 1G")
 	fs.IntVar(&c.CPUs, "cpus", 1, "number of vCPUs (1 to 8)")
+	fs.Var((*multiFlag)(&c.Disks), "disk", "`PATH[,ro]`: a raw disk image the guest sees as a virtio-blk disk, vda first (repeatable)")
 	fs.StringVar(&c.CmdlineAppend, "cmdline-append", "", "`ARGS` added to the kernel command line")
 	fs.StringVar(&c.Host, "host", "auto", "KVM `KIND`: auto, hardware, or emulating (adds the instruction masks an emulating KVM needs)")
 	fs.BoolVar(&c.NoKASLR, "nokaslr", false, "boot the kernel at its link-time addresses")

@@ -18,6 +18,8 @@
 
 #define pr_fmt(fmt) "HVWL: " fmt
 
+#include <linux/bio.h>
+#include <linux/blkdev.h>
 #include <linux/completion.h>
 #include <linux/cpumask.h>
 #include <linux/delay.h>
@@ -771,6 +773,78 @@ static void hvwl_staticrace(long k, long n)
 		k, n, on + off, on, off, flips, static_key_enabled(&hvwl_key), bad);
 }
 
+/*
+ * disk:N writes N 4 KiB blocks to the start of vda (block i, byte j is
+ * i * 131 + j * 7 + 1), one synchronous bio each, flushes the disk's
+ * cache, and reads every block back. The host checks the image file
+ * against the same formula after power-off, and the device's request
+ * count against probes on the driver.
+ */
+static u8 hvwl_disk_byte(long i, long j)
+{
+	return (u8)(i * 131 + j * 7 + 1);
+}
+
+static int hvwl_disk_bio(struct block_device *bdev, blk_opf_t op, long i, struct page *page)
+{
+	struct bio *bio = bio_alloc(bdev, 1, op, GFP_KERNEL);
+	int err;
+
+	bio->bi_iter.bi_sector = i * (PAGE_SIZE >> SECTOR_SHIFT);
+	__bio_add_page(bio, page, PAGE_SIZE, 0);
+	err = submit_bio_wait(bio);
+	bio_put(bio);
+	return err;
+}
+
+static void hvwl_disk(long n)
+{
+	struct device *dev = class_find_device_by_name(&block_class, "vda");
+	struct block_device *bdev;
+	struct page *page;
+	long i, j, written = 0, bad = 0;
+	int err = 0, flush;
+	u8 *p;
+
+	if (!dev) {
+		pr_info("disk fail err=%d\n", -ENODEV);
+		return;
+	}
+	bdev = blkdev_get_by_dev(dev->devt, FMODE_READ | FMODE_WRITE, NULL);
+	put_device(dev);
+	if (IS_ERR(bdev)) {
+		pr_info("disk fail err=%ld\n", PTR_ERR(bdev));
+		return;
+	}
+	page = alloc_page(GFP_KERNEL);
+	if (!page) {
+		blkdev_put(bdev, FMODE_READ | FMODE_WRITE);
+		pr_info("disk fail err=%d\n", -ENOMEM);
+		return;
+	}
+	p = page_address(page);
+	for (i = 0; i < n && !err; i++) {
+		for (j = 0; j < PAGE_SIZE; j++)
+			p[j] = hvwl_disk_byte(i, j);
+		err = hvwl_disk_bio(bdev, REQ_OP_WRITE | REQ_SYNC, i, page);
+		if (!err)
+			written++;
+	}
+	flush = blkdev_issue_flush(bdev);
+	for (i = 0; i < written && !err; i++) {
+		memset(p, 0, PAGE_SIZE);
+		err = hvwl_disk_bio(bdev, REQ_OP_READ, i, page);
+		for (j = 0; j < PAGE_SIZE && !err; j++)
+			if (p[j] != hvwl_disk_byte(i, j)) {
+				bad++;
+				break;
+			}
+	}
+	__free_page(page);
+	blkdev_put(bdev, FMODE_READ | FMODE_WRITE);
+	pr_info("disk n=%ld written=%ld bad=%ld flush=%d err=%d\n", n, written, bad, flush, err);
+}
+
 static void hvwl_poweroff(void)
 {
 	pr_info("poweroff\n");
@@ -856,6 +930,8 @@ static void hvwl_run_one(char *cmd, bool may_serve)
 		hvwl_exits(a[0]);
 	else if (!strcmp(name, "mix") && n == 1)
 		hvwl_mix(a[0]);
+	else if (!strcmp(name, "disk") && n == 1)
+		hvwl_disk(a[0]);
 	else if (!strcmp(name, "poweroff") && n == 0)
 		hvwl_poweroff();
 	else if (!strcmp(name, "serve") && n == 0 && may_serve)

@@ -268,6 +268,17 @@ func randomSample(t *testing.T, k *kguest.Kernel, rng *rand.Rand, body, entries,
 		}
 	}
 	t.Logf("sample of %d checked in %v: %d refused before boot %v, %d kept", len(sample), took, len(refused), why, len(defs))
+	// HVPROBE_TORTURE_DUMP=FILE writes the kept lines, for bisecting a
+	// failure with `hvprobe run --probes FILE`.
+	if path := os.Getenv("HVPROBE_TORTURE_DUMP"); path != "" {
+		var b strings.Builder
+		for _, d := range defs {
+			b.WriteString(d.Text + "\n")
+		}
+		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if len(defs) == 0 {
 		t.Fatal("the whole sample was refused")
 	}

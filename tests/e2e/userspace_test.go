@@ -83,7 +83,7 @@ func TestUserSpaceSyscalls(t *testing.T) {
 	}
 	for _, cpus := range []int{1, 2} {
 		t.Run(fmt.Sprintf("%dcpu", cpus), func(t *testing.T) {
-			lines, events, nmis := bootUser(t, k, dir, initrd, cpus)
+			lines, events, nmis := bootUser(t, k, dir, initrd, cpus, userProbes, nil)
 			reps := parseUserLines(t, lines)
 			checkEntryEvents(t, reps, events, nmis)
 			checkUserEvents(t, reps, events, cpus)
@@ -91,17 +91,18 @@ func TestUserSpaceSyscalls(t *testing.T) {
 	}
 }
 
-// bootUser boots the stock kernel with the user initramfs and the probes
-// of userProbes until the workload has rebooted the guest, and returns the
-// console and the probes' events. A boot whose console goes silent
-// (docs/QUIRKS.md #23) or that resets before /init without saying so
-// (#44) is retried, and said so.
-func bootUser(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int) ([]session.Line, []probedef.Event, int) {
+// bootUser boots the stock kernel with a user-space initramfs and probes
+// until its /init has rebooted the guest, and returns the console and the
+// probes' events; each of opts may change the session's options, and done
+// (if not nil) sees the session after its end, before it is closed. A boot
+// whose console goes silent (docs/QUIRKS.md #23) or that resets before
+// /init without saying so (#44) is retried, and said so.
+func bootUser(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, probes []string, done func(*session.Session), opts ...func(*session.Options)) ([]session.Line, []probedef.Event, int) {
 	t.Helper()
-	defs := parseDefs(t, userProbes...)
+	defs := parseDefs(t, probes...)
 	const attempts = 3
 	for i := 1; i <= attempts; i++ {
-		lines, events, nmis, retry := bootUserOnce(t, k, dir, initrd, cpus, defs, i)
+		lines, events, nmis, retry := bootUserOnce(t, k, dir, initrd, cpus, defs, i, done, opts)
 		if retry == "" {
 			return lines, events, nmis
 		}
@@ -113,16 +114,16 @@ func bootUser(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int) ([]s
 
 // bootUserOnce is one boot of bootUser; retry says why a boot that failed
 // before /init is worth another.
-func bootUserOnce(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, defs []*probedef.Def, attempt int) (_ []session.Line, _ []probedef.Event, nmis int, retry string) {
+func bootUserOnce(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, defs []*probedef.Def, attempt int, done func(*session.Session), opts []func(*session.Options)) (_ []session.Line, _ []probedef.Event, nmis int, retry string) {
 	t.Helper()
-	console, err := os.Create(filepath.Join(logDir(), fmt.Sprintf("hvprobe-e2e-user-%dcpu-console-%d.log", cpus, attempt)))
+	console, err := os.Create(filepath.Join(logDir(), fmt.Sprintf("hvprobe-e2e-%s-%dcpu-console-%d.log", strings.TrimSuffix(filepath.Base(initrd), ".cpio"), cpus, attempt)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer console.Close()
 	var mu sync.Mutex
 	var failed []string // probes that could not be armed
-	s, err := session.New(session.Options{
+	o := session.Options{
 		Kernel:    filepath.Join(dir, "vmlinuz"),
 		SystemMap: filepath.Join(dir, "System.map"),
 		Image:     k,
@@ -140,7 +141,11 @@ func bootUserOnce(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, 
 				mu.Unlock()
 			}
 		},
-	})
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	s, err := session.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,8 +228,15 @@ func bootUserOnce(t *testing.T, k *kguest.Kernel, dir, initrd string, cpus int, 
 		t.Fatalf("the guest did not end in the workload's reboot: %v, err %v, panicked %v, \"reboot: Restarting system\" seen %v (%s); last lines:\n%s",
 			res.Reason, res.Err, res.Panicked, reset, where, strings.Join(res.Tail, "\n"))
 	}
-	t.Logf("%d vCPU(s): \"Run /init\" %.1fs after the VM started, \"HVUSER: done\" after %.1fs; %d events (console: %s)",
-		cpus, initAt.Seconds(), doneAt.Seconds(), len(events.all()), console.Name())
+	if done != nil {
+		done(s)
+	}
+	doneText := ""
+	if doneAt > 0 {
+		doneText = fmt.Sprintf(", \"HVUSER: done\" after %.1fs", doneAt.Seconds())
+	}
+	t.Logf("%d vCPU(s): \"Run /init\" %.1fs after the VM started%s; %d events (console: %s)",
+		cpus, initAt.Seconds(), doneText, len(events.all()), console.Name())
 	return lines, events.all(), int(injected.Load()), ""
 }
 

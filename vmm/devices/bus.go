@@ -25,11 +25,16 @@ type Bus struct {
 	Serial *Serial
 	CMOS   CMOS
 	Reset  func()
+	// PCI, when set, is bus 0 behind configuration mechanism #1, with the
+	// memory BARs of its functions (MMIO).
+	PCI *PCI
 }
 
 // In is the guest's inb from port.
 func (b *Bus) In(port uint16) uint8 {
 	switch {
+	case port >= portPCIAddr && port <= portPCIDataEnd && b.PCI != nil:
+		return b.PCI.in(port)
 	case port >= portCOM1Base && port <= portCOM1End:
 		return b.Serial.Read(port - portCOM1Base)
 	case port == portI8042Cmd:
@@ -42,9 +47,17 @@ func (b *Bus) In(port uint16) uint8 {
 	return 0xff
 }
 
+// MMIO is a guest access to guest-physical addr outside RAM; false when
+// no device decodes it.
+func (b *Bus) MMIO(addr uint64, data []byte, write bool) bool {
+	return b.PCI != nil && b.PCI.MMIO(addr, data, write)
+}
+
 // Out is the guest's outb of v to port.
 func (b *Bus) Out(port uint16, v uint8) {
 	switch {
+	case port >= portPCIAddr && port <= portPCIDataEnd && b.PCI != nil:
+		b.PCI.out(port, v)
 	case port >= portCOM1Base && port <= portCOM1End:
 		b.Serial.Write(port-portCOM1Base, v)
 	case port == portI8042Cmd && v == i8042ResetCmd:
