@@ -70,6 +70,7 @@ type symtab struct {
 	textIdx  []int32
 	text     Range // _stext.._etext
 	initText Range // _sinittext.._einittext
+	entry    Range // __entry_text_start..__entry_text_end
 }
 
 // ParseSystemMap reads a System.map: lines "<hex address> <type> <name>",
@@ -254,6 +255,10 @@ func newTable(syms []Symbol) *SymbolTable {
 			t.initText.Start = s.Addr
 		case "_einittext":
 			t.initText.End = s.Addr
+		case "__entry_text_start":
+			t.entry.Start = s.Addr
+		case "__entry_text_end":
+			t.entry.End = s.Addr
 		}
 		if j, dup := t.byName[s.Name]; !dup {
 			t.byName[s.Name] = int32(i)
@@ -514,6 +519,10 @@ func (t *SymbolTable) InText(addr uint64) bool {
 	a := addr - t.slide
 	return t.text.Contains(a) || t.initText.Contains(a)
 }
+
+// InEntryText reports whether addr is in .entry.text: the code that
+// exceptions, interrupts and system calls enter, mostly not by a call.
+func (t *SymbolTable) InEntryText(addr uint64) bool { return t.entry.Contains(addr - t.slide) }
 
 // FormatFlags change FormatAddr's output.
 type FormatFlags uint8

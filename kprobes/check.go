@@ -168,8 +168,15 @@ func readKernelText(k Kernel, va uint64, n int) ([]byte, error) {
 
 // checkEntry insists on a function's first instruction.
 func checkEntry(k Kernel, addr uint64, name string) error {
-	if _, off, _, ok := k.SymbolAt(addr); ok && off != 0 {
+	sym, off, _, ok := k.SymbolAt(addr)
+	if ok && off != 0 {
 		return probeErr(name, ErrBadProbe, "not a function entry (offset %#x); entry probes go at offset 0", off)
+	}
+	if k.InEntryText(addr) {
+		// At an exception or interrupt entry %rsp points at the CPU's
+		// frame, not a return address: a kretprobe would overwrite the
+		// interrupted rip with its trampoline.
+		return probeErr(name, ErrUnsafeContext, "%s is in .entry.text, which exceptions, interrupts and system calls enter without a call: there may be no return address at %%rsp for a return probe or a jprobe (a p: line works there)", sym)
 	}
 	return nil
 }

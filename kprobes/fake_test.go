@@ -81,6 +81,9 @@ type fakeKernel struct {
 	fixups   map[uint64]bool
 	// entries are where exception fixups and jump labels land (Entered).
 	entries []uint64
+	// entryText, when set, starts .entry.text, which runs to the end of
+	// text.
+	entryText uint64
 	// readOnly pages (by VA) refuse StoreVirt, as a walk without R/W.
 	readOnly map[uint64]bool
 	// stores logs every StoreVirt, virtWrites counts WriteVirt calls
@@ -115,6 +118,9 @@ func (k *fakeKernel) SymbolAt(va uint64) (string, uint64, uint64, bool) {
 }
 
 func (k *fakeKernel) InText(va uint64) bool { return va >= textVA && va < textVA+textSize }
+func (k *fakeKernel) InEntryText(va uint64) bool {
+	return k.entryText != 0 && va >= k.entryText && va < textVA+textSize
+}
 
 func (k *fakeKernel) Describe(va uint64) string {
 	return fmt.Sprintf("outside the fake's functions (%#x)", va)

@@ -27,6 +27,9 @@ type Kernel interface {
 	SymbolAt(va uint64) (name string, off, size uint64, ok bool)
 	// InText reports whether va lies in the kernel's executable text.
 	InText(va uint64) bool
+	// InEntryText reports whether va lies in .entry.text, which
+	// exceptions, interrupts and system calls enter.
+	InEntryText(va uint64) bool
 	// Describe says where va is, for an error about an address that no
 	// function contains: in which symbol of any type, or outside them all.
 	Describe(va uint64) string

@@ -3,6 +3,7 @@ package kprobes
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/hvprobe/hvprobe/vmm"
@@ -267,5 +268,24 @@ func TestUnregisterAll(t *testing.T) {
 	e.run(sentinel, 20)
 	if err := e.m.Register(&Kprobe{Symbol: "f1"}); !errors.Is(err, ErrClosed) {
 		t.Errorf("register after UnregisterAll: %v", err)
+	}
+}
+
+// TestReturnProbesRefusedInEntryText: at an exception or interrupt entry
+// %rsp points at the CPU's frame, so a kretprobe or jprobe there would
+// take the interrupted rip for a return address; both are refused, and
+// a kprobe there is still armed.
+func TestReturnProbesRefusedInEntryText(t *testing.T) {
+	e := newEnv(t)
+	e.k.entryText = e.next
+	f := e.fn("asm_exc_int3", 0x90, 0xc3)
+	if err := e.m.RegisterKretprobe(&Kretprobe{Addr: f, Handler: func(*RetContext) {}}); !errors.Is(err, ErrUnsafeContext) || !strings.Contains(err.Error(), "asm_exc_int3 is in .entry.text") {
+		t.Errorf("kretprobe on an exception entry: %v", err)
+	}
+	if err := e.m.RegisterJprobe(&Jprobe{Addr: f, Entry: func(*JprobeContext) {}}); !errors.Is(err, ErrUnsafeContext) {
+		t.Errorf("jprobe on an exception entry: %v", err)
+	}
+	if err := e.m.Register(&Kprobe{Addr: f}); err != nil {
+		t.Errorf("kprobe on an exception entry: %v", err)
 	}
 }

@@ -69,6 +69,9 @@ func (k *RunningKernel) Describe(va uint64) string { return k.Syms.Describe(va) 
 // InText reports whether va is kernel text.
 func (k *RunningKernel) InText(va uint64) bool { return k.Syms.InText(va) }
 
+// InEntryText implements kprobes.Kernel.
+func (k *RunningKernel) InEntryText(va uint64) bool { return k.Syms.InEntryText(va) }
+
 // Translate walks the kernel's page tables.
 func (k *RunningKernel) Translate(va uint64) (uint64, error) {
 	t, err := k.Mem.Translate(va)

@@ -48,6 +48,9 @@ func (ik *ImageKernel) Describe(va uint64) string { return ik.k.Symbols.Describe
 // InText reports whether va is kernel text.
 func (ik *ImageKernel) InText(va uint64) bool { return ik.k.Symbols.InText(va) }
 
+// InEntryText is .entry.text of the image.
+func (ik *ImageKernel) InEntryText(va uint64) bool { return ik.k.Symbols.InEntryText(va) }
+
 // Translate is not possible before boot.
 func (ik *ImageKernel) Translate(va uint64) (uint64, error) {
 	return 0, fmt.Errorf("translating %#x: the guest has not booted", va)

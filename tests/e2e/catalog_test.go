@@ -67,6 +67,12 @@ func TestListShowCheck(t *testing.T) {
 	if out, code := runCLI(t, append([]string{"check", "--probe", "p:data jiffies_64+8"}, files...)...); code != 2 || !strings.Contains(out, "is not in kernel text: it is in jiffies_64+0x8/") {
 		t.Errorf("check of a data address: exit %d: %s", code, out)
 	}
+	// An exception entry has the CPU's frame at %rsp, not a return
+	// address: a return probe there would overwrite the interrupted rip.
+	if out, code := runCLI(t, append([]string{"check", "--probe", "r:bp asm_exc_int3", "--probe", "p:bp2 asm_exc_int3"}, files...)...); code != 2 ||
+		!strings.Contains(out, "asm_exc_int3 is in .entry.text") || strings.Contains(out, "p:bp2") {
+		t.Errorf("check of a return probe on an exception entry: exit %d: %s", code, out)
+	}
 }
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
